@@ -1,0 +1,1 @@
+"""Graph capture and export: torch.export programs, ONNX, TensorRT engines."""

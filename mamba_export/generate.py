@@ -1,0 +1,191 @@
+"""Token generation shared by every runtime.
+
+A runtime provides three callables: ``prefill(ids [B, L], state) -> (logits [B, V], state)``,
+``step(ids [B], state) -> (logits [B, V], state)`` and ``new_state(batch_size) -> state``.
+Sampling runs on torch tensors on the logits' device, so eager, compiled, ONNX Runtime and
+TensorRT paths share one implementation and give identical tokens for identical logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+PrefillFn = Callable[[Tensor, Any], tuple[Tensor, Any]]
+StepFn = Callable[[Tensor, Any], tuple[Tensor, Any]]
+
+
+def process_logits(
+    logits: Tensor,
+    generated: Tensor | None = None,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    vocab_size: int | None = None,
+) -> Tensor:
+    """Apply the logits processors in transformers' order; returns float32 logits ``[B, V]``
+    with removed tokens at -inf. ``generated`` holds the ids seen so far (for the penalty)."""
+    logits = logits.float().clone()
+    if vocab_size is not None and vocab_size < logits.shape[-1]:
+        logits[:, vocab_size:] = float("-inf")  # padding rows of the embedding are not tokens
+    if repetition_penalty != 1.0 and generated is not None and generated.numel():
+        seen = torch.gather(logits, 1, generated)
+        seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+        logits.scatter_(1, generated, seen)
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token).
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        probs = logits.softmax(-1)
+        floor = min_p * probs.max(-1, keepdim=True).values
+        logits = logits.masked_fill(probs < floor, float("-inf"))
+    return logits
+
+
+def select_tokens(logits: Tensor, greedy: bool, generator: torch.Generator | None) -> Tensor:
+    if greedy:
+        return logits.argmax(-1)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not 0.0 <= min_p < 1.0:
+        raise ValueError(f"min_p must be in [0, 1), got {min_p}")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+
+
+@torch.no_grad()
+def generate(
+    prefill: PrefillFn,
+    step: StepFn,
+    new_state: Callable[[int], Any],
+    input_ids: Tensor,
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    eos_token_id: int | None = None,
+    seed: int | None = None,
+    streamer: Callable[[Tensor], None] | None = None,
+    vocab_size: int | None = None,
+    prefill_chunk_size: int | None = None,
+    cuda_graph: bool = False,
+) -> Tensor:
+    """Generate up to ``max_new_tokens`` after ``input_ids [B, L]``; returns ``[B, L + T]``.
+
+    Greedy when ``temperature == 0`` (the default) or ``top_k == 1``; otherwise samples from the
+    processed distribution with a generator seeded by ``seed``. Sequences that emitted
+    ``eos_token_id`` keep emitting it; generation stops once all have. ``streamer`` receives each
+    new token column ``[B]``. ``cuda_graph`` replays one captured decode step per token.
+    """
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
+    if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids must be [batch, length>=1], got shape {list(input_ids.shape)}")
+    batch = input_ids.shape[0]
+    greedy = temperature == 0 or top_k == 1
+    generator = None
+    if not greedy:
+        generator = torch.Generator(device=input_ids.device)
+        generator.manual_seed(0 if seed is None else seed)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                    repetition_penalty=repetition_penalty, vocab_size=vocab_size)
+
+    state = new_state(batch)
+    chunk = prefill_chunk_size or input_ids.shape[1]
+    for start in range(0, input_ids.shape[1], chunk):
+        logits, state = prefill(input_ids[:, start : start + chunk], state)
+    if cuda_graph:
+        step = CudaGraphStep(step, state)
+
+    sequences = input_ids
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    for i in range(max_new_tokens):
+        scores = process_logits(logits, sequences, **sampling)
+        tokens = select_tokens(scores, greedy, generator)
+        if eos_token_id is not None:
+            tokens = torch.where(finished, torch.full_like(tokens, eos_token_id), tokens)
+            finished = finished | (tokens == eos_token_id)
+        sequences = torch.cat([sequences, tokens[:, None].to(sequences.dtype)], dim=1)
+        if streamer is not None:
+            streamer(tokens)
+        if i + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
+            break
+        logits, state = step(tokens.to(input_ids.dtype), state)
+    return sequences
+
+
+class CudaGraphStep:
+    """A decode step captured once in a CUDA graph and replayed per token.
+
+    Static buffers hold the tokens and the state; the captured graph runs the step and copies
+    the next state back into the static state, so a replay leaves everything in place. State
+    objects are tuples of tensors (conv, ssm); the caller's state is copied in on first use.
+    """
+
+    def __init__(self, step: StepFn, state: Any, warmup: int = 2):
+        tensors = tuple(state)
+        if not all(t.is_cuda for t in tensors):
+            raise ValueError("cuda_graph=True needs the model and the state on a CUDA device")
+        self._step = step
+        self._state_type = type(state)
+        self._static_state = tuple(t.clone() for t in tensors)
+        self._static_tokens = torch.zeros(tensors[0].shape[1], dtype=torch.long, device=tensors[0].device)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._warmup = warmup
+        self._logits: Tensor | None = None
+
+    def _wrap(self, tensors):
+        return self._state_type(*tensors) if hasattr(self._state_type, "_fields") else self._state_type(tensors)
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self._warmup):  # compile / autotune outside the capture
+                self._step(self._static_tokens, self._wrap(self._static_state))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits, next_state = self._step(self._static_tokens, self._wrap(self._static_state))
+            for dst, src in zip(self._static_state, next_state):
+                dst.copy_(src)
+        self._graph, self._logits = graph, logits
+
+    def __call__(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        if tokens.shape != self._static_tokens.shape:
+            raise ValueError(f"captured for batch {self._static_tokens.shape[0]}, got tokens {list(tokens.shape)}")
+        if not any(s is t for s, t in zip(self._static_state, tuple(state))):
+            for dst, src in zip(self._static_state, tuple(state)):
+                dst.copy_(src)
+        self._static_tokens.copy_(tokens)
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+        return self._logits, self._wrap(self._static_state)

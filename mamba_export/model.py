@@ -1,0 +1,297 @@
+"""The Mamba language model, written to be compiled and exported.
+
+Parameter names follow mamba_ssm (``backbone.embedding``, ``backbone.layers.i.mixer.*``,
+``backbone.norm_f``, ``lm_head``), so its checkpoints load as they are. All sequence math goes
+through the ``torch.ops.mamba_export`` ops; the state of the whole model is two tensors
+(:class:`MambaState`), so prefill and decode have fixed, exportable signatures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
+from .config import MambaConfig
+
+
+class MambaState(NamedTuple):
+    """Recurrent state of the whole model.
+
+    conv: ``[n_layer, B, d_inner, d_conv - 1]`` in the model dtype (the last inputs of the conv);
+    ssm: ``[n_layer, B, d_inner, d_state]`` in float32.
+    """
+
+    conv: Tensor
+    ssm: Tensor
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(self.weight.dtype)
+
+
+class MambaMixer(nn.Module):
+    """Mamba-1 (S6) mixer: in_proj -> causal conv -> selective scan gated by z -> out_proj."""
+
+    def __init__(self, cfg: MambaConfig, layer_idx: int = 0, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        d_inner, dt_rank, n = cfg.d_inner, cfg.resolved_dt_rank, cfg.d_state
+        self.in_proj = nn.Linear(cfg.d_model, 2 * d_inner, bias=cfg.bias, **kw)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner,
+                                padding=cfg.d_conv - 1, bias=cfg.conv_bias, **kw)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * n, bias=False, **kw)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True, **kw)
+        self.A_log = nn.Parameter(torch.empty(d_inner, n, **kw))
+        self.D = nn.Parameter(torch.empty(d_inner, **kw))
+        self.out_proj = nn.Linear(d_inner, cfg.d_model, bias=cfg.bias, **kw)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """mamba_ssm's init: dt_proj so that softplus(bias) spans [dt_min, dt_max] log-uniformly,
+        A = -(1..N) per channel, D = 1."""
+        cfg = self.cfg
+        std = cfg.resolved_dt_rank ** -0.5 * cfg.dt_scale
+        if cfg.dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        log_min, log_max = math.log(cfg.dt_min), math.log(cfg.dt_max)
+        dt = torch.exp(torch.rand(cfg.d_inner) * (log_max - log_min) + log_min)
+        dt = dt.clamp(min=cfg.dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        a = torch.arange(1, cfg.d_state + 1, dtype=torch.float32).repeat(cfg.d_inner, 1)
+        self.A_log.copy_(torch.log(a))
+        self.D.fill_(1.0)
+
+    def _ssm_params(self) -> tuple[Tensor, Tensor, Tensor]:
+        return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+
+    def _split_x_dbl(self, x_dbl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r, n = self.cfg.resolved_dt_rank, self.cfg.d_state
+        return x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :]
+
+    def forward(self, hidden: Tensor, conv_state: Tensor | None = None,
+                ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """hidden ``[B, L, d_model]`` -> (out ``[B, L, d_model]``, conv_state', ssm_state')."""
+        xz = self.in_proj(hidden).transpose(1, 2)  # [B, 2*d_inner, L]
+        x, z = xz.chunk(2, dim=1)
+        x, conv_state = torch.ops.mamba_export.causal_conv1d(
+            x, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, True)
+        x_dbl = self.x_proj(x.transpose(1, 2))  # [B, L, r + 2N]
+        dt_low, B, C = self._split_x_dbl(x_dbl)
+        dt = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # [B, d_inner, L]
+        A, D, dt_bias = self._ssm_params()
+        y, ssm_state = torch.ops.mamba_export.selective_scan(
+            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias, True, ssm_state)
+        return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
+
+    def step(self, hidden: Tensor, conv_state: Tensor,
+             ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state')."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x, conv_state = torch.ops.mamba_export.causal_conv1d_update(
+            x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, True)
+        dt_low, B, C = self._split_x_dbl(self.x_proj(x))
+        dt = F.linear(dt_low, self.dt_proj.weight)
+        A, D, dt_bias = self._ssm_params()
+        y, ssm_state = torch.ops.mamba_export.selective_state_update(
+            ssm_state, x, dt, A, B, C, D, z, dt_bias, True)
+        return self.out_proj(y), conv_state, ssm_state
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: residual += hidden; hidden = mixer(norm(residual))."""
+
+    def __init__(self, cfg: MambaConfig, layer_idx: int, device=None, dtype=None):
+        super().__init__()
+        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_epsilon, device=device, dtype=dtype)
+        self.mixer = MambaMixer(cfg, layer_idx, device=device, dtype=dtype)
+
+    def add_norm(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        residual = hidden if residual is None else hidden + residual
+        normed = self.norm(residual.to(self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return normed, residual
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(cfg, i, device=device, dtype=dtype) for i in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_epsilon, device=device, dtype=dtype)
+
+    def final_norm(self, hidden: Tensor, residual: Tensor | None) -> Tensor:
+        residual = hidden if residual is None else hidden + residual
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+
+class MambaLM(nn.Module):
+    """Mamba language model: ``forward`` (full sequence), ``prefill`` and ``step`` (decode)."""
+
+    def __init__(self, cfg: MambaConfig, device=None, dtype=None, initialize: bool = True):
+        super().__init__()
+        if cfg.layer != "Mamba1":
+            raise NotImplementedError(f"layer={cfg.layer!r}: only the Mamba1 mixer is implemented so far")
+        self.config = cfg
+        self.backbone = Backbone(cfg, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False, device=device, dtype=dtype)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+        if initialize:
+            self.reset_parameters()
+
+    # ------------------------------------------------------------------ construction
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """mamba_ssm's init: embeddings N(0, 0.02), Linear biases 0, out_proj scaled by
+        1/sqrt(n_layer) after Kaiming init, SSM parameters as in the mixer."""
+        nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+        for block in self.backbone.layers:
+            mixer = block.mixer
+            for lin in (mixer.in_proj, mixer.x_proj, mixer.out_proj):
+                lin.reset_parameters()
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+            mixer.conv1d.reset_parameters()
+            mixer.reset_ssm_parameters()
+            nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+            mixer.out_proj.weight /= math.sqrt(self.config.n_layer)
+            block.norm.weight.fill_(1.0)
+        self.backbone.norm_f.weight.fill_(1.0)
+        if not self.config.tie_embeddings:
+            self.lm_head.reset_parameters()
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None) -> "MambaLM":
+        """Load a local checkpoint directory (transformers Mamba or mamba_ssm format)."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path) -> None:
+        """Write safetensors + config.json that this package and ``transformers`` both load."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, path)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embedding.weight.device
+
+    # ------------------------------------------------------------------ state
+    def new_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> MambaState:
+        """Zero state for ``batch_size`` sequences (conv in the model dtype, ssm in float32)."""
+        cfg = self.config
+        device = self.device if device is None else device
+        dtype = self.dtype if dtype is None else dtype
+        conv = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_state, device=device, dtype=torch.float32)
+        return MambaState(conv, ssm)
+
+    def _check_ids(self, ids: Tensor, rank: int, what: str) -> None:
+        if not isinstance(ids, Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor of token ids, got {type(ids).__name__}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{what} must be int64 or int32 token ids, got {ids.dtype}")
+        if ids.dim() != rank:
+            shape = "[batch, length]" if rank == 2 else "[batch]"
+            raise ValueError(f"{what} must be {shape}, got shape {list(ids.shape)}")
+        if ids.device != self.device:
+            raise ValueError(f"{what} is on {ids.device} but the model is on {self.device}")
+
+    def _check_state(self, state: MambaState, batch: int) -> None:
+        if not (isinstance(state, tuple) and len(state) == 2):
+            raise TypeError("state must be a MambaState(conv, ssm) as returned by new_state()")
+        cfg = self.config
+        conv, ssm = state
+        want_conv = (cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1)
+        want_ssm = (cfg.n_layer, batch, cfg.d_inner, cfg.d_state)
+        if tuple(conv.shape) != want_conv:
+            raise ValueError(f"conv state must be {list(want_conv)}, got {list(conv.shape)}")
+        if tuple(ssm.shape) != want_ssm:
+            raise ValueError(f"ssm state must be {list(want_ssm)}, got {list(ssm.shape)}")
+        if ssm.dtype != torch.float32:
+            raise TypeError(f"ssm state must be float32, got {ssm.dtype}")
+        if conv.dtype != self.dtype:
+            raise TypeError(f"conv state must be in the model dtype {self.dtype}, got {conv.dtype}")
+        if conv.device != self.device or ssm.device != self.device:
+            raise ValueError(f"state must be on {self.device}, got conv on {conv.device}, ssm on {ssm.device}")
+
+    # ------------------------------------------------------------------ compute
+    def _run(self, input_ids: Tensor, state: MambaState | None) -> tuple[Tensor, MambaState | None]:
+        hidden = self.backbone.embedding(input_ids)
+        residual = None
+        convs, ssms = [], []
+        for i, block in enumerate(self.backbone.layers):
+            normed, residual = block.add_norm(hidden, residual)
+            conv_i = None if state is None else state.conv[i]
+            ssm_i = None if state is None else state.ssm[i]
+            hidden, conv_i, ssm_i = block.mixer(normed, conv_i, ssm_i)
+            convs.append(conv_i)
+            ssms.append(ssm_i)
+        hidden = self.backbone.final_norm(hidden, residual)
+        new_state = MambaState(torch.stack(convs), torch.stack(ssms))
+        return hidden, new_state
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Logits ``[B, L, V]`` for a whole sequence from a zero state."""
+        self._check_ids(input_ids, 2, "input_ids")
+        hidden, _ = self._run(input_ids, None)
+        return self.lm_head(hidden)
+
+    def prefill(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """Consume ``input_ids [B, L]`` from ``state``; logits of the last position ``[B, V]``."""
+        self._check_ids(input_ids, 2, "input_ids")
+        if input_ids.shape[1] < 1:
+            raise ValueError("prefill needs at least one token per sequence (L >= 1)")
+        self._check_state(state, input_ids.shape[0])
+        hidden, new_state = self._run(input_ids, MambaState(*state))
+        return self.lm_head(hidden[:, -1]), new_state
+
+    def step(self, token_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """One decode step: ``token_ids [B]`` -> logits ``[B, V]`` and the next state."""
+        self._check_ids(token_ids, 1, "token_ids")
+        self._check_state(state, token_ids.shape[0])
+        hidden = self.backbone.embedding(token_ids)
+        residual = None
+        convs, ssms = [], []
+        for i, block in enumerate(self.backbone.layers):
+            normed, residual = block.add_norm(hidden, residual)
+            hidden, conv_i, ssm_i = block.mixer.step(normed, state.conv[i], state.ssm[i])
+            convs.append(conv_i)
+            ssms.append(ssm_i)
+        hidden = self.backbone.final_norm(hidden, residual)
+        return self.lm_head(hidden), MambaState(torch.stack(convs), torch.stack(ssms))
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int = 32, **sampling):
+        """Sample continuations; see :func:`mamba_export.generate.generate` for the options.
+        ``eos_token_id`` defaults to the config's, as in transformers."""
+        from .generate import generate
+
+        sampling.setdefault("eos_token_id", self.config.eos_token_id)
+        return generate(self.prefill, self.step, self.new_state, input_ids,
+                        max_new_tokens=max_new_tokens, vocab_size=self.config.vocab_size, **sampling)

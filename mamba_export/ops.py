@@ -1,0 +1,377 @@
+"""The ops, registered with ``torch.library`` as ``torch.ops.mamba_export.*``.
+
+Each public op is a ``triton_op``: on CUDA its body launches the Triton kernels of
+``mamba_export.kernels`` through ``wrap_triton`` (so Inductor sees and can schedule them); on
+any other device it calls a private opaque op that runs the reference math. The private op keeps
+CPU graphs small and shape-generic (the reference's loop over time is never unrolled into a
+traced graph). ``torch.export`` keeps the public ops as single nodes.
+
+With ``TRITON_INTERPRET=1`` in the environment, eager calls on CPU tensors run the Triton kernels
+in Triton's interpreter: that is how CI exercises the kernels without a GPU. Traced calls (fake
+tensors, ``torch.compile``) always take the reference branch on CPU.
+
+The mamba_ssm-compatible wrappers (same argument names, order and layouts) are at the bottom.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+from torch.library import custom_op, register_fake, triton_op
+
+from . import reference as ref
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# --------------------------------------------------------------------------- dispatch helpers
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _runs_triton(t: Tensor) -> bool:
+    """CUDA tensors run Triton; eager CPU tensors do too under ``TRITON_INTERPRET=1``."""
+    if t.device.type == "cuda":
+        return True
+    return (
+        t.device.type == "cpu"
+        and type(t) is torch.Tensor  # not a fake/functional tensor: eager call
+        and os.environ.get("TRITON_INTERPRET") == "1"
+        and t.dtype != torch.float64  # the interpreter path mirrors the GPU's dtypes
+        and triton_available()
+    )
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _check_float(name: str, t: Tensor | None) -> None:
+    if t is not None:
+        _check(t.dtype in _FLOAT_DTYPES, f"{name} must be a floating tensor, got {t.dtype}")
+
+
+def _check_same_device(**tensors: Tensor | None) -> None:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all tensors must be on one device: {listing}")
+
+
+def _check_bc(name: str, t: Tensor, batch: int, dim: int, dstate: int, tail: tuple[int, ...]) -> None:
+    """B/C are ``[B, N, *tail]`` or grouped ``[B, G, N, *tail]`` with G dividing dim."""
+    if t.dim() == 2 + len(tail):
+        _check(tuple(t.shape) == (batch, dstate, *tail),
+               f"{name} must be [batch, d_state{', L' if tail else ''}] = "
+               f"{[batch, dstate, *tail]}, got {list(t.shape)}")
+    elif t.dim() == 3 + len(tail):
+        groups = t.shape[1]
+        _check(tuple(t.shape) == (batch, groups, dstate, *tail) and groups > 0 and dim % groups == 0,
+               f"{name} grouped must be [batch, groups, d_state{', L' if tail else ''}] with groups "
+               f"dividing {dim} channels, got {list(t.shape)}")
+    else:
+        raise ValueError(f"{name} has rank {t.dim()}; expected {2 + len(tail)} or {3 + len(tail)}")
+
+
+def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    _check(u.dim() == 3, f"u must be [batch, dim, L], got shape {list(u.shape)}")
+    batch, dim, length = u.shape
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias), ("initial_state", initial_state)):
+        _check_float(name, t)
+    _check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                       initial_state=initial_state)
+    _check(tuple(delta.shape) == (batch, dim, length),
+           f"delta must match u {list(u.shape)}, got {list(delta.shape)}")
+    _check(A.dim() == 2 and A.shape[0] == dim,
+           f"A must be [dim, d_state] with dim={dim}, got {list(A.shape)}")
+    dstate = A.shape[1]
+    _check_bc("B", B, batch, dim, dstate, (length,))
+    _check_bc("C", C, batch, dim, dstate, (length,))
+    if z is not None:
+        _check(tuple(z.shape) == (batch, dim, length), f"z must match u {list(u.shape)}, got {list(z.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            _check(tuple(t.shape) == (dim,), f"{name} must be [{dim}], got {list(t.shape)}")
+    if initial_state is not None:
+        _check(tuple(initial_state.shape) == (batch, dim, dstate),
+               f"initial_state must be [{batch}, {dim}, {dstate}], got {list(initial_state.shape)}")
+
+
+def check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
+    _check(x.dim() == 2, f"x must be [batch, dim], got shape {list(x.shape)}")
+    batch, dim = x.shape
+    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D),
+                    ("z", z), ("dt_bias", dt_bias)):
+        _check_float(name, t)
+    _check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    _check(A.dim() == 2 and A.shape[0] == dim, f"A must be [dim, d_state] with dim={dim}, got {list(A.shape)}")
+    dstate = A.shape[1]
+    _check(tuple(state.shape) == (batch, dim, dstate),
+           f"state must be [{batch}, {dim}, {dstate}], got {list(state.shape)}")
+    _check(tuple(dt.shape) == (batch, dim), f"dt must match x {list(x.shape)}, got {list(dt.shape)}")
+    _check_bc("B", B, batch, dim, dstate, ())
+    _check_bc("C", C, batch, dim, dstate, ())
+    if z is not None:
+        _check(tuple(z.shape) == (batch, dim), f"z must match x {list(x.shape)}, got {list(z.shape)}")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        if t is not None:
+            _check(tuple(t.shape) == (dim,), f"{name} must be [{dim}], got {list(t.shape)}")
+
+
+def check_conv_inputs(x, weight, bias, state, *, update: bool) -> None:
+    rank = 2 if update else 3
+    _check(x.dim() == rank, f"x must be {'[batch, dim]' if update else '[batch, dim, L]'}, got {list(x.shape)}")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("conv_state", state)):
+        _check_float(name, t)
+    _check_same_device(x=x, weight=weight, bias=bias, conv_state=state)
+    batch, dim = x.shape[0], x.shape[1]
+    _check(weight.dim() == 2 and weight.shape[0] == dim and 2 <= weight.shape[1] <= 4,
+           f"weight must be [dim={dim}, width in 2..4], got {list(weight.shape)}")
+    width = weight.shape[1]
+    if bias is not None:
+        _check(tuple(bias.shape) == (dim,), f"bias must be [{dim}], got {list(bias.shape)}")
+    if state is not None:
+        ok = state.dim() == 3 and tuple(state.shape[:2]) == (batch, dim)
+        ok = ok and (state.shape[2] >= width - 1 if update else state.shape[2] == width - 1)
+        _check(ok, f"conv state must be [{batch}, {dim}, {'>=' if update else ''}{width - 1}], "
+                   f"got {list(state.shape)}")
+
+
+def _empty_if_none(t: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if t is None else t
+
+
+def _none_if_empty(t: Tensor) -> Tensor | None:
+    return None if t.numel() == 0 else t
+
+
+# --------------------------------------------------------------------------- reference ops (opaque)
+@custom_op("mamba_export::_selective_scan_reference", mutates_args=())
+def _selective_scan_reference(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None, delta_softplus: bool, initial_state: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    return ref.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+
+
+@register_fake("mamba_export::_selective_scan_reference")
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    return torch.empty_like(u, memory_format=torch.contiguous_format), u.new_empty(
+        u.shape[0], u.shape[1], A.shape[1], dtype=ref.compute_dtype(u))
+
+
+@custom_op("mamba_export::_selective_scan_reference_bwd", mutates_args=())
+def _selective_scan_reference_bwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None, delta_softplus: bool, initial_state: Tensor | None,
+    dout: Tensor, dlast_state: Tensor | None,
+) -> list[Tensor]:
+    grads = ref.selective_scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                        initial_state, dout, dlast_state)
+    return [_empty_if_none(g, u) for g in grads]
+
+
+@register_fake("mamba_export::_selective_scan_reference_bwd")
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dout, dlast_state):
+    return [u.new_empty(0) if t is None else torch.empty_like(t)
+            for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
+
+
+@custom_op("mamba_export::_selective_state_update_reference", mutates_args=())
+def _selective_state_update_reference(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+    z: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool,
+) -> tuple[Tensor, Tensor]:
+    return ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+@register_fake("mamba_export::_selective_state_update_reference")
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
+        state, memory_format=torch.contiguous_format)
+
+
+@custom_op("mamba_export::_causal_conv1d_reference", mutates_args=())
+def _causal_conv1d_reference(
+    x: Tensor, weight: Tensor, bias: Tensor | None, initial_state: Tensor | None, silu: bool,
+) -> tuple[Tensor, Tensor]:
+    return ref.causal_conv1d(x, weight, bias, initial_state, silu)
+
+
+@register_fake("mamba_export::_causal_conv1d_reference")
+def _(x, weight, bias, initial_state, silu):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
+        x.shape[0], x.shape[1], weight.shape[1] - 1)
+
+
+@custom_op("mamba_export::_causal_conv1d_update_reference", mutates_args=())
+def _causal_conv1d_update_reference(
+    x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None, silu: bool,
+) -> tuple[Tensor, Tensor]:
+    return ref.causal_conv1d_update(x, conv_state, weight, bias, silu)
+
+
+@register_fake("mamba_export::_causal_conv1d_update_reference")
+def _(x, conv_state, weight, bias, silu):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), conv_state.new_empty(
+        conv_state.shape, dtype=x.dtype)
+
+
+# --------------------------------------------------------------------------- public ops
+@triton_op("mamba_export::selective_scan", mutates_args=())
+def selective_scan(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+    initial_state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Selective scan; returns ``(out [B, D, L], last_state [B, D, N] float32)``."""
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if _runs_triton(u):
+        from .kernels.selective_scan import selective_scan_fwd
+
+        return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    return torch.ops.mamba_export._selective_scan_reference(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+
+
+@triton_op("mamba_export::selective_scan_bwd", mutates_args=())
+def selective_scan_bwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None, delta_softplus: bool, initial_state: Tensor | None,
+    dout: Tensor, dlast_state: Tensor | None,
+) -> list[Tensor]:
+    """Gradients of the scan for (u, delta, A, B, C, D, z, delta_bias, initial_state); an
+    empty tensor stands for an input that was None."""
+    if _runs_triton(u):
+        from .kernels.selective_scan import selective_scan_bwd as kernel_bwd
+
+        grads = kernel_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                           dout, dlast_state)
+        return [_empty_if_none(g, u) for g in grads]
+    return torch.ops.mamba_export._selective_scan_reference_bwd(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dout, dlast_state)
+
+
+def _scan_setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state = inputs
+    ctx.delta_softplus = delta_softplus
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
+
+
+def _scan_backward(ctx, dout, dlast_state):
+    u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.saved_tensors
+    grads = torch.ops.mamba_export.selective_scan_bwd(
+        u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state,
+        dout.contiguous(), dlast_state)
+    grads = [_none_if_empty(g) for g in grads]
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit = grads
+    return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, None, dinit
+
+
+selective_scan.register_autograd(_scan_backward, setup_context=_scan_setup_context)
+
+
+@triton_op("mamba_export::selective_state_update", mutates_args=())
+def selective_state_update_op(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """One decode step of the scan; returns ``(out [B, D], new_state [B, D, N])`` (functional)."""
+    check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias)
+    if _runs_triton(x):
+        from .kernels.state_update import selective_state_update_fwd
+
+        return selective_state_update_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return torch.ops.mamba_export._selective_state_update_reference(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+@triton_op("mamba_export::causal_conv1d", mutates_args=())
+def causal_conv1d(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, initial_state: Tensor | None = None,
+    silu: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Causal depthwise conv; returns ``(out [B, D, L], final_state [B, D, W-1])``."""
+    check_conv_inputs(x, weight, bias, initial_state, update=False)
+    if _runs_triton(x):
+        from .kernels.causal_conv1d import causal_conv1d_fwd
+
+        return causal_conv1d_fwd(x, weight, bias, initial_state, silu)
+    return torch.ops.mamba_export._causal_conv1d_reference(x, weight, bias, initial_state, silu)
+
+
+@triton_op("mamba_export::causal_conv1d_update", mutates_args=())
+def causal_conv1d_update_op(
+    x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """One decode step of the conv; returns ``(out [B, D], new_state)`` (functional)."""
+    check_conv_inputs(x, weight, bias, conv_state, update=True)
+    if _runs_triton(x):
+        from .kernels.causal_conv1d import causal_conv1d_update_fwd
+
+        return causal_conv1d_update_fwd(x, conv_state, weight, bias, silu)
+    return torch.ops.mamba_export._causal_conv1d_update_reference(x, conv_state, weight, bias, silu)
+
+
+# --------------------------------------------------------------------------- mamba_ssm-compatible API
+def _silu_flag(activation: str | None) -> bool:
+    if activation in (None, "identity"):
+        return False
+    if activation in ("silu", "swish"):
+        return True
+    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False, initial_state=None):
+    """Drop-in for ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (real A only),
+    plus ``initial_state [B, D, N]``."""
+    out, last_state = torch.ops.mamba_export.selective_scan(
+        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
+    return (out, last_state) if return_last_state else out
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """Drop-in for mamba_ssm's ``selective_state_update``: updates ``state`` in place and
+    returns the output ``[B, D]``."""
+    out, new_state = torch.ops.mamba_export.selective_state_update(
+        state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+    state.copy_(new_state)
+    return out
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
+                     return_final_states=False, final_states_out=None, activation=None):
+    """Drop-in for ``causal_conv1d.causal_conv1d_fn`` (no ``seq_idx``)."""
+    if seq_idx is not None:
+        raise NotImplementedError("seq_idx (packed variable-length sequences) is not supported")
+    out, final_state = torch.ops.mamba_export.causal_conv1d(
+        x, weight, bias, initial_states, _silu_flag(activation))
+    if final_states_out is not None:
+        final_states_out.copy_(final_state)
+        final_state = final_states_out
+    return (out, final_state) if return_final_states else out
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """Drop-in for ``causal_conv1d.causal_conv1d_update`` with x ``[B, D]`` or ``[B, D, 1]``:
+    shifts ``conv_state`` in place and returns the output shaped like x."""
+    squeeze = x.dim() == 3
+    if squeeze:
+        if x.shape[-1] != 1:
+            raise ValueError(f"causal_conv1d_update takes one step; x has L={x.shape[-1]}")
+        x = x[..., 0]
+    out, new_state = torch.ops.mamba_export.causal_conv1d_update(
+        x, conv_state, weight, bias, _silu_flag(activation))
+    conv_state.copy_(new_state)
+    return out.unsqueeze(-1) if squeeze else out

@@ -1,0 +1,1 @@
+"""Runtimes that serve exported artifacts (ONNX Runtime, TensorRT)."""

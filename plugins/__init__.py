@@ -1,0 +1,1 @@
+"""TensorRT plugins (installed as ``mamba_export.plugins``)."""
