@@ -1,0 +1,143 @@
+"""Shared helpers of the Triton kernels: dual (compiled / interpreted) kernels and validation.
+
+Interpreter mode: Triton 3.x decides at ``@triton.jit`` decoration time whether a function
+becomes a compiled ``JITFunction`` or an ``InterpretedFunction`` (it reads ``TRITON_INTERPRET``
+through ``triton.knobs`` when the decorator runs). So that these modules work whether or not
+the variable was set before they were imported, kernels here are declared with :func:`kernel`,
+which keeps the plain Python function and builds either form on demand at launch time:
+
+* CUDA tensors and ``TRITON_INTERPRET`` unset: ``torch.library.wrap_triton(JITFunction)``, so
+  Inductor sees the kernel when the caller is a traced ``triton_op``.
+* CPU tensors, or ``TRITON_INTERPRET=1``: the Triton interpreter (eager only).
+
+Helper ``@jit`` functions called from kernels (scan combine functions) are always built as
+``JITFunction``; the interpreter calls their ``.fn``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+from triton.runtime.jit import JITFunction
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+class DualKernel:
+    """A Triton kernel usable compiled (CUDA) or under the interpreter (CPU)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__name__ = fn.__name__
+        self._jit = None
+        self._interp = None
+
+    @property
+    def jit(self) -> JITFunction:
+        if self._jit is None:
+            self._jit = JITFunction(self.fn)
+        return self._jit
+
+    @property
+    def interp(self):
+        if self._interp is None:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            self._interp = InterpretedFunction(self.fn)
+        return self._interp
+
+
+def kernel(fn) -> DualKernel:
+    return DualKernel(fn)
+
+
+def device_fn(fn) -> JITFunction:
+    """A ``@triton.jit`` helper (e.g. a scan combine function) that works in both modes."""
+    return JITFunction(fn)
+
+
+def use_interpreter(device: torch.device) -> bool:
+    return device.type != "cuda" or interpret_requested()
+
+
+def launch(k: DualKernel, grid, device: torch.device, *args, num_warps: int = 4, **kwargs):
+    if any(g == 0 for g in grid):
+        return
+    if use_interpreter(device):
+        k.interp[grid](*args, **kwargs)
+    else:
+        torch.library.wrap_triton(k.jit)[grid](*args, num_warps=num_warps, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+
+
+def check_float(name: str, t: torch.Tensor | None, allow_none: bool = False) -> None:
+    if t is None:
+        if allow_none:
+            return
+        raise ValueError(f"{name} is required")
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32/float16/bfloat16/float64, got {t.dtype}")
+
+
+def check_shape(name: str, t: torch.Tensor | None, shape: tuple) -> None:
+    if t is None:
+        return
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_same_device(device: torch.device, **tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} is on {t.device}, expected {device} (same device as the input)")
+
+
+# Tests set this (or MAMBA_EXPORT_POISON=1) so that launchers fill their outputs with NaN before
+# the kernels run: an element a kernel fails to write then fails the check.
+POISON = os.environ.get("MAMBA_EXPORT_POISON", "0") == "1"
+
+
+def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else triton.next_power_of_2(n)
+
+
+def bc_layout(name: str, t: torch.Tensor, batch: int, dim: int, dstate: int, length: int | None):
+    """Validate B or C; return (groups, strides (b, g, n[, l])) treating 3-D as one group.
+
+    Scan: ``[B, N, L]`` or ``[B, G, N, L]``; state update (length None): ``[B, N]`` / ``[B, G, N]``.
+    """
+    tail = (dstate,) if length is None else (dstate, length)
+    if t.dim() == 1 + len(tail):
+        if tuple(t.shape) != (batch, *tail):
+            raise ValueError(f"{name} must have shape {(batch, *tail)} or grouped "
+                             f"{(batch, 'G', *tail)}, got {tuple(t.shape)}")
+        groups = 1
+        strides = (t.stride(0), 0) + tuple(t.stride(i) for i in range(1, t.dim()))
+    elif t.dim() == 2 + len(tail):
+        if t.shape[0] != batch or tuple(t.shape[2:]) != tail:
+            raise ValueError(f"{name} must have shape {(batch, 'G', *tail)}, got {tuple(t.shape)}")
+        groups = t.shape[1]
+        if groups < 1 or dim % groups:
+            raise ValueError(f"{name}: channels ({dim}) must be a multiple of groups ({groups})")
+        strides = tuple(t.stride(i) for i in range(t.dim()))
+    else:
+        raise ValueError(f"{name} must be {len(tail) + 1}-D or {len(tail) + 2}-D, got {t.dim()}-D")
+    return groups, strides

@@ -1,0 +1,528 @@
+"""Selective scan (Mamba-1 S6), forward and backward, in Triton.
+
+Semantics: ``mamba_export.reference.selective_scan``.
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t,   y_t = <h_t, C_t> + D * u_t,
+    out = y * silu(z),   dt = softplus(delta + delta_bias) (each part optional).
+
+Scheme (forward). One program owns ``BLOCK_D`` channels of one sequence and walks L in chunks of
+``BLOCK_T`` timesteps, carrying the state ``h [BLOCK_D, N]`` in registers from chunk to chunk.
+Inside a chunk, for each state index n (unrolled), the affine recurrence over the chunk's
+timesteps is a parallel scan (``tl.associative_scan`` on pairs (decay, drive)); the carried state
+enters as ``h_t = P_t * h_in + S_t`` where (P, S) is the scanned pair. Every exp(dt*A) is
+computed exactly once (the exp unit is the floor of this op), nothing of size
+``B*D*L*N`` touches memory, and the chunk loop makes any L work (offsets along L in int64).
+
+Backward. A states pass (the forward kernel with ``STORE_CHUNKS``) writes the state at every
+chunk start (``[B, D, L/BLOCK_T, N]`` fp32, 1/BLOCK_T of the scan's size). The backward kernel
+walks the chunks in reverse: it recomputes the chunk's states from the stored start state,
+runs the adjoint recurrence g_t = C_t*dy_t + exp(dt_{t+1}*A) g_{t+1} as a reverse scan, and
+accumulates every gradient. dB/dC are sums over channels and use fp32 atomics (their order, and
+so their last bits, vary from run to run); dA, dD, d(delta_bias) are per-sequence partial sums
+reduced over the batch in PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    bc_layout,
+    check_float,
+    check_same_device,
+    check_shape,
+    device_fn,
+    kernel,
+    launch,
+    new_output,
+    next_pow2,
+    use_interpreter,
+)
+
+
+@device_fn
+def _affine_combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2
+    return a1 * a2, b1 * a2 + b2
+
+
+@kernel
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, hlast_ptr, hchunk_ptr,
+    dim, length, n_chunks, ch_per_group,
+    su_b, su_d, su_l,
+    sdt_b, sdt_d, sdt_l,
+    sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l,
+    sC_b, sC_g, sC_n, sC_l,
+    sD, sbias,
+    sz_b, sz_d, sz_l,
+    sh0_b, sh0_d, sh0_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, WRITE_OUT: tl.constexpr, STORE_CHUNKS: tl.constexpr,
+    BC_ROW: tl.constexpr, DSTATE: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < DSTATE
+    b64 = pid_b.to(tl.int64)
+    d64 = offs_d.to(tl.int64)
+    zero64 = b64 * 0  # int64 scalar: chunk offsets along L in 64 bits
+
+    u_rows = u_ptr + b64 * su_b + d64 * su_d
+    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
+    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
+    out_rows = out_ptr + (b64 * dim + d64) * length
+    if BC_ROW:
+        grp = (pid_d * BLOCK_D) // ch_per_group
+        B_base = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
+        C_base = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
+    else:
+        grp = (offs_d // ch_per_group).to(tl.int64)
+        B_rows = B_ptr + b64 * sB_b + grp * sB_g
+        C_rows = C_ptr + b64 * sC_b + grp * sC_g
+
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + b64 * sh0_b + d64[:, None] * sh0_d + offs_n[None, :] * sh0_n,
+                    mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    chunk_rows = hchunk_ptr + ((b64 * dim + d64) * n_chunks)[:, None] * DSTATE + offs_n[None, :]
+
+    for c in range(n_chunks):
+        t0 = zero64 + c * BLOCK_T
+        t = c * BLOCK_T + offs_t
+        mask_t = t < length
+        mask = mask_d[:, None] & mask_t[None, :]
+        u = tl.load(u_rows[:, None] + t0 * su_l + (offs_t * su_l)[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        dt = tl.load(dt_rows[:, None] + t0 * sdt_l + (offs_t * sdt_l)[None, :], mask=mask,
+                     other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[:, None]
+        if SOFTPLUS:
+            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        dt = tl.where(mask, dt, 0.0)
+        dtu = dt * u
+        if STORE_CHUNKS:
+            tl.store(chunk_rows + c * DSTATE, h, mask=mask_dn)
+        y = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        for n in tl.static_range(DSTATE):
+            A2 = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=mask_d, other=0.0).to(tl.float32)
+            A2 = A2 * 1.4426950408889634
+            if BC_ROW:
+                Bn = tl.load(B_base + n * sB_n + t0 * sB_l + offs_t * sB_l, mask=mask_t,
+                             other=0.0).to(tl.float32)[None, :]
+            else:
+                Bn = tl.load(B_rows[:, None] + n * sB_n + t0 * sB_l + (offs_t * sB_l)[None, :],
+                             mask=mask, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * A2[:, None])
+            drive = dtu * Bn
+            P, S = tl.associative_scan((a, drive), axis=1, combine_fn=_affine_combine)
+            h_in = tl.sum(tl.where(offs_n[None, :] == n, h, 0.0), axis=1)
+            hs = P * h_in[:, None] + S
+            if WRITE_OUT:
+                if BC_ROW:
+                    Cn = tl.load(C_base + n * sC_n + t0 * sC_l + offs_t * sC_l, mask=mask_t,
+                                 other=0.0).to(tl.float32)[None, :]
+                else:
+                    Cn = tl.load(C_rows[:, None] + n * sC_n + t0 * sC_l
+                                 + (offs_t * sC_l)[None, :], mask=mask, other=0.0).to(tl.float32)
+                y += hs * Cn
+            h_last = tl.sum(tl.where(offs_t[None, :] == BLOCK_T - 1, hs, 0.0), axis=1)
+            h = tl.where(offs_n[None, :] == n, h_last[:, None], h)
+        if WRITE_OUT:
+            if HAS_D:
+                y += Dv[:, None] * u
+            if HAS_Z:
+                z = tl.load(z_rows[:, None] + t0 * sz_l + (offs_t * sz_l)[None, :], mask=mask,
+                            other=0.0).to(tl.float32)
+                y = y * (z * tl.sigmoid(z))
+            tl.store(out_rows[:, None] + t0 + offs_t[None, :],
+                     y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    tl.store(hlast_ptr + (b64 * dim + d64)[:, None] * DSTATE + offs_n[None, :], h, mask=mask_dn)
+
+
+@kernel
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    hchunk_ptr, dout_ptr, dlast_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    dim, length, n_chunks, ch_per_group, groups,
+    su_b, su_d, su_l,
+    sdt_b, sdt_d, sdt_l,
+    sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l,
+    sC_b, sC_g, sC_n, sC_l,
+    sD, sbias,
+    sz_b, sz_d, sz_l,
+    sdo_b, sdo_d, sdo_l,
+    sdl_b, sdl_d, sdl_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DLAST: tl.constexpr, BC_ROW: tl.constexpr, DSTATE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < DSTATE
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    b64 = pid_b.to(tl.int64)
+    d64 = offs_d.to(tl.int64)
+    zero64 = b64 * 0  # int64 scalar: chunk offsets along L in 64 bits
+    row = b64 * dim + d64  # [BLOCK_D] row index of contiguous [B, D, ...] tensors
+
+    u_rows = u_ptr + b64 * su_b + d64 * su_d
+    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
+    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
+    do_rows = dout_ptr + b64 * sdo_b + d64 * sdo_d
+    if BC_ROW:
+        grp = (pid_d * BLOCK_D) // ch_per_group
+        B_base = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
+        C_base = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
+        gB_base = dB_ptr + ((b64 * groups + grp) * DSTATE) * length
+        gC_base = dC_ptr + ((b64 * groups + grp) * DSTATE) * length
+    else:
+        grp = (offs_d // ch_per_group).to(tl.int64)
+        B_rows = B_ptr + b64 * sB_b + grp * sB_g
+        C_rows = C_ptr + b64 * sC_b + grp * sC_g
+        gB_rows = dB_ptr + ((b64 * groups + grp) * DSTATE) * length
+        gC_rows = dC_ptr + ((b64 * groups + grp) * DSTATE) * length
+
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+
+    if HAS_DLAST:
+        gc = tl.load(dlast_ptr + b64 * sdl_b + d64[:, None] * sdl_d + offs_n[None, :] * sdl_n,
+                     mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        gc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    for ci in range(n_chunks):
+        c = n_chunks - 1 - ci
+        t0 = zero64 + c * BLOCK_T
+        t = c * BLOCK_T + offs_t
+        mask_t = t < length
+        mask = mask_d[:, None] & mask_t[None, :]
+        mask_next = mask_d[:, None] & (t + 1 < length)[None, :]
+        u = tl.load(u_rows[:, None] + t0 * su_l + (offs_t * su_l)[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_rows[:, None] + t0 * sdt_l + (offs_t * sdt_l)[None, :], mask=mask,
+                         other=0.0).to(tl.float32)
+        dtn = tl.load(dt_rows[:, None] + t0 * sdt_l + ((offs_t + 1) * sdt_l)[None, :],
+                      mask=mask_next, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias[:, None]
+            dtn = dtn + bias[:, None]
+        if SOFTPLUS:
+            dt = tl.where(dt_raw <= 20.0, tl.log(1.0 + tl.exp(dt_raw)), dt_raw)
+            dtn = tl.where(dtn <= 20.0, tl.log(1.0 + tl.exp(dtn)), dtn)
+        else:
+            dt = dt_raw
+        dt = tl.where(mask, dt, 0.0)
+        dtn = tl.where(mask_next, dtn, 0.0)
+        dout = tl.load(do_rows[:, None] + t0 * sdo_l + (offs_t * sdo_l)[None, :], mask=mask,
+                       other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_rows[:, None] + t0 * sz_l + (offs_t * sz_l)[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            dy = dout * z * sz
+        else:
+            dy = dout
+        dtu = dt * u
+        y = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        ddt = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        du = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        chunk_rows = hchunk_ptr + (row * n_chunks + c) * DSTATE
+        for n in tl.static_range(DSTATE):
+            An = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=mask_d, other=0.0).to(tl.float32)
+            A2 = An * 1.4426950408889634
+            if BC_ROW:
+                Bn = tl.load(B_base + n * sB_n + t0 * sB_l + offs_t * sB_l, mask=mask_t,
+                             other=0.0).to(tl.float32)[None, :]
+                Cn = tl.load(C_base + n * sC_n + t0 * sC_l + offs_t * sC_l, mask=mask_t,
+                             other=0.0).to(tl.float32)[None, :]
+            else:
+                Bn = tl.load(B_rows[:, None] + n * sB_n + t0 * sB_l + (offs_t * sB_l)[None, :],
+                             mask=mask, other=0.0).to(tl.float32)
+                Cn = tl.load(C_rows[:, None] + n * sC_n + t0 * sC_l + (offs_t * sC_l)[None, :],
+                             mask=mask, other=0.0).to(tl.float32)
+            # states of this chunk, recomputed from the stored chunk-start state
+            a = tl.exp2(dt * A2[:, None])
+            drive = dtu * Bn
+            P, S = tl.associative_scan((a, drive), axis=1, combine_fn=_affine_combine)
+            h_in = tl.load(chunk_rows + n, mask=mask_d, other=0.0)
+            hs = P * h_in[:, None] + S
+            if HAS_Z:
+                y += hs * Cn
+            # adjoint: g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}
+            a_next = tl.exp2(dtn * A2[:, None])
+            x = Cn * dy
+            Pr, G = tl.associative_scan((a_next, x), axis=1, combine_fn=_affine_combine,
+                                        reverse=True)
+            g_in = tl.sum(tl.where(offs_n[None, :] == n, gc, 0.0), axis=1)
+            g = G + Pr * g_in[:, None]
+            g_first = tl.sum(tl.where(offs_t[None, :] == 0, g, 0.0), axis=1)
+            gc = tl.where(offs_n[None, :] == n, g_first[:, None], gc)
+            # a_t * h_{t-1} = h_t - drive_t
+            ghb = g * (hs - drive)
+            gdt = g * dt
+            ddt += An[:, None] * ghb + g * Bn * u
+            du += gdt * Bn
+            dA_col = tl.sum(dt * ghb, axis=1)
+            dA_acc += tl.where(offs_n[None, :] == n, dA_col[:, None], 0.0)
+            gB = gdt * u
+            gC = dy * hs
+            if BC_ROW:
+                tl.atomic_add(gB_base + n * length + t, tl.sum(gB, axis=0), mask=mask_t)
+                tl.atomic_add(gC_base + n * length + t, tl.sum(gC, axis=0), mask=mask_t)
+            else:
+                tl.atomic_add(gB_rows[:, None] + n * length + t[None, :], gB, mask=mask)
+                tl.atomic_add(gC_rows[:, None] + n * length + t[None, :], gC, mask=mask)
+        if HAS_D:
+            du += dy * Dv[:, None]
+        dD_acc += tl.sum(dy * u, axis=1)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(mask, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        out_off = row[:, None] * length + t[None, :]
+        tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=mask)
+        tl.store(ddt_ptr + out_off, ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
+        if HAS_Z:
+            if HAS_D:
+                y += Dv[:, None] * u
+            dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dz_ptr + out_off, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+
+    # d h0 = exp(dt_0 * A) * g_0  (g_0 is the carried adjoint after the first chunk)
+    mask0 = mask_d & ((offs_d * 0) < length)
+    dt0 = tl.load(dt_rows, mask=mask0, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt0 = dt0 + bias
+    if SOFTPLUS:
+        dt0 = tl.where(dt0 <= 20.0, tl.log(1.0 + tl.exp(dt0)), dt0)
+    dt0 = tl.where(mask0, dt0, 0.0)
+    A_t = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn,
+                  other=0.0).to(tl.float32)
+    dh0 = tl.exp2(dt0[:, None] * A_t * 1.4426950408889634) * gc
+    st_off = row[:, None] * DSTATE + offs_n[None, :]
+    tl.store(dh0_ptr + st_off, dh0, mask=mask_dn)
+    tl.store(dA_ptr + st_off, dA_acc, mask=mask_dn)
+    tl.store(dD_ptr + row, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + row, dbias_acc, mask=mask_d)
+
+
+# ---------------------------------------------------------------------------------------------
+# launch configuration (deterministic in shapes and dtype: no autotuning)
+# ---------------------------------------------------------------------------------------------
+
+_TARGET_PROGRAMS = 4 * 132  # enough programs to fill an H100 several deep
+
+
+def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: torch.device,
+                backward: bool = False) -> dict:
+    """Block sizes and warps for the scan kernels, from shapes and dtype only."""
+    if use_interpreter(device):
+        # the interpreter runs scans element by element: keep tiles tiny (and chunks many)
+        return {"BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
+    block_t = 64 if backward else 128
+    block_d = 8
+    while block_d > 1 and batch * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
+        block_d //= 2
+    num_warps = max(1, min(8, block_d * block_t // 256))
+    return {"BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": num_warps}
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    check_float("u", u)
+    if u.dim() != 3:
+        raise ValueError(f"u must be [batch, dim, length], got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    check_float("delta", delta)
+    check_shape("delta", delta, (batch, dim, length))
+    check_float("A", A)
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be [dim={dim}, dstate], got shape {tuple(A.shape)}")
+    dstate = A.shape[1]
+    if dstate < 1:
+        raise ValueError("A must have dstate >= 1")
+    check_float("B", B)
+    check_float("C", C)
+    gB, sB = bc_layout("B", B, batch, dim, dstate, length)
+    gC, sC = bc_layout("C", C, batch, dim, dstate, length)
+    for name, t, shape in (("D", D, (dim,)), ("z", z, (batch, dim, length)),
+                           ("delta_bias", delta_bias, (dim,)),
+                           ("initial_state", initial_state, (batch, dim, dstate))):
+        check_float(name, t, allow_none=True)
+        check_shape(name, t, shape)
+    check_same_device(u.device, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                      initial_state=initial_state)
+    return batch, dim, length, dstate, gB, sB, gC, sC
+
+
+def _bc_args(B, C, gB, sB, gC, sC, dim, block_d):
+    """Strides for the kernels; B and C may have different group counts (both divide dim)."""
+    if gB != gC:
+        # expand the coarser one so both index with one channel->group map
+        raise ValueError(f"B and C must have the same number of groups, got {gB} and {gC}")
+    ch_per_group = dim // gB
+    bc_row = ch_per_group % block_d == 0
+    return ch_per_group, bc_row, sB, sC
+
+
+def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
+             write_out=True, store_chunks=False):
+    batch, dim, length, dstate, gB, sB, gC, sC = _validate(u, delta, A, B, C, D, z, delta_bias,
+                                                           initial_state)
+    device = u.device
+    block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
+    ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
+    n_chunks = triton.cdiv(length, block_t)
+    out = new_output((batch, dim, length), u.dtype, device) if write_out else u
+    last = new_output((batch, dim, dstate), torch.float32, device)
+    chunks = (new_output((batch, dim, max(n_chunks, 1), dstate), torch.float32, device)
+              if store_chunks else last)
+    dummy = u
+    grid = (triton.cdiv(dim, block_d), batch)
+    launch(
+        _scan_fwd_kernel, grid, device,
+        u, delta, A, B, C,
+        D if D is not None else dummy,
+        z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy,
+        initial_state if initial_state is not None else dummy,
+        out, last, chunks,
+        dim, length, n_chunks, ch_per_group,
+        u.stride(0), u.stride(1), u.stride(2),
+        delta.stride(0), delta.stride(1), delta.stride(2),
+        A.stride(0), A.stride(1),
+        *sB, *sC,
+        D.stride(0) if D is not None else 0,
+        delta_bias.stride(0) if delta_bias is not None else 0,
+        *(z.stride() if z is not None else (0, 0, 0)),
+        *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, WRITE_OUT=write_out,
+        STORE_CHUNKS=store_chunks, BC_ROW=bc_row, DSTATE=dstate, BLOCK_N=next_pow2(dstate),
+        BLOCK_D=block_d, BLOCK_T=block_t, num_warps=cfg["num_warps"],
+    )
+    return out, last, chunks
+
+
+def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                       delta_softplus=False, initial_state=None):
+    """Selective scan forward. Returns ``(out [B, D, L] in u.dtype, last_state [B, D, N] fp32)``.
+
+    Any strides; B/C ``[B, N, L]`` or ``[B, G, N, L]``; arithmetic and state in fp32.
+    """
+    check_float("u", u)
+    if u.dim() != 3:
+        raise ValueError(f"u must be [batch, dim, length], got shape {tuple(u.shape)}")
+    cfg = scan_config(u.shape[0], u.shape[1], u.shape[2], u.dtype, u.device)
+    out, last, _ = _run_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                            cfg)
+    return out, last
+
+
+def selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                       dout, dlast_state):
+    """Gradients of :func:`selective_scan_fwd` w.r.t. every input.
+
+    Returns ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)``, each in its
+    input's dtype and shape (None where the input was None). ``dlast_state`` may be None.
+    """
+    check_float("u", u)
+    if u.dim() != 3:
+        raise ValueError(f"u must be [batch, dim, length], got shape {tuple(u.shape)}")
+    batch, dim, length, dstate, gB, sB, gC, sC = _validate(u, delta, A, B, C, D, z, delta_bias,
+                                                           initial_state)
+    check_float("dout", dout)
+    check_shape("dout", dout, (batch, dim, length))
+    check_float("dlast_state", dlast_state, allow_none=True)
+    check_shape("dlast_state", dlast_state, (batch, dim, dstate))
+    check_same_device(u.device, dout=dout, dlast_state=dlast_state)
+    device = u.device
+    cfg = scan_config(batch, dim, length, u.dtype, device, backward=True)
+    block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
+    # states at every chunk start (same BLOCK_T as the backward kernel)
+    fcfg = dict(scan_config(batch, dim, length, u.dtype, device), BLOCK_T=block_t)
+    _, _, chunks = _run_fwd(u, delta, A, B, C, None, None, delta_bias, delta_softplus,
+                            initial_state, fcfg, write_out=False, store_chunks=True)
+    ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
+    groups = gB
+    n_chunks = triton.cdiv(length, block_t)
+    f32 = torch.float32
+    du = new_output((batch, dim, length), u.dtype, device)
+    ddelta = new_output((batch, dim, length), delta.dtype, device)
+    dz = new_output((batch, dim, length), z.dtype, device) if z is not None else du
+    dB = torch.zeros((batch, groups, dstate, length), dtype=f32, device=device)
+    dC = torch.zeros((batch, groups, dstate, length), dtype=f32, device=device)
+    dA_part = new_output((batch, dim, dstate), f32, device)
+    dD_part = new_output((batch, dim), f32, device)
+    dbias_part = new_output((batch, dim), f32, device)
+    dh0 = new_output((batch, dim, dstate), f32, device)
+    dummy = u
+    grid = (triton.cdiv(dim, block_d), batch)
+    launch(
+        _scan_bwd_kernel, grid, device,
+        u, delta, A, B, C,
+        D if D is not None else dummy,
+        z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy,
+        chunks, dout, dlast_state if dlast_state is not None else dummy,
+        du, ddelta, dz, dB, dC, dA_part, dD_part, dbias_part, dh0,
+        dim, length, n_chunks, ch_per_group, groups,
+        u.stride(0), u.stride(1), u.stride(2),
+        delta.stride(0), delta.stride(1), delta.stride(2),
+        A.stride(0), A.stride(1),
+        *sB, *sC,
+        D.stride(0) if D is not None else 0,
+        delta_bias.stride(0) if delta_bias is not None else 0,
+        *(z.stride() if z is not None else (0, 0, 0)),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        *(dlast_state.stride() if dlast_state is not None else (0, 0, 0)),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast_state is not None, BC_ROW=bc_row,
+        DSTATE=dstate, BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t,
+        num_warps=cfg["num_warps"],
+    )
+    dA = dA_part.sum(0).to(A.dtype)
+    dBo = (dB.view(batch, dstate, length) if B.dim() == 3 else dB).to(B.dtype)
+    dCo = (dC.view(batch, dstate, length) if C.dim() == 3 else dC).to(C.dtype)
+    dDo = dD_part.sum(0).to(D.dtype) if D is not None else None
+    dzo = dz if z is not None else None
+    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+    dinit = dh0.to(initial_state.dtype) if initial_state is not None else None
+    return du, ddelta, dA, dBo, dCo, dDo, dzo, dbias, dinit
+
+
+__all__ = ["selective_scan_fwd", "selective_scan_bwd", "scan_config"]
