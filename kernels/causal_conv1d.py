@@ -1,0 +1,235 @@
+"""Depthwise causal conv1d over L (prefill, with conv state in and out) and its one-step update.
+
+Semantics: ``mamba_export.reference.causal_conv1d`` / ``causal_conv1d_update``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    check_float,
+    check_same_device,
+    check_shape,
+    kernel,
+    launch,
+    new_output,
+    next_pow2,
+    use_interpreter,
+)
+
+
+@kernel
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr, final_ptr,
+    dim, length,
+    sx_b, sx_d, sx_l,
+    sw_d, sw_w,
+    sbias,
+    si_b, si_d, si_l,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
+    WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2)
+    b64 = pid_b.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    d64 = offs_d.to(tl.int64)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = t < length
+    x_rows = x_ptr + b64 * sx_b + d64 * sx_d
+    init_rows = init_ptr + b64 * si_b + d64 * si_d
+    t64 = t.to(tl.int64)
+
+    acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+    for w in tl.static_range(WIDTH):
+        # tap w reads padded position t + w, i.e. x[t + w - (WIDTH - 1)]
+        src = t64 + (w - (WIDTH - 1))
+        in_x = (src >= 0) & (src < length)
+        xv = tl.load(x_rows[:, None] + src[None, :] * sx_l,
+                     mask=mask_d[:, None] & in_x[None, :], other=0.0).to(tl.float32)
+        if HAS_INIT:
+            if w < WIDTH - 1:
+                pos = src + (WIDTH - 1)
+                in_i = (src < 0) & (pos >= 0)
+                iv = tl.load(init_rows[:, None] + pos[None, :] * si_l,
+                             mask=mask_d[:, None] & in_i[None, :], other=0.0).to(tl.float32)
+                xv = xv + iv  # disjoint masks
+        wv = tl.load(w_ptr + offs_d * sw_d + w * sw_w, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wv[:, None] * xv
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    out_off = (b64 * dim + d64)[:, None] * length + t64[None, :]
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty),
+             mask=mask_d[:, None] & mask_t[None, :])
+
+    if WIDTH > 1:
+        if pid_t == 0:
+            # final state: padded positions length .. length + WIDTH - 2
+            j = tl.arange(0, BLOCK_W)
+            mask_j = j < WIDTH - 1
+            src = length + j.to(tl.int64) - (WIDTH - 1)
+            m_x = mask_d[:, None] & (mask_j & (src >= 0))[None, :]
+            fv = tl.load(x_rows[:, None] + src[None, :] * sx_l, mask=m_x, other=0.0)
+            if HAS_INIT:
+                pos = src + (WIDTH - 1)
+                m_i = mask_d[:, None] & (mask_j & (src < 0))[None, :]
+                iv = tl.load(init_rows[:, None] + pos[None, :] * si_l, mask=m_i, other=0.0)
+                fv = tl.where(m_i, iv.to(fv.dtype), fv)
+            f_off = (b64 * dim + d64)[:, None] * (WIDTH - 1) + j[None, :]
+            tl.store(final_ptr + f_off, fv.to(final_ptr.dtype.element_ty),
+                     mask=mask_d[:, None] & mask_j[None, :])
+
+
+@kernel
+def _conv_update_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, nstate_ptr,
+    dim, state_len,
+    sx_b, sx_d,
+    ss_b, ss_d, ss_s,
+    sw_d, sw_w,
+    sbias,
+    sn_b, sn_d, sn_s,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, WIDTH: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    b64 = pid_b.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    d64 = offs_d.to(tl.int64)
+    s_rows = state_ptr + b64 * ss_b + d64 * ss_d
+    x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0)
+
+    # window = [state, x] (length state_len + 1); taps are its last WIDTH entries
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for w in tl.static_range(WIDTH):
+        pos = state_len + 1 - WIDTH + w
+        wv = tl.load(w_ptr + offs_d * sw_d + w * sw_w, mask=mask_d, other=0.0).to(tl.float32)
+        if w == WIDTH - 1:
+            tap = x.to(tl.float32)
+        else:
+            tap = tl.load(s_rows + pos * ss_s, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wv * tap
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+
+    # new state = window[1:]; everything is read before anything is written (in-place safe)
+    j = tl.arange(0, BLOCK_S)
+    from_state = (j + 1) < state_len
+    sv = tl.load(s_rows[:, None] + (j + 1)[None, :] * ss_s,
+                 mask=mask_d[:, None] & from_state[None, :], other=0.0)
+    nv = tl.where(from_state[None, :], sv.to(nstate_ptr.dtype.element_ty),
+                  x.to(nstate_ptr.dtype.element_ty)[:, None])
+    tl.debug_barrier()
+    tl.store(nstate_ptr + b64 * sn_b + d64[:, None] * sn_d + j[None, :] * sn_s, nv,
+             mask=mask_d[:, None] & (j < state_len)[None, :])
+    tl.store(out_ptr + b64 * dim + d64, acc.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def _check_weight(weight, bias, dim):
+    check_float("weight", weight)
+    if weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
+        raise ValueError(f"weight must be [dim={dim}, width], got shape {tuple(weight.shape)}")
+    check_float("bias", bias, allow_none=True)
+    check_shape("bias", bias, (dim,))
+    return weight.shape[1]
+
+
+def causal_conv1d_fwd(x, weight, bias=None, initial_state=None, silu=False):
+    """Causal depthwise conv. Returns ``(out [B, D, L] in x.dtype, final_state [B, D, W-1])``.
+
+    ``initial_state [B, D, W-1]`` holds the W-1 inputs before x (zeros when None); the final
+    state (x.dtype) is the last W-1 inputs, ready to carry into the next call. Any strides.
+    """
+    check_float("x", x)
+    if x.dim() != 3:
+        raise ValueError(f"x must be [batch, dim, length], got shape {tuple(x.shape)}")
+    batch, dim, length = x.shape
+    width = _check_weight(weight, bias, dim)
+    check_float("initial_state", initial_state, allow_none=True)
+    check_shape("initial_state", initial_state, (batch, dim, width - 1))
+    check_same_device(x.device, weight=weight, bias=bias, initial_state=initial_state)
+    device = x.device
+    out = new_output((batch, dim, length), x.dtype, device)
+    final = new_output((batch, dim, width - 1), x.dtype, device)
+    if use_interpreter(device):
+        block_d, block_t, num_warps = 4, 8, 1
+    else:
+        block_t = 64 if x.stride(2) == 1 else 16
+        block_d = 16 if x.stride(2) == 1 else 64
+        num_warps = 4
+    has_init = initial_state is not None and width > 1
+    init = initial_state if has_init else x
+    grid = (max(triton.cdiv(length, block_t), 1), triton.cdiv(dim, block_d), batch)
+    launch(
+        _conv_fwd_kernel, grid, device,
+        x, weight, bias if bias is not None else x, init, out, final,
+        dim, length,
+        x.stride(0), x.stride(1), x.stride(2),
+        weight.stride(0), weight.stride(1),
+        bias.stride(0) if bias is not None else 0,
+        *(init.stride() if has_init else (0, 0, 0)),
+        HAS_BIAS=bias is not None, HAS_INIT=has_init, SILU=bool(silu), WIDTH=width,
+        BLOCK_W=next_pow2(max(width - 1, 1)), BLOCK_D=block_d, BLOCK_T=block_t,
+        num_warps=num_warps,
+    )
+    return out, final
+
+
+def causal_conv1d_update_fwd(x, conv_state, weight, bias=None, silu=False, out_state=None):
+    """One step. Returns ``(out [B, D] in x.dtype, new_state [B, D, S])``.
+
+    ``conv_state [B, D, S]`` (S >= W-1) holds the last S inputs, oldest first. The new state
+    (old shifted left by one, x appended) goes into ``out_state`` when given (it may be
+    ``conv_state`` itself: in-place), else into a new tensor of x's dtype.
+    """
+    check_float("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"x must be [batch, dim], got shape {tuple(x.shape)}")
+    batch, dim = x.shape
+    width = _check_weight(weight, bias, dim)
+    check_float("conv_state", conv_state)
+    if conv_state.dim() != 3 or tuple(conv_state.shape[:2]) != (batch, dim):
+        raise ValueError(f"conv_state must be [batch={batch}, dim={dim}, S], "
+                         f"got shape {tuple(conv_state.shape)}")
+    state_len = conv_state.shape[2]
+    if state_len < width - 1:
+        raise ValueError(f"conv_state holds {state_len} steps; the conv needs at least "
+                         f"width - 1 = {width - 1}")
+    if out_state is not None:
+        check_float("out_state", out_state)
+        check_shape("out_state", out_state, tuple(conv_state.shape))
+    check_same_device(x.device, conv_state=conv_state, weight=weight, bias=bias,
+                      out_state=out_state)
+    device = x.device
+    out = new_output((batch, dim), x.dtype, device)
+    nstate = out_state if out_state is not None else new_output(tuple(conv_state.shape),
+                                                                x.dtype, device)
+    block_d = 4 if use_interpreter(device) else 128
+    grid = (triton.cdiv(dim, block_d), batch)
+    launch(
+        _conv_update_kernel, grid, device,
+        x, conv_state, weight, bias if bias is not None else x, out, nstate,
+        dim, state_len,
+        x.stride(0), x.stride(1),
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+        weight.stride(0), weight.stride(1),
+        bias.stride(0) if bias is not None else 0,
+        nstate.stride(0), nstate.stride(1), nstate.stride(2),
+        HAS_BIAS=bias is not None, SILU=bool(silu), WIDTH=width,
+        BLOCK_S=next_pow2(max(state_len, 1)), BLOCK_D=block_d, num_warps=4,
+    )
+    return out, nstate
+
+
+__all__ = ["causal_conv1d_fwd", "causal_conv1d_update_fwd"]

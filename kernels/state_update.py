@@ -1,0 +1,141 @@
+"""Single-step selective state update (decode), Mamba-1 layout.
+
+Semantics: ``mamba_export.reference.selective_state_update``. State ``[B, D, N]``, x/dt/z
+``[B, D]``, A ``[D, N]``, B/C ``[B, N]`` or grouped ``[B, G, N]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    bc_layout,
+    check_float,
+    check_same_device,
+    check_shape,
+    kernel,
+    launch,
+    new_output,
+    next_pow2,
+    use_interpreter,
+)
+
+
+@kernel
+def _state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, nstate_ptr,
+    dim, dstate, ch_per_group,
+    ss_b, ss_d, ss_n,
+    sx_b, sx_d,
+    sdt_b, sdt_d,
+    sA_d, sA_n,
+    sB_b, sB_g, sB_n,
+    sC_b, sC_g, sC_n,
+    sD, sz_b, sz_d, sbias,
+    sn_b, sn_d, sn_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    b64 = pid_b.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    d64 = offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask = mask_d[:, None] & (offs_n < dstate)[None, :]
+    grp = (offs_d // ch_per_group).to(tl.int64)
+
+    x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b64 * sdt_b + d64 * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    A = tl.load(A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask,
+                other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + b64 * sB_b + grp[:, None] * sB_g + offs_n[None, :] * sB_n, mask=mask,
+                 other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + b64 * sC_b + grp[:, None] * sC_g + offs_n[None, :] * sC_n, mask=mask,
+                 other=0.0).to(tl.float32)
+    h = tl.load(state_ptr + b64 * ss_b + d64[:, None] * ss_d + offs_n[None, :] * ss_n, mask=mask,
+                other=0.0).to(tl.float32)
+    h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv
+    y = tl.sum(h * Cv, axis=1)
+    if HAS_D:
+        y += x * tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + b64 * sz_b + d64 * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+        y = y * (z * tl.sigmoid(z))
+    tl.store(nstate_ptr + b64 * sn_b + d64[:, None] * sn_d + offs_n[None, :] * sn_n,
+             h.to(nstate_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + b64 * dim + d64, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                               dt_softplus=False, out_state=None):
+    """One decode step. Returns ``(out [B, D] in x.dtype, new_state [B, D, N])``.
+
+    The new state goes into ``out_state`` when given (it may be ``state`` itself: in-place
+    update), else into a new tensor of ``state``'s dtype (float32 for the model's fp32 state).
+    """
+    check_float("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"x must be [batch, dim], got shape {tuple(x.shape)}")
+    batch, dim = x.shape
+    check_float("A", A)
+    if A.dim() != 2 or A.shape[0] != dim or A.shape[1] < 1:
+        raise ValueError(f"A must be [dim={dim}, dstate], got shape {tuple(A.shape)}")
+    dstate = A.shape[1]
+    check_float("state", state)
+    check_shape("state", state, (batch, dim, dstate))
+    check_float("dt", dt)
+    check_shape("dt", dt, (batch, dim))
+    check_float("B", B)
+    check_float("C", C)
+    gB, sB = bc_layout("B", B, batch, dim, dstate, None)
+    gC, sC = bc_layout("C", C, batch, dim, dstate, None)
+    if gB != gC:
+        raise ValueError(f"B and C must have the same number of groups, got {gB} and {gC}")
+    for name, t, shape in (("D", D, (dim,)), ("z", z, (batch, dim)), ("dt_bias", dt_bias, (dim,)),
+                           ("out_state", out_state, (batch, dim, dstate))):
+        check_float(name, t, allow_none=True)
+        check_shape(name, t, shape)
+    check_same_device(x.device, state=state, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                      out_state=out_state)
+    device = x.device
+    out = new_output((batch, dim), x.dtype, device)
+    nstate = out_state if out_state is not None else new_output((batch, dim, dstate),
+                                                                state.dtype, device)
+    block_n = next_pow2(dstate)
+    if use_interpreter(device):
+        block_d, num_warps = 4, 1
+    else:
+        block_d = max(1, min(64, 1024 // block_n))
+        num_warps = 4
+    grid = (triton.cdiv(dim, block_d), batch)
+    launch(
+        _state_update_kernel, grid, device,
+        state, x, dt, A, B, C,
+        D if D is not None else x, z if z is not None else x, dt_bias if dt_bias is not None else x,
+        out, nstate,
+        dim, dstate, dim // gB,
+        state.stride(0), state.stride(1), state.stride(2),
+        x.stride(0), x.stride(1),
+        dt.stride(0), dt.stride(1),
+        A.stride(0), A.stride(1),
+        *sB, *sC,
+        D.stride(0) if D is not None else 0,
+        *(z.stride() if z is not None else (0, 0)),
+        dt_bias.stride(0) if dt_bias is not None else 0,
+        nstate.stride(0), nstate.stride(1), nstate.stride(2),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps,
+    )
+    return out, nstate
+
+
+__all__ = ["selective_state_update_fwd"]
