@@ -50,8 +50,8 @@ def _affine_combine(a1, b1, a2, b2):
 @kernel
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-    out_ptr, hlast_ptr, hchunk_ptr,
-    dim, length, n_chunks, ch_per_group,
+    out_ptr, hlast_ptr, hchunk_ptr, scr_ptr,
+    dim, length, n_chunks, ch_per_group, scr_stride,
     su_b, su_d, su_l,
     sdt_b, sdt_d, sdt_l,
     sA_d, sA_n,
@@ -63,7 +63,7 @@ def _scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, WRITE_OUT: tl.constexpr, STORE_CHUNKS: tl.constexpr,
     BC_ROW: tl.constexpr, DSTATE: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, LAST_LEVELS: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -71,6 +71,10 @@ def _scan_fwd_kernel(
     mask_d = offs_d < dim
     offs_t = tl.arange(0, BLOCK_T)
     offs_n = tl.arange(0, BLOCK_N)
+    # B/C rows shared by the block's channels are loaded as [BLOCK_D, BLOCK_T] tiles of
+    # repeated addresses: same layout as u (no layout conversion), repeats hit L1
+    bc_off = (offs_d * 0)[:, None] + (offs_t * sB_l)[None, :]
+    bc_off_c = (offs_d * 0)[:, None] + (offs_t * sC_l)[None, :]
     mask_n = offs_n < DSTATE
     b64 = pid_b.to(tl.int64)
     d64 = offs_d.to(tl.int64)
@@ -100,13 +104,27 @@ def _scan_fwd_kernel(
                     mask=mask_dn, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    chunk_rows = hchunk_ptr + ((b64 * dim + d64) * n_chunks)[:, None] * DSTATE + offs_n[None, :]
+    row = b64 * dim + d64
+    chunk_rows = hchunk_ptr + (row * n_chunks)[:, None] * DSTATE + offs_n[None, :]
+    # The carried state lives in a ping-pong scratch [2, B, D, N] (L1/L2 resident): chunk c
+    # reads buffer c % 2 and writes buffer (c + 1) % 2; a CTA barrier separates chunks.
+    scr_rows = scr_ptr + row * DSTATE
+    tl.store(scr_rows[:, None] + offs_n[None, :], h, mask=mask_dn)
+    tl.debug_barrier()
+    # last column of a [BLOCK_D, BLOCK_T] tile: LAST_LEVELS in-thread halvings (reshape+split
+    # keep the odd half) leave [BLOCK_D, BLOCK_T >> LAST_LEVELS]; its last column is stored
+    n_last: tl.constexpr = BLOCK_T >> LAST_LEVELS
+    last_col = tl.arange(0, n_last)
+    last_mask = mask_d[:, None] & (last_col == n_last - 1)[None, :]
+    last_off = (last_col * 0)[None, :]
 
     for c in range(n_chunks):
         t0 = zero64 + c * BLOCK_T
         t = c * BLOCK_T + offs_t
         mask_t = t < length
         mask = mask_d[:, None] & mask_t[None, :]
+        rd_rows = scr_rows + (c % 2) * scr_stride
+        wr_rows = scr_rows + ((c + 1) % 2) * scr_stride
         u = tl.load(u_rows[:, None] + t0 * su_l + (offs_t * su_l)[None, :], mask=mask,
                     other=0.0).to(tl.float32)
         dt = tl.load(dt_rows[:, None] + t0 * sdt_l + (offs_t * sdt_l)[None, :], mask=mask,
@@ -118,32 +136,41 @@ def _scan_fwd_kernel(
         dt = tl.where(mask, dt, 0.0)
         dtu = dt * u
         if STORE_CHUNKS:
+            h = tl.load(rd_rows[:, None] + offs_n[None, :], mask=mask_dn, other=0.0)
             tl.store(chunk_rows + c * DSTATE, h, mask=mask_dn)
         y = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
-        for n in tl.static_range(DSTATE):
+        for n in range(DSTATE):
+            h_in = tl.load(rd_rows + n, mask=mask_d, other=0.0)
             A2 = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=mask_d, other=0.0).to(tl.float32)
             A2 = A2 * 1.4426950408889634
             if BC_ROW:
-                Bn = tl.load(B_base + n * sB_n + t0 * sB_l + offs_t * sB_l, mask=mask_t,
-                             other=0.0).to(tl.float32)[None, :]
+                Bn = tl.load(B_base + n * sB_n + t0 * sB_l + bc_off, mask=mask,
+                             other=0.0).to(tl.float32)
             else:
                 Bn = tl.load(B_rows[:, None] + n * sB_n + t0 * sB_l + (offs_t * sB_l)[None, :],
                              mask=mask, other=0.0).to(tl.float32)
             a = tl.exp2(dt * A2[:, None])
             drive = dtu * Bn
             P, S = tl.associative_scan((a, drive), axis=1, combine_fn=_affine_combine)
-            h_in = tl.sum(tl.where(offs_n[None, :] == n, h, 0.0), axis=1)
             hs = P * h_in[:, None] + S
             if WRITE_OUT:
                 if BC_ROW:
-                    Cn = tl.load(C_base + n * sC_n + t0 * sC_l + offs_t * sC_l, mask=mask_t,
-                                 other=0.0).to(tl.float32)[None, :]
+                    Cn = tl.load(C_base + n * sC_n + t0 * sC_l + bc_off_c, mask=mask,
+                                 other=0.0).to(tl.float32)
                 else:
                     Cn = tl.load(C_rows[:, None] + n * sC_n + t0 * sC_l
                                  + (offs_t * sC_l)[None, :], mask=mask, other=0.0).to(tl.float32)
                 y += hs * Cn
-            h_last = tl.sum(tl.where(offs_t[None, :] == BLOCK_T - 1, hs, 0.0), axis=1)
-            h = tl.where(offs_n[None, :] == n, h_last[:, None], h)
+            last = hs
+            if LAST_LEVELS >= 1:
+                _, last = tl.split(tl.reshape(last, [BLOCK_D, BLOCK_T // 2, 2]))
+            if LAST_LEVELS >= 2:
+                _, last = tl.split(tl.reshape(last, [BLOCK_D, BLOCK_T // 4, 2]))
+            if LAST_LEVELS >= 3:
+                _, last = tl.split(tl.reshape(last, [BLOCK_D, BLOCK_T // 8, 2]))
+            if LAST_LEVELS >= 4:
+                _, last = tl.split(tl.reshape(last, [BLOCK_D, BLOCK_T // 16, 2]))
+            tl.store(wr_rows[:, None] + n + last_off, last, mask=last_mask)
         if WRITE_OUT:
             if HAS_D:
                 y += Dv[:, None] * u
@@ -153,8 +180,11 @@ def _scan_fwd_kernel(
                 y = y * (z * tl.sigmoid(z))
             tl.store(out_rows[:, None] + t0 + offs_t[None, :],
                      y.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.debug_barrier()
 
-    tl.store(hlast_ptr + (b64 * dim + d64)[:, None] * DSTATE + offs_n[None, :], h, mask=mask_dn)
+    h = tl.load(scr_rows[:, None] + (n_chunks % 2) * scr_stride + offs_n[None, :], mask=mask_dn,
+                other=0.0)
+    tl.store(hlast_ptr + row[:, None] * DSTATE + offs_n[None, :], h, mask=mask_dn)
 
 
 @kernel
@@ -182,6 +212,10 @@ def _scan_bwd_kernel(
     mask_d = offs_d < dim
     offs_t = tl.arange(0, BLOCK_T)
     offs_n = tl.arange(0, BLOCK_N)
+    # B/C rows shared by the block's channels are loaded as [BLOCK_D, BLOCK_T] tiles of
+    # repeated addresses: same layout as u (no layout conversion), repeats hit L1
+    bc_off = (offs_d * 0)[:, None] + (offs_t * sB_l)[None, :]
+    bc_off_c = (offs_d * 0)[:, None] + (offs_t * sC_l)[None, :]
     mask_n = offs_n < DSTATE
     mask_dn = mask_d[:, None] & mask_n[None, :]
     b64 = pid_b.to(tl.int64)
@@ -257,14 +291,14 @@ def _scan_bwd_kernel(
         ddt = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
         du = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
         chunk_rows = hchunk_ptr + (row * n_chunks + c) * DSTATE
-        for n in tl.static_range(DSTATE):
+        for n in range(DSTATE):
             An = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=mask_d, other=0.0).to(tl.float32)
             A2 = An * 1.4426950408889634
             if BC_ROW:
-                Bn = tl.load(B_base + n * sB_n + t0 * sB_l + offs_t * sB_l, mask=mask_t,
-                             other=0.0).to(tl.float32)[None, :]
-                Cn = tl.load(C_base + n * sC_n + t0 * sC_l + offs_t * sC_l, mask=mask_t,
-                             other=0.0).to(tl.float32)[None, :]
+                Bn = tl.load(B_base + n * sB_n + t0 * sB_l + bc_off, mask=mask,
+                             other=0.0).to(tl.float32)
+                Cn = tl.load(C_base + n * sC_n + t0 * sC_l + bc_off_c, mask=mask,
+                             other=0.0).to(tl.float32)
             else:
                 Bn = tl.load(B_rows[:, None] + n * sB_n + t0 * sB_l + (offs_t * sB_l)[None, :],
                              mask=mask, other=0.0).to(tl.float32)
@@ -348,7 +382,8 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     """Block sizes and warps for the scan kernels, from shapes and dtype only."""
     if use_interpreter(device):
         # the interpreter runs scans element by element: keep tiles tiny (and chunks many)
-        return {"BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
+        # (LAST_LEVELS=2 exercises the in-thread last-column extraction of the GPU layout)
+        return {"BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "LAST_LEVELS": 2}
     block_t = 64 if backward else 128
     block_d = 8
     while block_d > 1 and batch * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
@@ -360,6 +395,17 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
+
+
+def _last_levels(cfg, dtype) -> int:
+    """log2 of the timesteps each thread holds contiguously (Triton's blocked layout for a
+    [BLOCK_D, BLOCK_T] tile: 16-byte vectors along T, fewer if the tile is small)."""
+    if "LAST_LEVELS" in cfg:
+        return cfg["LAST_LEVELS"]
+    elem = 4 if dtype in (torch.float32,) else 8 if dtype == torch.float64 else 2
+    vec = min(16 // elem, max(1, cfg["BLOCK_D"] * cfg["BLOCK_T"] // (32 * cfg["num_warps"])),
+              cfg["BLOCK_T"])
+    return max(0, min(4, vec.bit_length() - 1))
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state):
@@ -406,11 +452,18 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
     device = u.device
     block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
     ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
+    if cfg.get("BC_F32", True) and B.dtype in (torch.float16, torch.bfloat16):
+        # B and C are small (no channel axis) and read once per channel block: converting them
+        # up front saves the kernel an unpack per element and state (about 3 of ~19 instr.)
+        B, C = B.float(), C.float()
+        sB = bc_layout("B", B, batch, dim, dstate, length)[1]
+        sC = bc_layout("C", C, batch, dim, dstate, length)[1]
     n_chunks = triton.cdiv(length, block_t)
     out = new_output((batch, dim, length), u.dtype, device) if write_out else u
     last = new_output((batch, dim, dstate), torch.float32, device)
     chunks = (new_output((batch, dim, max(n_chunks, 1), dstate), torch.float32, device)
               if store_chunks else last)
+    scratch = torch.empty((2, batch, dim, dstate), dtype=torch.float32, device=device)
     dummy = u
     grid = (triton.cdiv(dim, block_d), batch)
     launch(
@@ -420,8 +473,8 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
         z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy,
         initial_state if initial_state is not None else dummy,
-        out, last, chunks,
-        dim, length, n_chunks, ch_per_group,
+        out, last, chunks, scratch,
+        dim, length, n_chunks, ch_per_group, batch * dim * dstate,
         u.stride(0), u.stride(1), u.stride(2),
         delta.stride(0), delta.stride(1), delta.stride(2),
         A.stride(0), A.stride(1),
@@ -433,7 +486,8 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, WRITE_OUT=write_out,
         STORE_CHUNKS=store_chunks, BC_ROW=bc_row, DSTATE=dstate, BLOCK_N=next_pow2(dstate),
-        BLOCK_D=block_d, BLOCK_T=block_t, num_warps=cfg["num_warps"],
+        BLOCK_D=block_d, BLOCK_T=block_t, LAST_LEVELS=_last_levels(cfg, u.dtype),
+        num_warps=cfg["num_warps"],
     )
     return out, last, chunks
 

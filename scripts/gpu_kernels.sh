@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Kernels on the GPU machine in one call: GPU tests, then benchmarks (table printed last).
+# Usage (device): bash scripts/gpu_kernels.sh [--sweep]    results under $OUT (or ./gpu_out)
+set -uo pipefail
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -c 'import mamba_export.kernels' 2>/dev/null || \
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || \
+  { echo "pip install failed"; tail -5 "$OUT/pip.log"; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+timeout 300 python3 -m pytest tests/test_kernels.py -q -x -p no:cacheprovider 2>&1 \
+  | tee "$OUT/gpu_tests.log" | tail -25
+timeout 400 python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" "$@" 2>&1 \
+  | tee "$OUT/bench.log" | grep -v '^{'
