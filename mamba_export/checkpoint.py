@@ -34,9 +34,11 @@ class CheckpointError(RuntimeError):
 def _read_index(path: Path) -> list[Path]:
     try:
         weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        shards = sorted(set(weight_map.values()))
+        if not all(isinstance(s, str) for s in shards):
+            raise TypeError("shard names must be strings")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is not a valid shard index (needs a 'weight_map'): {e}") from None
-    shards = sorted(set(weight_map.values()))
     missing = [s for s in shards if not (path.parent / s).is_file()]
     if missing:
         raise CheckpointError(f"{path} lists shards that are missing: {', '.join(missing)}")
@@ -122,7 +124,11 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
     cfg = MambaConfig.from_json_file(directory / "config.json")
     state = load_state_dict(directory)
     if cfg.tie_embeddings:
-        state.pop("lm_head.weight", None)  # a tied head is the embedding (mamba_ssm saves both)
+        # A tied head is the embedding: mamba_ssm saves both, transformers only the embedding.
+        # The model's state_dict lists both names, so point the head at the embedding here.
+        state.pop("lm_head.weight", None)
+        if "backbone.embedding.weight" in state:
+            state["lm_head.weight"] = state["backbone.embedding.weight"]
     with torch.device("meta"):
         model = MambaLM(cfg, initialize=False)
     _check_keys(model, state, directory)

@@ -78,6 +78,16 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
 
 
+def _check_chunk(prefill_chunk_size) -> None:
+    if prefill_chunk_size is not None and (
+        not isinstance(prefill_chunk_size, int) or isinstance(prefill_chunk_size, bool)
+        or prefill_chunk_size < 0
+    ):
+        raise ValueError(
+            f"prefill_chunk_size must be None/0 (one prefill) or a positive int, got {prefill_chunk_size!r}"
+        )
+
+
 @torch.no_grad()
 def generate(
     prefill: PrefillFn,
@@ -106,6 +116,7 @@ def generate(
     new token column ``[B]``. ``cuda_graph`` replays one captured decode step per token.
     """
     _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
+    _check_chunk(prefill_chunk_size)
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
         raise ValueError(f"input_ids must be [batch, length>=1], got shape {list(input_ids.shape)}")
     batch = input_ids.shape[0]
