@@ -66,13 +66,30 @@ def use_interpreter(device: torch.device) -> bool:
     return device.type != "cuda" or interpret_requested()
 
 
+def _tracing(args) -> bool:
+    """True while a graph is being captured (compile/export/fake tensors or a dispatch mode)."""
+    if torch.compiler.is_compiling():
+        return True
+    from torch._subclasses.fake_tensor import is_fake
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if _get_current_dispatch_mode() is not None:
+        return True
+    return any(isinstance(a, torch.Tensor) and is_fake(a) for a in args)
+
+
 def launch(k: DualKernel, grid, device: torch.device, *args, num_warps: int = 4, **kwargs):
     if any(g == 0 for g in grid):
         return
     if use_interpreter(device):
         k.interp[grid](*args, **kwargs)
-    else:
+    elif _tracing(args):
+        # seen by Inductor / export as a triton kernel node
         torch.library.wrap_triton(k.jit)[grid](*args, num_warps=num_warps, **kwargs)
+    else:
+        # eager: call the compiled kernel directly; wrap_triton's eager path goes through the
+        # higher-order-op dispatcher and costs ~0.5 ms of host time per launch (measured on H100)
+        k.jit[grid](*args, num_warps=num_warps, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

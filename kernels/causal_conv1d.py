@@ -74,13 +74,13 @@ def _conv_fwd_kernel(
             # final state: padded positions length .. length + WIDTH - 2
             j = tl.arange(0, BLOCK_W)
             mask_j = j < WIDTH - 1
-            src = length + j.to(tl.int64) - (WIDTH - 1)
-            m_x = mask_d[:, None] & (mask_j & (src >= 0))[None, :]
-            fv = tl.load(x_rows[:, None] + src[None, :] * sx_l, mask=m_x, other=0.0)
+            fsrc = length + j.to(tl.int64) - (WIDTH - 1)
+            m_x = mask_d[:, None] & (mask_j & (fsrc >= 0))[None, :]
+            fv = tl.load(x_rows[:, None] + fsrc[None, :] * sx_l, mask=m_x, other=0.0)
             if HAS_INIT:
-                pos = src + (WIDTH - 1)
-                m_i = mask_d[:, None] & (mask_j & (src < 0))[None, :]
-                iv = tl.load(init_rows[:, None] + pos[None, :] * si_l, mask=m_i, other=0.0)
+                fpos = fsrc + (WIDTH - 1)
+                m_i = mask_d[:, None] & (mask_j & (fsrc < 0))[None, :]
+                iv = tl.load(init_rows[:, None] + fpos[None, :] * si_l, mask=m_i, other=0.0)
                 fv = tl.where(m_i, iv.to(fv.dtype), fv)
             f_off = (b64 * dim + d64)[:, None] * (WIDTH - 1) + j[None, :]
             tl.store(final_ptr + f_off, fv.to(final_ptr.dtype.element_ty),

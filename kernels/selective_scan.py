@@ -388,7 +388,8 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     block_d = 8
     while block_d > 1 and batch * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
         block_d //= 2
-    num_warps = max(1, min(8, block_d * block_t // 256))
+    # 16 elements per thread: measured best on H100 (2026-11-23 sweep, docs/kernel_notes.md)
+    num_warps = max(1, min(8, block_d * block_t // 512))
     return {"BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": num_warps}
 
 

@@ -95,10 +95,8 @@ def main():
                                                                    torch.device("cuda")))
         if args.sweep:
             for cfg in ([dict(BLOCK_D=bd, BLOCK_T=bt, num_warps=w, BC_F32=f) for bd, bt, w, f in
-                         [(8, 128, 4, True), (8, 128, 4, False), (8, 128, 2, True),
-                          (4, 128, 2, True), (4, 128, 1, True), (8, 64, 2, True),
-                          (16, 64, 4, True), (4, 256, 4, True), (2, 256, 2, True),
-                          (16, 128, 8, True)]]):
+                         [(8, 128, 2, True), (8, 128, 4, True), (8, 128, 2, False),
+                          (4, 128, 1, True), (16, 64, 2, True), (4, 256, 2, True)]]):
                 try:
                     f2 = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
                                              kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
