@@ -178,12 +178,12 @@ def _selective_scan_reference_bwd(
 ) -> list[Tensor]:
     grads = ref.selective_scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                         initial_state, dout, dlast_state)
-    return [_empty_if_none(g, u) for g in grads]
+    return [_empty_if_none(g, u).contiguous() for g in grads]
 
 
 @register_fake("mamba_export::_selective_scan_reference_bwd")
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dout, dlast_state):
-    return [u.new_empty(0) if t is None else torch.empty_like(t)
+    return [u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
             for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
 
 
@@ -257,7 +257,7 @@ def selective_scan_bwd(
 
         grads = kernel_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                            dout, dlast_state)
-        return [_empty_if_none(g, u) for g in grads]
+        return [_empty_if_none(g, u).contiguous() for g in grads]
     return torch.ops.mamba_export._selective_scan_reference_bwd(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dout, dlast_state)
 
@@ -308,6 +308,22 @@ def causal_conv1d(
 
         return causal_conv1d_fwd(x, weight, bias, initial_state, silu)
     return torch.ops.mamba_export._causal_conv1d_reference(x, weight, bias, initial_state, silu)
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, bias, initial_state, silu = inputs
+    ctx.silu = silu
+    ctx.save_for_backward(x, weight, bias, initial_state)
+
+
+def _conv_backward(ctx, dout, dfinal_state):
+    x, weight, bias, initial_state = ctx.saved_tensors
+    dx, dweight, dbias, dinit = ref.causal_conv1d_backward(
+        x, weight, bias, initial_state, ctx.silu, dout, dfinal_state)
+    return dx, dweight, dbias, dinit, None
+
+
+causal_conv1d.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
 @triton_op("mamba_export::causal_conv1d_update", mutates_args=())

@@ -234,6 +234,32 @@ def causal_conv1d(
     return out.to(x.dtype), final_state.contiguous()
 
 
+def causal_conv1d_backward(x, weight, bias, initial_state, silu, dout, dfinal_state):
+    """Gradients of :func:`causal_conv1d` for ``(x, weight, bias, initial_state)`` (None where the
+    input was None). Pure tensor ops without loops, so it also serves as the op's backward on
+    every device and traces into compiled graphs."""
+    cdt = compute_dtype(x)
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    init = x.new_zeros(batch, dim, width - 1) if initial_state is None else initial_state.to(x.dtype)
+    padded = torch.cat([init, x], dim=-1).to(cdt)
+    w = weight.to(cdt)
+    grad = dout.to(cdt)
+    if silu:
+        pre = F.conv1d(padded, w.unsqueeze(1), None if bias is None else bias.to(cdt), groups=dim)
+        sig = torch.sigmoid(pre)
+        grad = grad * sig * (1 + pre * (1 - sig))
+    # d padded[s] = sum_k grad[s - k] * w[k]: a full correlation with the flipped taps.
+    dpadded = F.conv1d(F.pad(grad, (width - 1, width - 1)), w.flip(-1).unsqueeze(1), groups=dim)
+    if dfinal_state is not None:
+        dpadded = dpadded + F.pad(dfinal_state.to(cdt), (length, 0))
+    # d w[k] = sum_{b, t} grad[t] * padded[t + k]
+    dweight = torch.stack([(grad * padded[..., k : k + length]).sum((0, 2)) for k in range(width)], -1)
+    dbias = None if bias is None else grad.sum((0, 2)).to(bias.dtype)
+    dinit = None if initial_state is None else dpadded[..., : width - 1].to(initial_state.dtype)
+    return dpadded[..., width - 1 :].to(x.dtype), dweight.to(weight.dtype), dbias, dinit
+
+
 def causal_conv1d_update(
     x: torch.Tensor,
     conv_state: torch.Tensor,

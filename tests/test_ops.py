@@ -35,6 +35,16 @@ def test_scan_op_gradients_match_float64_finite_differences():
                                     tuple(pos[:8] + [pos[9]]))
 
 
+def test_conv_op_gradients_match_float64_finite_differences():
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    for silu in (False, True):
+        assert torch.autograd.gradcheck(lambda *t: OPS.causal_conv1d(*t, silu), (x, w, b, h))
+        assert torch.autograd.gradcheck(lambda *t: OPS.causal_conv1d(*t, None, None, silu), (x[:, :, :2], w))
+
+
 def test_opcheck_all_ops():
     args = scan_inputs(2, 4, 5, 3, 2, dtype=torch.float32)
     pos = list(_scan_positional(args))
