@@ -80,8 +80,8 @@ def _conv_fwd_kernel(
             if HAS_INIT:
                 fpos = fsrc + (WIDTH - 1)
                 m_i = mask_d[:, None] & (mask_j & (fsrc < 0))[None, :]
-                iv = tl.load(init_rows[:, None] + fpos[None, :] * si_l, mask=m_i, other=0.0)
-                fv = tl.where(m_i, iv.to(fv.dtype), fv)
+                fiv = tl.load(init_rows[:, None] + fpos[None, :] * si_l, mask=m_i, other=0.0)
+                fv = tl.where(m_i, fiv.to(fv.dtype), fv)
             f_off = (b64 * dim + d64)[:, None] * (WIDTH - 1) + j[None, :]
             tl.store(final_ptr + f_off, fv.to(final_ptr.dtype.element_ty),
                      mask=mask_d[:, None] & mask_j[None, :])

@@ -384,11 +384,16 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
         # the interpreter runs scans element by element: keep tiles tiny (and chunks many)
         # (LAST_LEVELS=2 exercises the in-thread last-column extraction of the GPU layout)
         return {"BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "LAST_LEVELS": 2}
-    block_t = 64 if backward else 128
-    block_d = 8
+    if backward:
+        block_t, block_d, num_warps = 64, 8, 4
+        while block_d > 1 and batch * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
+            block_d //= 2
+        return {"BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": num_warps}
+    # [4, 256] tiles on 2 warps (16 timesteps per thread) were fastest in the H100 sweep of
+    # 2026-11-23 at all three target shapes (docs/kernel_notes.md)
+    block_t, block_d = 256, 4
     while block_d > 1 and batch * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
         block_d //= 2
-    # 16 elements per thread: measured best on H100 (2026-11-23 sweep, docs/kernel_notes.md)
     num_warps = max(1, min(8, block_d * block_t // 512))
     return {"BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": num_warps}
 
