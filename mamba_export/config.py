@@ -129,11 +129,17 @@ class MambaConfig:
             raise ConfigError(f"hidden_act={hf['hidden_act']!r} is not supported (Mamba uses 'silu')")
         if hf.get("time_step_init_scheme", "random") not in ("random", "constant"):
             raise ConfigError(f"unknown time_step_init_scheme {hf['time_step_init_scheme']!r}")
+        vocab = {"vocab_size": hf["vocab_size"], "pad_vocab_size_multiple": 1}  # stored padded
+        saved = hf.get("mamba_export")
+        if isinstance(saved, dict):
+            vocab = {k: saved[k] for k in vocab}
+            padded = cls(**vocab).padded_vocab_size
+            if padded != hf["vocab_size"]:
+                raise ConfigError(f"mamba_export.vocab_size pads to {padded}, but vocab_size is {hf['vocab_size']}")
         return cls(
             d_model=hidden,
             n_layer=hf["num_hidden_layers"],
-            vocab_size=hf["vocab_size"],
-            pad_vocab_size_multiple=1,  # HF checkpoints store the vocabulary already padded
+            **vocab,
             d_state=hf.get("state_size", 16),
             d_conv=hf.get("conv_kernel", 4),
             expand=expand,
@@ -178,6 +184,9 @@ class MambaConfig:
             "tie_word_embeddings": self.tie_embeddings,
             "hidden_act": "silu",
             "eos_token_id": self.eos_token_id,
+            # Extra key (kept by transformers): the unpadded vocabulary, so a reload masks padding.
+            "mamba_export": {"vocab_size": self.vocab_size,
+                             "pad_vocab_size_multiple": self.pad_vocab_size_multiple},
         }
 
     @classmethod

@@ -80,7 +80,9 @@ class MambaMixer(nn.Module):
         self.D.fill_(1.0)
 
     def _ssm_params(self) -> tuple[Tensor, Tensor, Tensor]:
-        return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+        """A, D, dt bias in the state precision (float32; float64 for a float64 model)."""
+        dt = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
+        return -torch.exp(self.A_log.to(dt)), self.D.to(dt), self.dt_proj.bias.to(dt)
 
     def _split_x_dbl(self, x_dbl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r, n = self.cfg.resolved_dt_rank, self.cfg.d_state
@@ -198,17 +200,24 @@ class MambaLM(nn.Module):
         return self.backbone.embedding.weight.dtype
 
     @property
+    def state_dtype(self) -> torch.dtype:
+        """SSM state precision: float32 (float64 for a float64 model, the exact reference)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    @property
     def device(self) -> torch.device:
         return self.backbone.embedding.weight.device
 
     # ------------------------------------------------------------------ state
     def new_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> MambaState:
         """Zero state for ``batch_size`` sequences (conv in the model dtype, ssm in float32)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         cfg = self.config
         device = self.device if device is None else device
         dtype = self.dtype if dtype is None else dtype
         conv = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_conv - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_state, device=device, dtype=torch.float32)
+        ssm = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_state, device=device, dtype=self.state_dtype)
         return MambaState(conv, ssm)
 
     def _check_ids(self, ids: Tensor, rank: int, what: str) -> None:
@@ -233,8 +242,8 @@ class MambaLM(nn.Module):
             raise ValueError(f"conv state must be {list(want_conv)}, got {list(conv.shape)}")
         if tuple(ssm.shape) != want_ssm:
             raise ValueError(f"ssm state must be {list(want_ssm)}, got {list(ssm.shape)}")
-        if ssm.dtype != torch.float32:
-            raise TypeError(f"ssm state must be float32, got {ssm.dtype}")
+        if ssm.dtype != self.state_dtype:
+            raise TypeError(f"ssm state must be {self.state_dtype}, got {ssm.dtype}")
         if conv.dtype != self.dtype:
             raise TypeError(f"conv state must be in the model dtype {self.dtype}, got {conv.dtype}")
         if conv.device != self.device or ssm.device != self.device:

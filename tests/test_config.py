@@ -151,10 +151,14 @@ def test_hf_round_trip(cfg):
     assert tcfg.vocab_size == cfg.padded_vocab_size
     assert tcfg.tie_word_embeddings == cfg.tie_embeddings
     back = MambaConfig.from_hf(hf)
-    # HF stores the vocabulary padded and the dt rank resolved; everything else is kept.
-    assert back.vocab_size == cfg.padded_vocab_size and back.padded_vocab_size == cfg.padded_vocab_size
+    # HF stores the vocabulary padded (the unpadded size rides along under "mamba_export")
+    # and the dt rank resolved; everything else is kept.
+    assert back.vocab_size == cfg.vocab_size and back.padded_vocab_size == cfg.padded_vocab_size
     assert back.resolved_dt_rank == cfg.resolved_dt_rank
-    skip = {"vocab_size", "pad_vocab_size_multiple", "dt_rank"}
+    plain = dict(hf)
+    plain.pop("mamba_export")
+    assert MambaConfig.from_hf(plain).vocab_size == cfg.padded_vocab_size
+    skip = {"dt_rank"}
     for f in dataclasses.fields(MambaConfig):
         if f.name not in skip:
             assert getattr(back, f.name) == getattr(cfg, f.name), f.name

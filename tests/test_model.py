@@ -108,7 +108,7 @@ def test_bad_ids_and_states_are_rejected():
         model.step(torch.zeros(2, 1, dtype=torch.long), state)
     with pytest.raises(ValueError, match="conv state must be"):
         model.prefill(torch.zeros(3, 4, dtype=torch.long), state)
-    with pytest.raises(TypeError, match="ssm state must be float32"):
+    with pytest.raises(TypeError, match="ssm state must be torch.float32"):
         model.step(torch.zeros(2, dtype=torch.long), me.MambaState(state.conv, state.ssm.double()))
     with pytest.raises(TypeError, match="conv state must be in the model dtype"):
         model.step(torch.zeros(2, dtype=torch.long), me.MambaState(state.conv.half(), state.ssm))
