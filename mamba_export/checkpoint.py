@@ -89,7 +89,7 @@ def load_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {_HF_TO_NATIVE.get(k, k): v for k, v in state.items()}
 
 
-def _check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+def _check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     expected = {k: v.shape for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -105,7 +105,7 @@ def _check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], director
     if wrong:
         problems.append(f"shape mismatches: {'; '.join(wrong[:8])}")
     if problems:
-        raise CheckpointError(f"{directory} does not match its config.json: " + " | ".join(problems))
+        raise CheckpointError(f"{source} does not match its config: " + " | ".join(problems))
 
 
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None):
@@ -122,7 +122,17 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
             "(weights cannot be downloaded here)"
         )
     cfg = MambaConfig.from_json_file(directory / "config.json")
-    state = load_state_dict(directory)
+    model = build_from_state_dict(cfg, load_state_dict(directory), str(directory))
+    if dtype is None:
+        dtype = model.backbone.embedding.weight.dtype
+    return model.to(device=device or "cpu", dtype=dtype).eval()
+
+
+def build_from_state_dict(cfg: MambaConfig, state: dict[str, torch.Tensor], source: str):
+    """A :class:`MambaLM` whose parameters ARE the given tensors (no copy), keys checked."""
+    from .model import MambaLM
+
+    state = dict(state)
     if cfg.tie_embeddings:
         # A tied head is the embedding: mamba_ssm saves both, transformers only the embedding.
         # The model's state_dict lists both names, so point the head at the embedding here.
@@ -131,13 +141,23 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
             state["lm_head.weight"] = state["backbone.embedding.weight"]
     with torch.device("meta"):
         model = MambaLM(cfg, initialize=False)
-    _check_keys(model, state, directory)
+    _check_keys(model, state, source)
     model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.backbone.embedding.weight
-    if dtype is None:
-        dtype = model.backbone.embedding.weight.dtype
-    return model.to(device=device or "cpu", dtype=dtype).eval()
+    return model
+
+
+def from_transformers(hf_model):
+    """Wrap an in-memory transformers ``MambaForCausalLM``: the returned :class:`MambaLM` shares
+    its parameter tensors (same storage, device and dtype; nothing is copied)."""
+    config = getattr(hf_model, "config", None)
+    if config is None or getattr(config, "model_type", None) != "mamba":
+        raise TypeError(
+            f"from_transformers takes a transformers MambaForCausalLM, got {type(hf_model).__name__}")
+    cfg = MambaConfig.from_hf(config.to_dict())
+    state = {_HF_TO_NATIVE.get(k, k): v for k, v in hf_model.state_dict().items()}
+    return build_from_state_dict(cfg, state, f"{type(hf_model).__name__} in memory").eval()
 
 
 def save_pretrained(model, path: str | os.PathLike) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .generate import GenerationMixin
 from .model import MambaLM, MambaState
 
 
@@ -23,12 +24,13 @@ def _mark(t: Tensor, *dims: int) -> None:
         torch._dynamo.maybe_mark_dynamic(t, d)
 
 
-class CompiledMamba:
+class CompiledMamba(GenerationMixin):
     """Compiled ``forward``, ``prefill`` and ``step`` of a :class:`MambaLM` (weights shared)."""
 
     def __init__(self, model: MambaLM, mode: str | None = None, backend: Any = "inductor",
                  fullgraph: bool = True):
         self.model = model
+        self.config = model.config
         opts = dict(mode=mode, backend=backend, fullgraph=fullgraph, dynamic=None)
         self._forward = torch.compile(model.forward, **opts)
         self._prefill = torch.compile(model.prefill, **opts)
@@ -62,15 +64,6 @@ class CompiledMamba:
 
     def new_state(self, batch_size: int) -> MambaState:
         return self.model.new_state(batch_size)
-
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int = 32, **sampling):
-        from .generate import generate
-
-        sampling.setdefault("eos_token_id", self.model.config.eos_token_id)
-        return generate(self.prefill, self.step, self.new_state, input_ids,
-                        max_new_tokens=max_new_tokens, vocab_size=self.model.config.vocab_size,
-                        **sampling)
 
 
 def compile_model(model: MambaLM, mode: str | None = None, **kwargs) -> CompiledMamba:

@@ -152,6 +152,19 @@ def generate(
     return sequences
 
 
+class GenerationMixin:
+    """``generate`` for anything with ``prefill``, ``step``, ``new_state`` and a ``config``:
+    the eager model, its compiled form and every runtime share it."""
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int = 32, **sampling) -> Tensor:
+        """Sample continuations; see :func:`generate` for the options. ``eos_token_id``
+        defaults to the config's, as in transformers."""
+        sampling.setdefault("eos_token_id", self.config.eos_token_id)
+        return generate(self.prefill, self.step, self.new_state, input_ids,
+                        max_new_tokens=max_new_tokens, vocab_size=self.config.vocab_size, **sampling)
+
+
 class CudaGraphStep:
     """A decode step captured once in a CUDA graph and replayed per token.
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
 from .config import MambaConfig
+from .generate import GenerationMixin
 
 
 class MambaState(NamedTuple):
@@ -146,7 +147,7 @@ class Backbone(nn.Module):
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
 
-class MambaLM(nn.Module):
+class MambaLM(GenerationMixin, nn.Module):
     """Mamba language model: ``forward`` (full sequence), ``prefill`` and ``step`` (decode)."""
 
     def __init__(self, cfg: MambaConfig, device=None, dtype=None, initialize: bool = True):
@@ -188,6 +189,13 @@ class MambaLM(nn.Module):
         from .checkpoint import load_pretrained
 
         return load_pretrained(path, dtype=dtype, device=device)
+
+    @classmethod
+    def from_transformers(cls, hf_model) -> "MambaLM":
+        """Wrap an in-memory transformers ``MambaForCausalLM``, sharing its weights (no copy)."""
+        from .checkpoint import from_transformers
+
+        return from_transformers(hf_model)
 
     def save_pretrained(self, path) -> None:
         """Write safetensors + config.json that this package and ``transformers`` both load."""
@@ -294,13 +302,3 @@ class MambaLM(nn.Module):
             ssms.append(ssm_i)
         hidden = self.backbone.final_norm(hidden, residual)
         return self.lm_head(hidden), MambaState(torch.stack(convs), torch.stack(ssms))
-
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int = 32, **sampling):
-        """Sample continuations; see :func:`mamba_export.generate.generate` for the options.
-        ``eos_token_id`` defaults to the config's, as in transformers."""
-        from .generate import generate
-
-        sampling.setdefault("eos_token_id", self.config.eos_token_id)
-        return generate(self.prefill, self.step, self.new_state, input_ids,
-                        max_new_tokens=max_new_tokens, vocab_size=self.config.vocab_size, **sampling)

@@ -453,7 +453,7 @@ def _rewrite(directory, edit):
 
 def test_error_missing_key(good_dir):
     _rewrite(good_dir, lambda sd: sd.pop("backbone.layers.1.mixer.D"))
-    with pytest.raises(CheckpointError, match=r"does not match its config.json: missing keys: backbone.layers.1.mixer.D"):
+    with pytest.raises(CheckpointError, match=r"does not match its config: missing keys: backbone.layers.1.mixer.D"):
         MambaLM.from_pretrained(good_dir)
 
 
@@ -518,3 +518,17 @@ def test_error_bin_holding_not_a_dict(good_dir):
     torch.save([torch.zeros(3)], good_dir / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="holds a list, not a state dict"):
         MambaLM.from_pretrained(good_dir)
+
+
+def test_from_transformers_shares_weights_and_matches_logits():
+    hc = transformers.MambaConfig(vocab_size=97, hidden_size=29, state_size=6, num_hidden_layers=2,
+                                  conv_kernel=4, expand=2, tie_word_embeddings=False)
+    hf = transformers.MambaForCausalLM(hc).eval()
+    model = MambaLM.from_transformers(hf)
+    assert model.backbone.embedding.weight.data_ptr() == hf.backbone.embeddings.weight.data_ptr()
+    assert model.backbone.layers[1].mixer.A_log.data_ptr() == hf.backbone.layers[1].mixer.A_log.data_ptr()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        assert rel_err(model(ids), hf(ids).logits) <= 1e-5
+    with pytest.raises(TypeError, match="MambaForCausalLM"):
+        MambaLM.from_transformers(torch.nn.Linear(2, 2))
