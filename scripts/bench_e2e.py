@@ -1,0 +1,165 @@
+"""End-to-end GPU benchmarks at the published shapes (random weights, mamba_ssm init).
+
+- decode: ms/token at batch 1 and 16, fp16, prompt 128, greedy, CUDA graphs (the replayed step
+  plus the argmax, timed with CUDA events over many tokens), eager-captured and compiled
+  ("reduce-overhead") variants, against the weight-reading floor (parameter bytes over the
+  device-to-device copy bandwidth measured here);
+- prefill: batch 1, whole model, CUDA events, median of repeats;
+- long prefill: time per token at 16K and 1M tokens for the mamba-130m shape.
+
+Usage: python3 scripts/bench_e2e.py [--quick] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+import mamba_export as me
+from mamba_export.compiled import compile_model
+from mamba_export.generate import CudaGraphStep
+
+
+def log(msg: str) -> None:
+    print(f"[bench_e2e] {msg}", file=sys.stderr, flush=True)
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large device-to-device copy (read + write counted)."""
+    src = torch.empty(2 * 1024**3 // 2, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    del src, dst
+    return 2 * 2 * 1024**3 / statistics.median(times)
+
+
+def cuda_time_ms(fn, reps: int = 10, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def param_bytes(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def decode_ms(model, batch: int, prompt: int, tokens: int, runner=None, graph: bool = True) -> float:
+    """ms per generated token: graph-replayed step + argmax, `tokens` steps timed together."""
+    runner = runner or model
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
+    with torch.no_grad():
+        logits, state = model.prefill(ids, model.new_state(batch))
+        step = CudaGraphStep(runner.step, state) if graph else runner.step
+        tok = logits.argmax(-1)
+        for _ in range(3):  # capture / compile / warm
+            logits, state = step(tok, state)
+            tok = logits.argmax(-1)
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(tokens):
+            logits, state = step(tok, state)
+            tok = logits.argmax(-1)
+        b.record()
+        b.synchronize()
+    return a.elapsed_time(b) / tokens
+
+
+def prefill_ms(model, batch: int, length: int, reps: int = 5) -> float:
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), device="cuda")
+    state = model.new_state(batch)
+    with torch.no_grad():
+        return cuda_time_ms(lambda: model.prefill(ids, state), reps=reps)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="fewer models and tokens")
+    p.add_argument("--out", default=None)
+    p.add_argument("--skip-long", action="store_true")
+    p.add_argument("--skip-compile", action="store_true")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    dev = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    log(f"{dev}: device-to-device copy {bw / 1e12:.2f} TB/s")
+    results = {"device": dev, "torch": torch.__version__, "copy_TBps": bw / 1e12,
+               "date": time.strftime("%Y-%m-%d"), "decode": [], "prefill": [], "long": []}
+    try:
+        import triton
+        results["triton"] = triton.__version__
+    except ImportError:
+        pass
+    presets = ["mamba-130m", "mamba-370m"] if args.quick else \
+        ["mamba-130m", "mamba-370m", "mamba-790m", "mamba-1.4b", "mamba-2.8b"]
+    tokens = 64 if args.quick else 128
+    for name in presets:
+        log(f"building {name} (fp16, random init)")
+        model = me.MambaLM(me.MambaConfig.preset(name), device="cuda", dtype=torch.float16).eval()
+        floor = param_bytes(model) / bw * 1e3
+        row = {"model": name, "floor_ms": floor}
+        for batch in (1, 16):
+            row[f"b{batch}_ms"] = decode_ms(model, batch, 128, tokens)
+            log(f"{name} decode b{batch}: {row[f'b{batch}_ms']:.3f} ms/token (floor {floor:.3f})")
+        if not args.skip_compile and name in ("mamba-130m", "mamba-2.8b"):
+            compiled = compile_model(model, mode="reduce-overhead")
+            row["compiled_b1_ms"] = decode_ms(model, 1, 128, tokens, runner=compiled, graph=False)
+            log(f"{name} compiled (reduce-overhead) decode b1: {row['compiled_b1_ms']:.3f} ms/token")
+        results["decode"].append(row)
+        if name in ("mamba-130m", "mamba-2.8b"):
+            ms = prefill_ms(model, 1, 2048)
+            results["prefill"].append({"model": name, "batch": 1, "length": 2048, "ms": ms})
+            log(f"{name} prefill 1x2048: {ms:.2f} ms")
+        del model
+        torch.cuda.empty_cache()
+    if not args.skip_long:
+        model = me.MambaLM(me.MambaConfig.preset("mamba-130m"), device="cuda", dtype=torch.float16).eval()
+        for length in (16384, 1 << 20):
+            ms = prefill_ms(model, 1, length, reps=3)
+            results["long"].append({"model": "mamba-130m", "length": length, "ms": ms,
+                                    "us_per_token": ms * 1e3 / length})
+            log(f"mamba-130m prefill 1x{length}: {ms:.1f} ms ({ms * 1e3 / length:.3f} us/token)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    print(f"\n{dev} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s | {results['date']}")
+    print(f"{'model':<12} {'b1 ms/tok':>10} {'b16 ms/tok':>11} {'compiled b1':>12} {'floor ms':>9}")
+    for r in results["decode"]:
+        comp = f"{r['compiled_b1_ms']:.3f}" if "compiled_b1_ms" in r else "-"
+        print(f"{r['model']:<12} {r['b1_ms']:>10.3f} {r['b16_ms']:>11.3f} {comp:>12} {r['floor_ms']:>9.3f}")
+    for r in results["prefill"]:
+        print(f"prefill {r['model']} {r['batch']}x{r['length']}: {r['ms']:.2f} ms")
+    for r in results["long"]:
+        print(f"long prefill {r['model']} L={r['length']}: {r['ms']:.1f} ms, {r['us_per_token']:.4f} us/token")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Everything the GPU machine checks, in one call: install, GPU tests, kernel and end-to-end
+# benchmarks; a short table last. Logs and JSON under $OUT (or ./gpu_out).
+# Usage (on the GPU machine): bash scripts/gpu_check.sh [--quick] [--skip-tests] [--skip-kernels]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+quick=""; tests=1; kernels=1
+for a in "$@"; do
+  case "$a" in
+    --quick) quick="--quick" ;;
+    --skip-tests) tests=0 ;;
+    --skip-kernels) kernels=0 ;;
+  esac
+done
+# Carried wheels (.whl/, see docs/BENCHMARKS.md) go to /tmp/site; the package installs editable.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c 'import mamba_export.kernels' 2>/dev/null || \
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || \
+  { echo "pip install -e . failed"; tail -5 "$OUT/pip.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)'
+if [ "$tests" = 1 ]; then
+  timeout 420 python3 -m pytest tests -m gpu -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+fi
+if [ "$kernels" = 1 ]; then
+  timeout 300 python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 \
+    | tee "$OUT/bench_kernels.log" | grep -v '^{' | tail -25
+fi
+timeout 500 python3 scripts/bench_e2e.py $quick --out "$OUT/bench_e2e.json" 2>&1 | tee "$OUT/bench_e2e.log" | tail -20
