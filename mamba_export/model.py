@@ -15,10 +15,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
 from .config import MambaConfig
 from .generate import GenerationMixin
+
+
+def _eager_cuda(t: Tensor) -> bool:
+    """True for a real CUDA tensor in eager mode (incl. CUDA-graph capture): there the model
+    calls fused Triton kernels directly; traced code (compile, export) sees plain torch ops."""
+    return (t.is_cuda and not torch.compiler.is_compiling() and not is_fake(t)
+            and ops.triton_available())
 
 
 class MambaState(NamedTuple):
@@ -81,9 +89,21 @@ class MambaMixer(nn.Module):
         self.D.fill_(1.0)
 
     def _ssm_params(self) -> tuple[Tensor, Tensor, Tensor]:
-        """A, D, dt bias in the state precision (float32; float64 for a float64 model)."""
+        """A, D, dt bias in the state precision (float32; float64 for a float64 model).
+
+        In eager inference they are cached (keyed on the parameters' versions), so a decode
+        step launches no kernels for them."""
+        params = (self.A_log, self.D, self.dt_proj.bias)
+        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not any(
+            is_fake(p) for p in params)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params) if cacheable else None
+        if key is not None and key == getattr(self, "_ssm_cache_key", None):
+            return self._ssm_cache
         dt = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
-        return -torch.exp(self.A_log.to(dt)), self.D.to(dt), self.dt_proj.bias.to(dt)
+        values = (-torch.exp(self.A_log.to(dt)), self.D.to(dt), self.dt_proj.bias.to(dt))
+        if key is not None:
+            self._ssm_cache_key, self._ssm_cache = key, values
+        return values
 
     def _split_x_dbl(self, x_dbl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r, n = self.cfg.resolved_dt_rank, self.cfg.d_state
@@ -128,6 +148,11 @@ class Block(nn.Module):
         self.mixer = MambaMixer(cfg, layer_idx, device=device, dtype=dtype)
 
     def add_norm(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        if _eager_cuda(hidden):
+            from .kernels.rmsnorm import add_rmsnorm_fwd
+
+            return add_rmsnorm_fwd(hidden, residual, self.norm.weight, self.norm.eps,
+                                   self.residual_in_fp32)
         residual = hidden if residual is None else hidden + residual
         normed = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
@@ -143,6 +168,10 @@ class Backbone(nn.Module):
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_epsilon, device=device, dtype=dtype)
 
     def final_norm(self, hidden: Tensor, residual: Tensor | None) -> Tensor:
+        if _eager_cuda(hidden):
+            from .kernels.rmsnorm import add_rmsnorm_fwd
+
+            return add_rmsnorm_fwd(hidden, residual, self.norm_f.weight, self.norm_f.eps, False)[0]
         residual = hidden if residual is None else hidden + residual
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
