@@ -207,7 +207,7 @@ def parse_body(name: str) -> tuple[str, int]:
     raise ValueError(f"unknown scan body {name!r}; choose one of {', '.join(BODIES)} (or chunked<T>, logdepth<T>)")
 
 
-BODIES = ("fused", "sequential", "chunked16", "chunked32", "logdepth16", "logdepth32")
+BODIES = ("fused", "sequential", "chunked8", "chunked16", "chunked32", "logdepth8", "logdepth16", "logdepth32")
 
 
 def register_schema() -> None:
