@@ -8,6 +8,7 @@ TensorRT paths share one implementation and give identical tokens for identical 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -161,7 +162,10 @@ class GenerationMixin:
         """Sample continuations; see :func:`generate` for the options. ``eos_token_id``
         defaults to the config's, as in transformers."""
         sampling.setdefault("eos_token_id", self.config.eos_token_id)
-        return generate(self.prefill, self.step, self.new_state, input_ids,
+        step = self.step
+        if sampling.get("cuda_graph") and getattr(self, "supports_inplace_step", False):
+            step = functools.partial(self.step, inplace=True)  # the graph updates state in place
+        return generate(self.prefill, step, self.new_state, input_ids,
                         max_new_tokens=max_new_tokens, vocab_size=self.config.vocab_size, **sampling)
 
 
@@ -199,7 +203,8 @@ class CudaGraphStep:
         with torch.cuda.graph(graph):
             logits, next_state = self._step(self._static_tokens, self._wrap(self._static_state))
             for dst, src in zip(self._static_state, next_state):
-                dst.copy_(src)
+                if dst is not src:  # an in-place step already wrote the static state
+                    dst.copy_(src)
         self._graph, self._logits = graph, logits
 
     def __call__(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:

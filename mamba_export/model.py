@@ -124,18 +124,36 @@ class MambaMixer(nn.Module):
             x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias, True, ssm_state)
         return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
 
-    def step(self, hidden: Tensor, conv_state: Tensor,
-             ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state')."""
+    def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
+             inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state').
+
+        ``inplace`` writes the new states into ``conv_state`` / ``ssm_state`` and returns them
+        (on eager CUDA the kernels write there directly: no copies)."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        x, conv_state = torch.ops.mamba_export.causal_conv1d_update(
-            x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, True)
+        weight = self.conv1d.weight.squeeze(1)
+        A, D, dt_bias = self._ssm_params()
+        if _eager_cuda(x):  # kernels called directly: in-place states, dt_proj fused
+            from .kernels.causal_conv1d import causal_conv1d_update_fwd
+            from .kernels.state_update import selective_state_update_fwd
+
+            x, new_conv = causal_conv1d_update_fwd(x, conv_state, weight, self.conv1d.bias, True,
+                                                   out_state=conv_state if inplace else None)
+            dt_low, B, C = self._split_x_dbl(self.x_proj(x))
+            y, new_ssm = selective_state_update_fwd(
+                ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
+                out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight)
+            return self.out_proj(y), new_conv, new_ssm
+        x, new_conv = torch.ops.mamba_export.causal_conv1d_update(
+            x, conv_state, weight, self.conv1d.bias, True)
         dt_low, B, C = self._split_x_dbl(self.x_proj(x))
         dt = F.linear(dt_low, self.dt_proj.weight)
-        A, D, dt_bias = self._ssm_params()
-        y, ssm_state = torch.ops.mamba_export.selective_state_update(
+        y, new_ssm = torch.ops.mamba_export.selective_state_update(
             ssm_state, x, dt, A, B, C, D, z, dt_bias, True)
-        return self.out_proj(y), conv_state, ssm_state
+        if inplace:
+            new_conv = conv_state.copy_(new_conv)
+            new_ssm = ssm_state.copy_(new_ssm)
+        return self.out_proj(y), new_conv, new_ssm
 
 
 class Block(nn.Module):
@@ -178,6 +196,8 @@ class Backbone(nn.Module):
 
 class MambaLM(GenerationMixin, nn.Module):
     """Mamba language model: ``forward`` (full sequence), ``prefill`` and ``step`` (decode)."""
+
+    supports_inplace_step = True
 
     def __init__(self, cfg: MambaConfig, device=None, dtype=None, initialize: bool = True):
         super().__init__()
@@ -317,8 +337,12 @@ class MambaLM(GenerationMixin, nn.Module):
         hidden, new_state = self._run(input_ids, MambaState(*state))
         return self.lm_head(hidden[:, -1]), new_state
 
-    def step(self, token_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        """One decode step: ``token_ids [B]`` -> logits ``[B, V]`` and the next state."""
+    def step(self, token_ids: Tensor, state: MambaState,
+             inplace: bool = False) -> tuple[Tensor, MambaState]:
+        """One decode step: ``token_ids [B]`` -> logits ``[B, V]`` and the next state.
+
+        ``inplace=True`` updates ``state``'s tensors and returns them (the CUDA-graph decode
+        path: no state copies); the default leaves ``state`` untouched (the exported graph)."""
         self._check_ids(token_ids, 1, "token_ids")
         self._check_state(state, token_ids.shape[0])
         hidden = self.backbone.embedding(token_ids)
@@ -326,8 +350,10 @@ class MambaLM(GenerationMixin, nn.Module):
         convs, ssms = [], []
         for i, block in enumerate(self.backbone.layers):
             normed, residual = block.add_norm(hidden, residual)
-            hidden, conv_i, ssm_i = block.mixer.step(normed, state.conv[i], state.ssm[i])
+            hidden, conv_i, ssm_i = block.mixer.step(normed, state.conv[i], state.ssm[i], inplace)
             convs.append(conv_i)
             ssms.append(ssm_i)
         hidden = self.backbone.final_norm(hidden, residual)
-        return self.lm_head(hidden), MambaState(torch.stack(convs), torch.stack(ssms))
+        next_state = MambaState(state.conv, state.ssm) if inplace else \
+            MambaState(torch.stack(convs), torch.stack(ssms))
+        return self.lm_head(hidden), next_state

@@ -13,6 +13,7 @@ Usage: python3 scripts/bench_e2e.py [--quick] [--out results.json]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -76,7 +77,11 @@ def decode_ms(model, batch: int, prompt: int, tokens: int, runner=None, graph: b
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
     with torch.no_grad():
         logits, state = model.prefill(ids, model.new_state(batch))
-        step = CudaGraphStep(runner.step, state) if graph else runner.step
+        step = runner.step
+        if getattr(runner, "supports_inplace_step", False):
+            step = functools.partial(runner.step, inplace=True)  # as generate(cuda_graph=True)
+        if graph:
+            step = CudaGraphStep(step, state)
         tok = logits.argmax(-1)
         for _ in range(3):  # capture / compile / warm
             logits, state = step(tok, state)
@@ -92,6 +97,29 @@ def decode_ms(model, batch: int, prompt: int, tokens: int, runner=None, graph: b
     return a.elapsed_time(b) / tokens
 
 
+def profile(model, what: str, batch: int = 1, length: int = 2048) -> None:
+    """Per-kernel CUDA time of an eager decode step or prefill (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    ids = torch.randint(0, model.config.vocab_size, (batch, length if what == "prefill" else 16),
+                        device="cuda")
+    with torch.no_grad():
+        logits, state = model.prefill(ids, model.new_state(batch))
+        tok = logits.argmax(-1)
+        run = (lambda: model.prefill(ids, model.new_state(batch))) if what == "prefill" else \
+            (lambda: model.step(tok, state))
+        for _ in range(3):
+            run()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                run()
+            torch.cuda.synchronize()
+    print(f"--- {model.config.d_model=} {what} batch {batch} (5 calls)", file=sys.stderr)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50),
+          file=sys.stderr)
+
+
 def prefill_ms(model, batch: int, length: int, reps: int = 5) -> float:
     ids = torch.randint(0, model.config.vocab_size, (batch, length), device="cuda")
     state = model.new_state(batch)
@@ -105,6 +133,8 @@ def main() -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--skip-long", action="store_true")
     p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--profile", action="store_true", help="kernel breakdown of prefill and decode steps")
+    p.add_argument("--presets", default=None, help="comma-separated preset names")
     args = p.parse_args()
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
@@ -119,6 +149,8 @@ def main() -> int:
         pass
     presets = ["mamba-130m", "mamba-370m"] if args.quick else \
         ["mamba-130m", "mamba-370m", "mamba-790m", "mamba-1.4b", "mamba-2.8b"]
+    if args.presets:
+        presets = args.presets.split(",")
     tokens = 64 if args.quick else 128
     for name in presets:
         log(f"building {name} (fp16, random init)")
@@ -129,9 +161,14 @@ def main() -> int:
             row[f"b{batch}_ms"] = decode_ms(model, batch, 128, tokens)
             log(f"{name} decode b{batch}: {row[f'b{batch}_ms']:.3f} ms/token (floor {floor:.3f})")
         if not args.skip_compile and name in ("mamba-130m", "mamba-2.8b"):
-            compiled = compile_model(model, mode="reduce-overhead")
-            row["compiled_b1_ms"] = decode_ms(model, 1, 128, tokens, runner=compiled, graph=False)
-            log(f"{name} compiled (reduce-overhead) decode b1: {row['compiled_b1_ms']:.3f} ms/token")
+            # Inductor's code for the step, captured in our own CUDA graph (static state buffers).
+            compiled = compile_model(model)
+            row["compiled_b1_ms"] = decode_ms(model, 1, 128, tokens, runner=compiled)
+            log(f"{name} compiled + CUDA graph decode b1: {row['compiled_b1_ms']:.3f} ms/token")
+        if args.profile:
+            profile(model, "prefill")
+            for batch in (1, 16):
+                profile(model, "step", batch)
         results["decode"].append(row)
         if name in ("mamba-130m", "mamba-2.8b"):
             ms = prefill_ms(model, 1, 2048)

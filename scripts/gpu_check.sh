@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Everything the GPU machine checks, in one call: install, GPU tests, kernel and end-to-end
 # benchmarks; a short table last. Logs and JSON under $OUT (or ./gpu_out).
-# Usage (on the GPU machine): bash scripts/gpu_check.sh [--quick] [--skip-tests] [--skip-kernels]
+# Usage (on the GPU machine): bash scripts/gpu_check.sh [--skip-tests] [--skip-kernels] [bench_e2e.py args]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-quick=""; tests=1; kernels=1
+e2e_args=(); tests=1; kernels=1
 for a in "$@"; do
   case "$a" in
-    --quick) quick="--quick" ;;
     --skip-tests) tests=0 ;;
     --skip-kernels) kernels=0 ;;
+    *) e2e_args+=("$a") ;;  # e.g. --quick, --presets mamba-130m, --profile, --skip-long
   esac
 done
 # Carried wheels (.whl/, see docs/BENCHMARKS.md) go to /tmp/site; the package installs editable.
@@ -31,4 +31,4 @@ if [ "$kernels" = 1 ]; then
   timeout 300 python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 \
     | tee "$OUT/bench_kernels.log" | grep -v '^{' | tail -25
 fi
-timeout 500 python3 scripts/bench_e2e.py $quick --out "$OUT/bench_e2e.json" 2>&1 | tee "$OUT/bench_e2e.log" | tail -20
+timeout 500 python3 scripts/bench_e2e.py "${e2e_args[@]}" --out "$OUT/bench_e2e.json" 2>&1 | tee "$OUT/bench_e2e.log" | tail -20

@@ -49,6 +49,20 @@ def test_prefill_then_steps_equal_forward_at_every_position(kw):
             assert rel_err(logits, full[:, t]) < 1e-5, t
 
 
+def test_inplace_step_updates_state_and_matches_functional_step():
+    model = _model(CONFIGS[0])
+    ids = torch.randint(0, CONFIGS[0]["vocab_size"], (2, 5))
+    with torch.no_grad():
+        _, state = model.prefill(ids, model.new_state(2))
+        want_logits, want_state = model.step(ids[:, 0], state)
+        conv_before = state.conv.clone()
+        logits, same = model.step(ids[:, 0], state, inplace=True)
+    assert same.conv is state.conv and same.ssm is state.ssm
+    assert not torch.equal(state.conv, conv_before)
+    assert torch.equal(logits, want_logits)
+    assert torch.equal(state.conv, want_state.conv) and torch.equal(state.ssm, want_state.ssm)
+
+
 def test_state_layout_and_dtypes():
     cfg = me.MambaConfig(**CONFIGS[0])
     model = me.MambaLM(cfg, dtype=torch.bfloat16)
