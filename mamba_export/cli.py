@@ -1,4 +1,4 @@
-"""Command line: ``mamba-export run`` (the main job) and ``mamba-export generate``."""
+"""Command line: ``mamba-export run`` (the main job), ``export``, ``generate``, ``check``."""
 
 from __future__ import annotations
 
@@ -132,31 +132,87 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(args.model, DTYPES[args.dtype], str(device))
+def _parse_prompt(text: str, vocab_size: int) -> list[int]:
     try:
-        prompt = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
+        prompt = [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise SystemExit(f"error: --prompt-ids must be integers separated by spaces, got {args.prompt_ids!r}")
+        raise SystemExit(f"error: --prompt-ids must be integers separated by spaces, got {text!r}")
     if not prompt:
         raise SystemExit("error: --prompt-ids is empty")
-    bad = [t for t in prompt if not 0 <= t < model.config.vocab_size]
+    bad = [t for t in prompt if not 0 <= t < vocab_size]
     if bad:
-        raise SystemExit(f"error: token ids {bad} are outside the vocabulary [0, {model.config.vocab_size})")
-    ids = torch.tensor([prompt], device=device)
-    out = model.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                         repetition_penalty=args.repetition_penalty, seed=args.seed,
-                         cuda_graph=args.cuda_graph,
-                         streamer=lambda t: print(int(t[0]), end=" ", flush=True))
+        raise SystemExit(f"error: token ids {bad} are outside the vocabulary [0, {vocab_size})")
+    return prompt
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from mamba_export.export.artifacts import ArtifactsError
+    from mamba_export.runtime.check import open_runtime
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.artifacts:
+        try:
+            runner = open_runtime(args.artifacts, args.runtime, device=device)
+        except (ArtifactsError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e}")
+    elif args.model:
+        runner = load_model(args.model, DTYPES[args.dtype], device)
+        if args.runtime == "compile":
+            from mamba_export.compiled import compile_model
+
+            runner = compile_model(runner)
+        elif args.runtime not in ("eager", "torch"):
+            raise SystemExit(f"error: --runtime {args.runtime} needs --artifacts DIR (run `mamba-export export`)")
+    else:
+        raise SystemExit("error: give --artifacts DIR or --model PATH|PRESET")
+    ids = torch.tensor([_parse_prompt(args.prompt_ids, runner.config.vocab_size)], device=device)
+    extra = {"cuda_graph": True} if args.cuda_graph else {}
+    out = runner.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          streamer=lambda t: print(int(t[0]), end=" ", flush=True), **extra)
     print()
-    log(f"generated {out.shape[1] - ids.shape[1]} tokens")
+    log(f"generated {out.shape[1] - ids.shape[1]} tokens with runtime {args.runtime}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mamba_export.export.exporter import export_artifacts
+
+    device = args.device or "cpu"
+    model = load_model(args.model, DTYPES[args.dtype], device)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    try:
+        export_artifacts(model, args.out, formats=formats, log=log)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    if not args.no_check:
+        return cmd_check(argparse.Namespace(artifacts=args.out, device=device, runtimes=None))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mamba_export.export.artifacts import ArtifactsError
+    from mamba_export.runtime.check import check_artifacts
+
+    runtimes = args.runtimes.split(",") if args.runtimes else None
+    try:
+        rows = check_artifacts(args.artifacts, runtimes=runtimes, device=args.device, log=log)
+    except (ArtifactsError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    print(f"\n{'runtime':<10} {'prefill rel err':>16} {'decode rel err':>15} {'greedy = eager':>15}")
+    for r in rows:
+        print(f"{r['runtime']:<10} {r['prefill_logits_rel_err']:>16.2e} {r['decode_logits_rel_err']:>15.2e} "
+              f"{str(r['greedy_tokens_equal']):>15}")
+    bad = [r["runtime"] for r in rows if not r["greedy_tokens_equal"]]
+    if bad:
+        log(f"greedy generation differs from eager for: {', '.join(bad)}")
+        return 1
     return 0
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> None:
-    p.add_argument("--model", default=default_model, required=default_model is None,
+    p.add_argument("--model", default=default_model or None, required=default_model is None,
                    help="checkpoint directory (transformers or mamba_ssm format) or preset name")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -175,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int, default=32)
     run.set_defaults(func=cmd_run)
     gen = sub.add_parser("generate", help="generate token ids from a prompt of token ids")
-    _add_model_args(gen, None)
+    gen.add_argument("--artifacts", default=None, help="an exported artifacts directory")
+    gen.add_argument("--runtime", default="torch", choices=["eager", "torch", "compile", "ort"],
+                     help="with --artifacts: torch (.pt2), compile (AOTInductor / torch.compile), ort")
+    _add_model_args(gen, "")
     gen.add_argument("--prompt-ids", required=True, help='e.g. "1 2 3"')
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -183,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
     gen.add_argument("--cuda-graph", action="store_true", help="replay a captured decode step (CUDA)")
     gen.set_defaults(func=cmd_generate)
+    exp = sub.add_parser("export", help="write prefill/decode graphs and manifest.json to --out")
+    _add_model_args(exp, "mamba-tiny")
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--formats", default="torch,onnx", help="comma-separated: torch, aoti, onnx")
+    exp.add_argument("--no-check", action="store_true", help="skip the parity check after export")
+    exp.set_defaults(func=cmd_export)
+    chk = sub.add_parser("check", help="parity of every runtime of --artifacts against eager")
+    chk.add_argument("--artifacts", required=True)
+    chk.add_argument("--runtimes", default=None, help="comma-separated subset (default: all available)")
+    chk.add_argument("--device", default=None)
+    chk.set_defaults(func=cmd_check)
     return parser
 
 

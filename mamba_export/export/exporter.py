@@ -1,0 +1,60 @@
+"""Write an artifacts directory: eager weights, the two graphs in each requested format, and
+``manifest.json`` (see :mod:`mamba_export.export.artifacts`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..model import MambaLM
+from . import artifacts
+
+FORMATS = ("torch", "aoti", "onnx")
+
+
+def _export_one(model: MambaLM, graph: str, fmt: str, path: Path) -> dict:
+    if fmt == "torch":
+        from .programs import export_program, save_program
+
+        save_program(export_program(model, graph), path)
+        return {}
+    if fmt == "aoti":
+        from .programs import aot_compile, export_program
+
+        aot_compile(export_program(model, graph), path)
+        return {}
+    if fmt == "onnx":
+        from .onnx import export_onnx
+
+        return export_onnx(model, graph, path)
+    raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def export_artifacts(model: MambaLM, out: str | os.PathLike, formats=("torch", "onnx"),
+                     log: Callable[[str], None] = print) -> dict:
+    """Export ``model`` into ``out``; returns the manifest."""
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown formats {unknown}: expected some of {', '.join(FORMATS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    log(f"saving eager weights to {out / artifacts.MODEL_DIR}")
+    if (out / artifacts.MODEL_DIR).exists():
+        shutil.rmtree(out / artifacts.MODEL_DIR)
+    model.save_pretrained(out / artifacts.MODEL_DIR)
+    manifest = artifacts.new_manifest(model)
+    steps = [(g, f) for f in formats for g in ("prefill", "decode")]
+    for i, (graph, fmt) in enumerate(steps, 1):
+        name = artifacts.FILES[(graph, fmt)]
+        start = time.perf_counter()
+        log(f"[{i}/{len(steps)}] {fmt}: {graph} -> {name}")
+        info = _export_one(model, graph, fmt, out / name)
+        artifacts.add_file(manifest, out, name, graph, fmt, **(info or {}))
+        log(f"[{i}/{len(steps)}] done in {time.perf_counter() - start:.1f} s")
+        artifacts.write_manifest(manifest, out)  # a partial export still describes itself
+    return manifest
