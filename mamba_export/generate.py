@@ -193,12 +193,15 @@ class CudaGraphStep:
         return self._state_type(*tensors) if hasattr(self._state_type, "_fields") else self._state_type(tensors)
 
     def _capture(self) -> None:
+        saved = tuple(t.clone() for t in self._static_state)  # an in-place step mutates it
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self._warmup):  # compile / autotune outside the capture
                 self._step(self._static_tokens, self._wrap(self._static_state))
         torch.cuda.current_stream().wait_stream(side)
+        for dst, src in zip(self._static_state, saved):
+            dst.copy_(src)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits, next_state = self._step(self._static_tokens, self._wrap(self._static_state))
