@@ -187,6 +187,160 @@ def _scan_fwd_kernel(
     tl.store(hlast_ptr + row[:, None] * DSTATE + offs_n[None, :], h, mask=mask_dn)
 
 
+@device_fn
+def _take_last(a, b):
+    return b
+
+
+@kernel
+def _scan_fwd_seq_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, hlast_ptr,
+    dim, length, n_chunks, ch_per_group,
+    su_b, su_d, su_l,
+    sdt_b, sdt_d, sdt_l,
+    sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l,
+    sC_b, sC_g, sC_n, sC_l,
+    sD, sbias,
+    sz_b, sz_d, sz_l,
+    sh0_b, sh0_d, sh0_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, BC_ROW: tl.constexpr, DSTATE: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Sequential-in-time forward (v6). Tiles are [BLOCK_T, BLOCK_N, BLOCK_D] (time, state,
+    channel): with Triton's default layout for this order, lanes cover channels first (up to
+    BLOCK_D) and then states, and time is entirely in-thread. So the recurrence over a chunk's
+    BLOCK_T steps is an in-thread sequential scan (one FFMA per element on the critical path; the
+    scan's decay products are dead code and removed), the y contraction over N is in-thread adds
+    plus log2(lanes on N) shuffle rounds, and no shuffle scan is needed. One warp per program."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < DSTATE
+    b64 = pid_b.to(tl.int64)
+    d64 = offs_d.to(tl.int64)
+    zero64 = b64 * 0
+
+    u_rows = u_ptr + b64 * su_b + d64 * su_d
+    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
+    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
+    out_rows = out_ptr + (b64 * dim + d64) * length
+    if BC_ROW:
+        grp = (pid_d * BLOCK_D) // ch_per_group
+        B_base = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
+        C_base = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
+    else:
+        grp = (offs_d // ch_per_group).to(tl.int64)
+        B_rows = B_ptr + b64 * sB_b + grp * sB_g
+        C_rows = C_ptr + b64 * sC_b + grp * sC_g
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * sA_n + offs_d[None, :] * sA_d, mask=mask_nd,
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_H0:
+        h = tl.load(h0_ptr + b64 * sh0_b + d64[None, :] * sh0_d + offs_n[:, None] * sh0_n,
+                    mask=mask_nd, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    first = (offs_t == 0)[:, None, None]
+    is_last = (offs_t == BLOCK_T - 1)[:, None, None]
+
+    # software prefetch: the tiles of chunk c + 1 are loaded before chunk c is computed, so the
+    # loads' latency hides behind a chunk of arithmetic (few warps per SM at small batch)
+    t0 = zero64
+    mask_t = offs_t < length
+    mask = mask_t[:, None] & mask_d[None, :]
+    mask_tn = mask_t[:, None] & mask_n[None, :]
+    u = tl.load(u_rows[None, :] + (offs_t * su_l)[:, None], mask=mask, other=0.0)
+    dt = tl.load(dt_rows[None, :] + (offs_t * sdt_l)[:, None], mask=mask, other=0.0)
+    if HAS_Z:
+        z = tl.load(z_rows[None, :] + (offs_t * sz_l)[:, None], mask=mask, other=0.0)
+    if BC_ROW:
+        Bt = tl.load(B_base + offs_t[:, None] * sB_l + offs_n[None, :] * sB_n, mask=mask_tn,
+                     other=0.0)
+        Ct = tl.load(C_base + offs_t[:, None] * sC_l + offs_n[None, :] * sC_n, mask=mask_tn,
+                     other=0.0)
+    else:
+        m3 = mask_tn[:, :, None] & mask_d[None, None, :]
+        Bt = tl.load(B_rows[None, None, :] + offs_t[:, None, None] * sB_l
+                     + (offs_n * sB_n)[None, :, None], mask=m3, other=0.0)
+        Ct = tl.load(C_rows[None, None, :] + offs_t[:, None, None] * sC_l
+                     + (offs_n * sC_n)[None, :, None], mask=m3, other=0.0)
+
+    for c in range(n_chunks):
+        # next chunk's tiles (fully masked past the end: no memory traffic)
+        t1 = t0 + BLOCK_T
+        mask_t1 = ((c + 1) * BLOCK_T + offs_t) < length
+        mask1 = mask_t1[:, None] & mask_d[None, :]
+        mask_tn1 = mask_t1[:, None] & mask_n[None, :]
+        u_nx = tl.load(u_rows[None, :] + t1 * su_l + (offs_t * su_l)[:, None], mask=mask1,
+                       other=0.0)
+        dt_nx = tl.load(dt_rows[None, :] + t1 * sdt_l + (offs_t * sdt_l)[:, None], mask=mask1,
+                        other=0.0)
+        if HAS_Z:
+            z_nx = tl.load(z_rows[None, :] + t1 * sz_l + (offs_t * sz_l)[:, None], mask=mask1,
+                           other=0.0)
+        if BC_ROW:
+            B_nx = tl.load(B_base + (t1 + offs_t)[:, None] * sB_l + offs_n[None, :] * sB_n,
+                           mask=mask_tn1, other=0.0)
+            C_nx = tl.load(C_base + (t1 + offs_t)[:, None] * sC_l + offs_n[None, :] * sC_n,
+                           mask=mask_tn1, other=0.0)
+        else:
+            m31 = mask_tn1[:, :, None] & mask_d[None, None, :]
+            B_nx = tl.load(B_rows[None, None, :] + (t1 + offs_t)[:, None, None] * sB_l
+                           + (offs_n * sB_n)[None, :, None], mask=m31, other=0.0)
+            C_nx = tl.load(C_rows[None, None, :] + (t1 + offs_t)[:, None, None] * sC_l
+                           + (offs_n * sC_n)[None, :, None], mask=m31, other=0.0)
+
+        uf = u.to(tl.float32)
+        dtf = dt.to(tl.float32)
+        if HAS_BIAS:
+            dtf = dtf + bias[None, :]
+        if SOFTPLUS:
+            dtf = tl.where(dtf <= 20.0, tl.log(1.0 + tl.exp(dtf)), dtf)
+        dtf = tl.where(mask, dtf, 0.0)  # masked steps: decay 1, drive 0 (state carried)
+        dtu = dtf * uf
+        if BC_ROW:
+            Bf = Bt.to(tl.float32)[:, :, None]
+            Cf = Ct.to(tl.float32)[:, :, None]
+        else:
+            Bf = Bt.to(tl.float32)
+            Cf = Ct.to(tl.float32)
+        a = tl.exp2(dtf[:, None, :] * A2[None, :, :])
+        drive = dtu[:, None, :] * Bf
+        drive = tl.where(first, drive + a * h[None, :, :], drive)
+        _, hs = tl.associative_scan((a, drive), axis=0, combine_fn=_affine_combine)
+        # state after the chunk's last step (masked steps carry it): the T axis is in-thread,
+        # so this masked sum is a register pick plus one add
+        h = tl.sum(tl.where(is_last, hs, 0.0), axis=0)
+        y = tl.sum(hs * Cf, axis=1)
+        if HAS_D:
+            y += Dv[None, :] * uf
+        if HAS_Z:
+            zf = z.to(tl.float32)
+            y = y * (zf * tl.sigmoid(zf))
+        tl.store(out_rows[None, :] + t0 + offs_t[:, None], y.to(out_ptr.dtype.element_ty),
+                 mask=mask)
+        t0 = t1
+        mask = mask1
+        u = u_nx
+        dt = dt_nx
+        if HAS_Z:
+            z = z_nx
+        Bt = B_nx
+        Ct = C_nx
+
+    tl.store(hlast_ptr + (b64 * dim + d64)[None, :] * DSTATE + offs_n[:, None], h, mask=mask_nd)
+
+
 @kernel
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
@@ -378,24 +532,42 @@ _TARGET_PROGRAMS = 4 * 132  # enough programs to fill an H100 several deep
 
 
 def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: torch.device,
-                backward: bool = False) -> dict:
-    """Block sizes and warps for the scan kernels, from shapes and dtype only."""
+                backward: bool = False, kind: str | None = None) -> dict:
+    """Block sizes and warps for the scan kernels, from shapes and dtype only.
+
+    Forward: ``kind="seq"`` (the sequential-in-time kernel), ``"chunk"`` (the chunk-scan kernel,
+    which the backward's states pass uses) or None: seq when batch * dim >= 4096 (H100 sweep of
+    2026-11-23: seq faster at B*D = 5120 and 6144; chunk faster at B1 D1536, where seq has too
+    few warps), else chunk. The interpreter defaults to seq."""
+    if kind is None:
+        kind = "seq" if (use_interpreter(device) or batch * dim >= _SEQ_MIN_ROWS) else "chunk"
     if use_interpreter(device):
         # the interpreter runs scans element by element: keep tiles tiny (and chunks many)
         # (LAST_LEVELS=2 exercises the in-thread last-column extraction of the GPU layout)
-        return {"BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "LAST_LEVELS": 2}
+        if kind == "seq" and not backward:
+            return {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
+        return {"KIND": "chunk", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "LAST_LEVELS": 2}
     if backward:
         block_t, block_d, num_warps = 64, 8, 4
         while block_d > 1 and batch * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
             block_d //= 2
         return {"BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": num_warps}
-    # [4, 256] tiles on 2 warps (16 timesteps per thread) were fastest in the H100 sweep of
-    # 2026-11-23 at all three target shapes (docs/kernel_notes.md)
-    block_t, block_d = 256, 4
-    while block_d > 1 and batch * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
-        block_d //= 2
-    num_warps = max(1, min(8, block_d * block_t // 512))
-    return {"BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": num_warps}
+    if kind == "chunk":
+        # [4, 256] tiles on 2 warps (16 timesteps per thread) were fastest in the H100 sweep of
+        # 2026-11-23 at all three target shapes (docs/kernel_notes.md)
+        block_t, block_d = 256, 4
+        while block_d > 1 and batch * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
+            block_d //= 2
+        num_warps = max(1, min(8, block_d * block_t // 512))
+        return {"KIND": "chunk", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": num_warps}
+    # sequential-in-time kernel, one warp per program: 8 channels on 8 lanes, the 16 states on
+    # 4 lanes x 4 registers (docs/kernel_notes.md, v6/v7). H100 sweep 2026-11-23: BLOCK_T 16
+    # best at B1 D5120 and B4 D1536; BLOCK_T 8 best at B8 D5120 (more warps, fewer registers)
+    block_t = 8 if batch * dim >= 8 * _SEQ_MIN_ROWS else 16
+    return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": block_t, "num_warps": 1}
+
+
+_SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,6 +639,32 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
     n_chunks = triton.cdiv(length, block_t)
     out = new_output((batch, dim, length), u.dtype, device) if write_out else u
     last = new_output((batch, dim, dstate), torch.float32, device)
+    if cfg.get("KIND", "chunk") == "seq":
+        if not write_out or store_chunks:
+            raise ValueError("the sequential scan kernel only computes outputs")
+        launch(
+            _scan_fwd_seq_kernel, (triton.cdiv(dim, block_d), batch), device,
+            u, delta, A, B, C,
+            D if D is not None else u,
+            z if z is not None else u,
+            delta_bias if delta_bias is not None else u,
+            initial_state if initial_state is not None else u,
+            out, last,
+            dim, length, n_chunks, ch_per_group,
+            u.stride(0), u.stride(1), u.stride(2),
+            delta.stride(0), delta.stride(1), delta.stride(2),
+            A.stride(0), A.stride(1),
+            *sB, *sC,
+            D.stride(0) if D is not None else 0,
+            delta_bias.stride(0) if delta_bias is not None else 0,
+            *(z.stride() if z is not None else (0, 0, 0)),
+            *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, BC_ROW=bc_row,
+            DSTATE=dstate, BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t,
+            num_warps=cfg["num_warps"],
+        )
+        return out, last, last
     chunks = (new_output((batch, dim, max(n_chunks, 1), dstate), torch.float32, device)
               if store_chunks else last)
     scratch = torch.empty((2, batch, dim, dstate), dtype=torch.float32, device=device)
@@ -534,7 +732,7 @@ def selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, init
     cfg = scan_config(batch, dim, length, u.dtype, device, backward=True)
     block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
     # states at every chunk start (same BLOCK_T as the backward kernel)
-    fcfg = dict(scan_config(batch, dim, length, u.dtype, device), BLOCK_T=block_t)
+    fcfg = dict(scan_config(batch, dim, length, u.dtype, device, kind="chunk"), BLOCK_T=block_t)
     _, _, chunks = _run_fwd(u, delta, A, B, C, None, None, delta_bias, delta_softplus,
                             initial_state, fcfg, write_out=False, store_chunks=True)
     ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)

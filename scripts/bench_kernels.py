@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--sweep", action="store_true", help="time several block configurations")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--scan-only", action="store_true", help="scan forward only")
     args = ap.parse_args()
 
     props = torch.cuda.get_device_properties(0)
@@ -99,9 +100,12 @@ def main():
                exp_floor_ms=fe, mem_floor_ms=fm, cfg=ss.scan_config(b, d, l, torch.bfloat16,
                                                                    torch.device("cuda")))
         if args.sweep:
-            for cfg in ([dict(BLOCK_D=bd, BLOCK_T=bt, num_warps=w, BC_F32=f) for bd, bt, w, f in
-                         [(8, 128, 2, True), (4, 256, 2, True), (4, 256, 2, False),
-                          (2, 256, 1, True), (8, 256, 4, True), (4, 512, 4, True)]]):
+            sweep = [dict(KIND="chunk", BLOCK_D=4, BLOCK_T=256, num_warps=2)]
+            sweep += [dict(KIND="seq", BLOCK_D=bd, BLOCK_T=bt, num_warps=1, BC_F32=f)
+                      for bd, bt, f in [(4, 8, True), (4, 16, True), (4, 32, True), (4, 16, False),
+                                        (8, 8, True), (8, 16, True), (8, 8, False),
+                                        (8, 16, False)]]
+            for cfg in sweep:
                 try:
                     f2 = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
                                              kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
@@ -111,6 +115,15 @@ def main():
                 except Exception as e:  # keep going: a sweep point may not compile
                     record("scan_fwd_bf16_sweep", f"B{b} D{d} L{l} N16", None, cfg=cfg,
                            error=repr(e)[:200])
+        # the model's layout: u, delta, z are views of [B, L, 2D]-like buffers (channel stride 1)
+        xz = torch.randn(b, l, 3 * d, device="cuda").to(torch.bfloat16)
+        km = dict(kw, u=xz[..., :d].transpose(1, 2), delta=xz[..., d:2 * d].transpose(1, 2) * 0.5,
+                  z=xz[..., 2 * d:].transpose(1, 2))
+        fm_ = lambda: ss.selective_scan_fwd(**km)  # noqa: E731
+        fm_()
+        record("scan_fwd_bf16_model_layout", f"B{b} D{d} L{l} N16", bench(fm_),
+               cfg=ss.scan_config(b, d, l, torch.bfloat16, torch.device("cuda")))
+        del xz, km
         del kw
         torch.cuda.empty_cache()
 
@@ -129,7 +142,7 @@ def main():
         torch.cuda.empty_cache()
 
     # ---- scan backward -------------------------------------------------------------------
-    for (b, d, l) in [(1, 5120, 2048), (8, 5120, 2048)]:
+    for (b, d, l) in ([] if args.scan_only else [(1, 5120, 2048), (8, 5120, 2048)]):
         kw = scan_inputs(b, d, l)
         kw["initial_state"] = torch.randn(b, d, 16, device="cuda")
         out, last = ss.selective_scan_fwd(**kw)
@@ -146,7 +159,7 @@ def main():
         torch.cuda.empty_cache()
 
     # ---- decode and conv -----------------------------------------------------------------
-    for b in (1, 64):
+    for b in (() if args.scan_only else (1, 64)):
         d, n = 5120, 16
         g = torch.Generator(device="cuda").manual_seed(1)
         r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
@@ -159,7 +172,7 @@ def main():
         ms = bench(fn)
         record("state_update_bf16_inplace", f"B{b} D{d} N{n}", ms,
                mem_floor_ms=2 * b * d * n * 4 / bw * 1e3)
-    for layout in ("contiguous", "model"):
+    for layout in (() if args.scan_only else ("contiguous", "model")):
         b, d, l = 8, 5120, 2048
         if layout == "model":
             x = torch.randn(b, l, 2 * d, device="cuda").bfloat16()[..., :d].transpose(1, 2)
@@ -172,7 +185,7 @@ def main():
         ms = bench(fn)
         record(f"conv1d_fwd_bf16_{layout}", f"B{b} D{d} L{l} W4", ms,
                mem_floor_ms=2 * b * d * l * 2 / bw * 1e3)
-    for b in (1, 64):
+    for b in (() if args.scan_only else (1, 64)):
         d = 5120
         x = torch.randn(b, d, device="cuda").bfloat16()
         st = torch.randn(b, d, 3, device="cuda").bfloat16()
@@ -182,7 +195,7 @@ def main():
 
     # ---- compiled kernels: registers and spills -----------------------------------------
     from mamba_export.kernels import causal_conv1d as cc, state_update as su
-    for k in (ss._scan_fwd_kernel, ss._scan_bwd_kernel, cc._conv_fwd_kernel,
+    for k in (ss._scan_fwd_seq_kernel, ss._scan_fwd_kernel, ss._scan_bwd_kernel, cc._conv_fwd_kernel,
               cc._conv_update_kernel, su._state_update_kernel):
         try:
             for caches in k.jit.device_caches.values():

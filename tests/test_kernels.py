@@ -29,6 +29,7 @@ from mamba_export.kernels.selective_scan import (  # noqa: E402
     selective_scan_bwd,
     selective_scan_fwd,
 )
+from mamba_export.kernels import selective_scan as ss_mod  # noqa: E402
 from mamba_export.kernels.state_update import selective_state_update_fwd  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 5e-3}
@@ -162,6 +163,25 @@ def test_scan_fwd_model_layout(groups):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_scan_fwd_half(dtype):
     check_scan_fwd(make_scan_inputs(2, 6, 29, 4, dtype=dtype), TOL[dtype])
+
+
+def force_scan_kind(monkeypatch, kind):
+    """Make selective_scan_fwd use the given forward kernel ("seq" or "chunk")."""
+    orig = ss_mod.scan_config
+
+    def cfg(*args, kind_=kind, **kwargs):
+        if kwargs.get("kind") is None and not kwargs.get("backward"):
+            kwargs["kind"] = kind_
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(ss_mod, "scan_config", cfg)
+
+
+@pytest.mark.parametrize("kind", ["seq", "chunk"])
+def test_scan_fwd_kinds(kind, monkeypatch):
+    force_scan_kind(monkeypatch, kind)
+    check_scan_fwd(make_scan_inputs(2, 7, 37, 4), TOL[torch.float32])
+    check_scan_fwd(make_scan_inputs(1, 6, 19, 4, 2, layout="model"), TOL[torch.float32])
 
 
 def test_scan_chunked_equals_whole():
@@ -386,7 +406,9 @@ gpu = pytest.mark.gpu
     (2, 48, 257, None, "model"),
     (3, 16, 1, None, "contiguous"),
 ])
-def test_gpu_scan_fwd(dtype, batch, dim, length, groups, layout):
+@pytest.mark.parametrize("kind", ["seq", "chunk"])
+def test_gpu_scan_fwd(dtype, batch, dim, length, groups, layout, kind, monkeypatch):
+    force_scan_kind(monkeypatch, kind)
     if groups is not None and dim % groups:
         dim = dim - dim % groups
     kw = make_scan_inputs(batch, dim, length, 16, groups, dtype, "cuda", layout=layout)
@@ -394,7 +416,9 @@ def test_gpu_scan_fwd(dtype, batch, dim, length, groups, layout):
 
 
 @gpu
-def test_gpu_scan_fwd_long():
+@pytest.mark.parametrize("kind", ["seq", "chunk"])
+def test_gpu_scan_fwd_long(kind, monkeypatch):
+    force_scan_kind(monkeypatch, kind)
     kw = make_scan_inputs(1, 8, 70001, 16, None, torch.bfloat16, "cuda")
     check_scan_fwd(kw, TOL[torch.bfloat16])
 
