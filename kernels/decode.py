@@ -40,8 +40,8 @@ def _conv_xproj_kernel(
     # Window = [state[0], ..., state[W-2], x]; the new state drops state[0] and appends x.
     prev = tl.load(cs_ptr + b * scs_b + offs_d * scs_d, mask=mask_d, other=0.0)
     for k in tl.static_range(WIDTH - 1):
-        w = tl.load(cw_ptr + offs_d * scw_d + k * scw_k, mask=mask_d, other=0.0).to(tl.float32)
-        acc += w * prev.to(tl.float32)
+        wk = tl.load(cw_ptr + offs_d * scw_d + k * scw_k, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wk * prev.to(tl.float32)
         if k + 1 < WIDTH - 1:
             nxt = tl.load(cs_ptr + b * scs_b + offs_d * scs_d + (k + 1) * scs_k, mask=mask_d, other=0.0)
         else:
@@ -55,9 +55,9 @@ def _conv_xproj_kernel(
     for j0 in range(0, n_out, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
         mask_j = offs_j < n_out
-        w = tl.load(xw_ptr + offs_j[:, None] * sxw_j + offs_d[None, :] * sxw_d,
-                    mask=mask_j[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-        tl.store(part_row + offs_j, tl.sum(w * xcf[None, :], axis=1), mask=mask_j)
+        wx = tl.load(xw_ptr + offs_j[:, None] * sxw_j + offs_d[None, :] * sxw_d,
+                     mask=mask_j[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        tl.store(part_row + offs_j, tl.sum(wx * xcf[None, :], axis=1), mask=mask_j)
 
 
 @triton.jit

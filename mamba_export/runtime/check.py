@@ -69,8 +69,10 @@ def check_artifacts(directory: str | os.PathLike, runtimes: list[str] | None = N
         runner = open_runtime(directory, name, device=device)
         dev = getattr(runner, "device", torch.device("cpu"))
         with torch.no_grad():
+            # clone: a runner may hand out reused output buffers (ONNX Runtime's ping-pong IO)
             got_prefill, got_state = runner.prefill(ids.to(dev), runner.new_state(batch))
-            got_step, _ = runner.step(ids[:, -1].to(dev), got_state)
+            got_prefill = got_prefill.clone()
+            got_step = runner.step(ids[:, -1].to(dev), got_state)[0].clone()
             tokens = runner.generate(ids.to(dev), max_new_tokens=new_tokens, eos_token_id=None)
         row = {"runtime": name, "prefill_logits_rel_err": _rel(got_prefill, want_prefill),
                "decode_logits_rel_err": _rel(got_step, want_step),
