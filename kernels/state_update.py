@@ -25,9 +25,9 @@ from ._common import (
 
 @kernel
 def _state_update_kernel(
-    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, W_ptr,
     out_ptr, nstate_ptr,
-    dim, dstate, ch_per_group,
+    dim, dstate, ch_per_group, dt_rank, sW_d, sW_r,
     ss_b, ss_d, ss_n,
     sx_b, sx_d,
     sdt_b, sdt_d,
@@ -37,7 +37,7 @@ def _state_update_kernel(
     sD, sz_b, sz_d, sbias,
     sn_b, sn_d, sn_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DT_PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -50,7 +50,16 @@ def _state_update_kernel(
     grp = (offs_d // ch_per_group).to(tl.int64)
 
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + b64 * sdt_b + d64 * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+    if DT_PROJ:
+        # dt = dt_proj.weight @ dt_low, fused: dt_ptr holds dt_low [B, R] (sdt_d is its R stride).
+        offs_r = tl.arange(0, BLOCK_R)
+        mask_r = offs_r < dt_rank
+        low = tl.load(dt_ptr + b64 * sdt_b + offs_r * sdt_d, mask=mask_r, other=0.0).to(tl.float32)
+        W = tl.load(W_ptr + d64[:, None] * sW_d + offs_r[None, :] * sW_r,
+                    mask=mask_d[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
+        dt = tl.sum(W * low[None, :], axis=1)
+    else:
+        dt = tl.load(dt_ptr + b64 * sdt_b + d64 * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
@@ -76,8 +85,12 @@ def _state_update_kernel(
 
 
 def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                               dt_softplus=False, out_state=None):
+                               dt_softplus=False, out_state=None, dt_proj_weight=None):
     """One decode step. Returns ``(out [B, D] in x.dtype, new_state [B, D, N])``.
+
+    With ``dt_proj_weight [D, R]``, ``dt`` is the low-rank ``[B, R]`` input of Mamba-1's
+    dt_proj and ``dt = dt_low @ dt_proj_weight.T`` is computed in the kernel (one launch less
+    per layer and step).
 
     The new state goes into ``out_state`` when given (it may be ``state`` itself: in-place
     update), else into a new tensor of ``state``'s dtype (float32 for the model's fp32 state).
@@ -93,7 +106,15 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     check_float("state", state)
     check_shape("state", state, (batch, dim, dstate))
     check_float("dt", dt)
-    check_shape("dt", dt, (batch, dim))
+    dt_rank = 0
+    if dt_proj_weight is None:
+        check_shape("dt", dt, (batch, dim))
+    else:
+        check_float("dt_proj_weight", dt_proj_weight)
+        if dt_proj_weight.dim() != 2 or dt_proj_weight.shape[0] != dim:
+            raise ValueError(f"dt_proj_weight must be [dim={dim}, rank], got {tuple(dt_proj_weight.shape)}")
+        dt_rank = dt_proj_weight.shape[1]
+        check_shape("dt", dt, (batch, dt_rank))
     check_float("B", B)
     check_float("C", C)
     gB, sB = bc_layout("B", B, batch, dim, dstate, None)
@@ -105,7 +126,7 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         check_float(name, t, allow_none=True)
         check_shape(name, t, shape)
     check_same_device(x.device, state=state, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
-                      out_state=out_state)
+                      out_state=out_state, dt_proj_weight=dt_proj_weight)
     device = x.device
     out = new_output((batch, dim), x.dtype, device)
     nstate = out_state if out_state is not None else new_output((batch, dim, dstate),
@@ -122,8 +143,10 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         _state_update_kernel, grid, device,
         state, x, dt, A, B, C,
         D if D is not None else x, z if z is not None else x, dt_bias if dt_bias is not None else x,
+        dt_proj_weight if dt_proj_weight is not None else x,
         out, nstate,
-        dim, dstate, dim // gB,
+        dim, dstate, dim // gB, dt_rank,
+        *(dt_proj_weight.stride() if dt_proj_weight is not None else (0, 0)),
         state.stride(0), state.stride(1), state.stride(2),
         x.stride(0), x.stride(1),
         dt.stride(0), dt.stride(1),
@@ -134,7 +157,8 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         dt_bias.stride(0) if dt_bias is not None else 0,
         nstate.stride(0), nstate.stride(1), nstate.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps,
+        SOFTPLUS=bool(dt_softplus), DT_PROJ=dt_proj_weight is not None, BLOCK_D=block_d,
+        BLOCK_N=block_n, BLOCK_R=next_pow2(max(dt_rank, 1)), num_warps=num_warps,
     )
     return out, nstate
 

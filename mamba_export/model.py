@@ -133,15 +133,16 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         weight = self.conv1d.weight.squeeze(1)
         A, D, dt_bias = self._ssm_params()
-        if _eager_cuda(x) and ssm_state.dtype == torch.float32:
-            # Fused decode kernels (see kernels/decode.py): conv + x_proj, then dt_proj + state
-            # update; states written in place when asked.
-            from .kernels.decode import conv_xproj, ssm_step
+        if _eager_cuda(x):  # kernels called directly: in-place states, dt_proj fused
+            from .kernels.causal_conv1d import causal_conv1d_update_fwd
+            from .kernels.state_update import selective_state_update_fwd
 
-            new_conv = conv_state if inplace else torch.empty_like(conv_state)
-            new_ssm = ssm_state if inplace else torch.empty_like(ssm_state)
-            xc, parts = conv_xproj(x, conv_state, weight, self.conv1d.bias, self.x_proj.weight, new_conv)
-            y = ssm_step(parts, xc, z, ssm_state, A, D, dt_bias, self.dt_proj.weight, new_ssm)
+            x, new_conv = causal_conv1d_update_fwd(x, conv_state, weight, self.conv1d.bias, True,
+                                                   out_state=conv_state if inplace else None)
+            dt_low, B, C = self._split_x_dbl(self.x_proj(x))
+            y, new_ssm = selective_state_update_fwd(
+                ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
+                out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight)
             return self.out_proj(y), new_conv, new_ssm
         x, new_conv = torch.ops.mamba_export.causal_conv1d_update(
             x, conv_state, weight, self.conv1d.bias, True)
