@@ -23,10 +23,11 @@ from .generate import GenerationMixin
 
 
 def _eager_cuda(t: Tensor) -> bool:
-    """True for a real CUDA tensor in eager mode (incl. CUDA-graph capture): there the model
-    calls fused Triton kernels directly; traced code (compile, export) sees plain torch ops."""
-    return (t.is_cuda and not torch.compiler.is_compiling() and not is_fake(t)
-            and ops.triton_available())
+    """True for a real CUDA tensor in eager inference (grad off; incl. CUDA-graph capture):
+    there the model calls fused Triton kernels directly, which have no autograd. Training and
+    traced code (compile, export) see the ops and plain torch ops."""
+    return (t.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and not is_fake(t) and ops.triton_available())
 
 
 class MambaState(NamedTuple):
