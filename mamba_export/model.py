@@ -115,14 +115,16 @@ class MambaMixer(nn.Module):
         """hidden ``[B, L, d_model]`` -> (out ``[B, L, d_model]``, conv_state', ssm_state')."""
         xz = self.in_proj(hidden).transpose(1, 2)  # [B, 2*d_inner, L]
         x, z = xz.chunk(2, dim=1)
-        x, conv_state = torch.ops.mamba_export.causal_conv1d(
-            x, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, True)
+        conv, scan = torch.ops.mamba_export.causal_conv1d, torch.ops.mamba_export.selective_scan
+        if _eager_cuda(x):  # same kernels, minus the op dispatch's host time (prefill is host-bound)
+            from .kernels.causal_conv1d import causal_conv1d_fwd as conv
+            from .kernels.selective_scan import selective_scan_fwd as scan
+        x, conv_state = conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, True)
         x_dbl = self.x_proj(x.transpose(1, 2))  # [B, L, r + 2N]
         dt_low, B, C = self._split_x_dbl(x_dbl)
         dt = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # [B, d_inner, L]
         A, D, dt_bias = self._ssm_params()
-        y, ssm_state = torch.ops.mamba_export.selective_scan(
-            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias, True, ssm_state)
+        y, ssm_state = scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias, True, ssm_state)
         return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
 
     def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
