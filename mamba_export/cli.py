@@ -71,8 +71,38 @@ def _transformers_logits(model, ids: torch.Tensor) -> torch.Tensor | None:
             return hf(ids.cpu()).logits
 
 
+def _runtime_row(name: str, runner, eager, ids: torch.Tensor, new_tokens: int, device) -> dict:
+    """Parity with eager (last-position prefill logits, one decode step, greedy tokens) and
+    timings (prefill ms, decode ms/token) of one runtime."""
+    batch = ids.shape[0]
+    with torch.no_grad():
+        want, want_state = eager.prefill(ids, eager.new_state(batch))
+        want_step = eager.step(ids[:, -1], want_state)[0]
+        want_tokens = eager.generate(ids, max_new_tokens=new_tokens, eos_token_id=None)
+        got, state = runner.prefill(ids, runner.new_state(batch))
+        got = got.clone()  # runners may hand out reused buffers
+        got_step = runner.step(ids[:, -1], state)[0].clone()
+        tokens = runner.generate(ids, max_new_tokens=new_tokens, eos_token_id=None)
+        prefill_ms, _ = _timed(lambda: runner.prefill(ids, runner.new_state(batch)), device)
+        _, state = runner.prefill(ids, runner.new_state(batch))
+        tok, steps = ids[:, -1].contiguous(), 16
+
+        def decode():
+            st = state
+            for _ in range(steps):
+                st = runner.step(tok, st)[1]
+
+        step_ms, _ = _timed(decode, device)
+    return {"runtime": name, "prefill_err": _rel(got, want), "decode_err": _rel(got_step, want_step),
+            "greedy": bool(torch.equal(tokens.cpu(), want_tokens.cpu())),
+            "prefill_ms": prefill_ms, "decode_ms": step_ms / steps}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: build the model, check it against float64 and transformers, export it,
+    and run generation through eager, the exported programs, torch.compile and ONNX Runtime."""
     import mamba_export as me
+    from mamba_export.runtime.check import available_runtimes, open_runtime
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
@@ -84,52 +114,64 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"vocab={cfg.padded_vocab_size} params={n_params / 1e6:.1f}M dtype={dtype} device={device}")
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_len), device=device)
 
-    rows: list[tuple[str, str, str]] = []
+    checks: list[tuple[str, float]] = []
     with torch.no_grad():
-        log("parity: forward vs float64 reference")
+        log("parity: forward vs float64 reference and transformers")
         logits = model(ids)
         ref64 = me.MambaLM(cfg, dtype=torch.float64, initialize=False)
         ref64.load_state_dict(model.state_dict())
-        ref_logits = ref64(ids.cpu())
-        rows.append(("forward vs float64 reference", f"{_rel(logits, ref_logits):.2e}", "rel. error"))
+        checks.append(("forward vs float64 reference", _rel(logits, ref64(ids.cpu()))))
         hf_logits = _transformers_logits(ref64, ids)
         if hf_logits is not None:
-            rows.append(("forward vs transformers (float64)", f"{_rel(logits, hf_logits):.2e}", "rel. error"))
-        log("parity: prefill + decode vs forward")
+            checks.append(("forward vs transformers (float64)", _rel(logits, hf_logits)))
         split = max(1, args.prompt_len // 2)
         last, state = model.prefill(ids[:, :split], model.new_state(args.batch))
         worst = _rel(last, logits[:, split - 1])
         for t in range(split, args.prompt_len):
             last, state = model.step(ids[:, t], state)
             worst = max(worst, _rel(last, logits[:, t]))
-        rows.append(("prefill + step vs forward (worst position)", f"{worst:.2e}", "rel. error"))
+        checks.append(("prefill + step vs forward (worst position)", worst))
 
-        log("timing")
-        prefill_ms, _ = _timed(lambda: model.prefill(ids, model.new_state(args.batch)), device)
-        rows.append((f"prefill {args.batch}x{args.prompt_len}", f"{prefill_ms:.2f}", "ms"))
-        _, state = model.prefill(ids, model.new_state(args.batch))
-        tok = ids[:, -1]
-        steps = 16
-        step_ms, _ = _timed(lambda: [model.step(tok, state) for _ in range(steps)], device)
-        rows.append((f"decode step, batch {args.batch}", f"{step_ms / steps:.3f}", "ms/token"))
+    rows = [_runtime_row("eager", model, model, ids, args.max_new_tokens, device)]
+    with tempfile.TemporaryDirectory() as artifacts_dir:
+        formats = ["torch"] + (["onnx"] if device.type == "cpu" and _has("onnxruntime") else [])
+        from mamba_export.export.exporter import export_artifacts
 
-        log(f"generating {args.max_new_tokens} tokens")
-        start = time.perf_counter()
+        export_model = model if device.type == "cpu" else load_model(args.model, dtype, "cpu")
+        if device.type != "cpu":
+            export_model.load_state_dict(model.state_dict())
+        export_artifacts(export_model, artifacts_dir, formats=formats, log=log)
+        for name in available_runtimes(artifacts_dir):
+            log(f"runtime {name}: parity and timing")
+            runner = open_runtime(artifacts_dir, name, device=str(device))
+            rows.append(_runtime_row(name, runner, model, ids, args.max_new_tokens, device))
         out = model.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=None,
                              temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-        _sync(device)
-        gen_s = time.perf_counter() - start
-        new = out.shape[1] - ids.shape[1]
-        rows.append(("generate (prefill + decode)", f"{new * args.batch / gen_s:.1f}", "tokens/s"))
 
-    print(f"\nmamba_export {me.__version__} | torch {torch.__version__} | {device} | {dtype}")
+    print(f"\nmamba_export {me.__version__} | torch {torch.__version__} | {device} | {dtype} | "
+          f"batch {args.batch} prompt {args.prompt_len}")
     print(f"generated ids (sequence 0): {out[0, ids.shape[1]:].tolist()}\n")
-    width = max(len(r[0]) for r in rows)
-    print(f"{'check':<{width}}  {'value':>10}  unit")
-    print(f"{'-' * width}  {'-' * 10}  ----------")
-    for name, value, unit in rows:
-        print(f"{name:<{width}}  {value:>10}  {unit}")
+    width = max(len(name) for name, _ in checks)
+    for name, value in checks:
+        print(f"{name:<{width}}  {value:.2e}")
+    print(f"\n{'runtime':<8} {'prefill err':>11} {'decode err':>10} {'greedy=eager':>12} "
+          f"{'prefill ms':>10} {'decode ms/tok':>13}")
+    for r in rows:
+        print(f"{r['runtime']:<8} {r['prefill_err']:>11.2e} {r['decode_err']:>10.2e} {str(r['greedy']):>12} "
+              f"{r['prefill_ms']:>10.2f} {r['decode_ms']:>13.3f}")
+    bad = [r["runtime"] for r in rows if not r["greedy"]]
+    if bad:
+        log(f"greedy generation differs from eager for: {', '.join(bad)}")
+        return 1
     return 0
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _parse_prompt(text: str, vocab_size: int) -> list[int]:
