@@ -14,10 +14,15 @@ for a in "$@"; do
     *) e2e_args+=("$a") ;;  # e.g. --quick, --presets mamba-130m, --profile, --skip-long
   esac
 done
-# Carried wheels (.whl/, see docs/BENCHMARKS.md) go to /tmp/site; the package installs editable.
+# Carried wheels (.whl/, see docs/BENCHMARKS.md) go to /tmp/site, an onnxruntime-gpu wheel
+# assembled in /tmp (ORT_GPU_WHEEL) to /tmp/ortgpu; the package installs editable.
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -n "${ORT_GPU_WHEEL:-}" ] && [ -f "$ORT_GPU_WHEEL" ]; then
+  python3 -m pip install -q --no-deps --no-index --target /tmp/ortgpu "$ORT_GPU_WHEEL" \
+    && export PYTHONPATH=/tmp/ortgpu${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -c 'import mamba_export.kernels' 2>/dev/null || \
   python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || \
@@ -32,3 +37,9 @@ if [ "$kernels" = 1 ]; then
     | tee "$OUT/bench_kernels.log" | grep -v '^{' | tail -25
 fi
 timeout 500 python3 scripts/bench_e2e.py "${e2e_args[@]}" --out "$OUT/bench_e2e.json" 2>&1 | tee "$OUT/bench_e2e.log" | tail -20
+timeout 240 python3 scripts/bench_hf_switch.py 2>&1 | tee "$OUT/bench_hf_switch.log" | tail -1
+if python3 -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())' 2>/dev/null; then
+  timeout 300 python3 scripts/bench_ort_gpu.py --out "$OUT/ort_gpu.json" 2>&1 | grep -v '^\[' | tail -14
+else
+  echo "onnxruntime-gpu not importable: ONNX Runtime CUDA provider skipped (carry the wheel, see docs/BENCHMARKS.md)"
+fi
