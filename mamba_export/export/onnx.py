@@ -11,7 +11,7 @@
   inline: the decode graph has no custom node.
 
 The scan body is chosen by ``scan_body`` (see ``onnx_scan.BODIES``); ``"auto"`` is the one that
-measured fastest on the ONNX Runtime CPU provider (docs/BENCHMARKS_onnx.md).
+measured fastest on the ONNX Runtime CPU provider (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
