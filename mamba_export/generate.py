@@ -157,14 +157,19 @@ class GenerationMixin:
     """``generate`` for anything with ``prefill``, ``step``, ``new_state`` and a ``config``:
     the eager model, its compiled form and every runtime share it."""
 
+    def graph_step(self) -> StepFn:
+        """The step that ``generate(cuda_graph=True)`` captures: an in-place one where the
+        runner has it (no state copies in the graph)."""
+        if getattr(self, "supports_inplace_step", False):
+            return functools.partial(self.step, inplace=True)
+        return self.step
+
     @torch.no_grad()
     def generate(self, input_ids: Tensor, max_new_tokens: int = 32, **sampling) -> Tensor:
         """Sample continuations; see :func:`generate` for the options. ``eos_token_id``
         defaults to the config's, as in transformers."""
         sampling.setdefault("eos_token_id", self.config.eos_token_id)
-        step = self.step
-        if sampling.get("cuda_graph") and getattr(self, "supports_inplace_step", False):
-            step = functools.partial(self.step, inplace=True)  # the graph updates state in place
+        step = self.graph_step() if sampling.get("cuda_graph") else self.step
         return generate(self.prefill, step, self.new_state, input_ids,
                         max_new_tokens=max_new_tokens, vocab_size=self.config.vocab_size, **sampling)
 
