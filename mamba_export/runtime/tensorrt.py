@@ -1,0 +1,229 @@
+"""Serve the TensorRT engines of an artifacts directory.
+
+``TensorRTRunner.from_artifacts(dir)`` deserialises ``prefill.engine`` and ``decode.engine``
+(built by :mod:`mamba_export.export.tensorrt`) and exposes the runtime protocol shared by every
+runner: ``new_state(batch)``, ``prefill(ids, state)``, ``step(ids, state)``, ``config`` and
+``generate`` (:class:`mamba_export.generate.GenerationMixin`; ``cuda_graph=True`` captures the
+decode step once and replays it).
+
+Tensors in and out are torch CUDA tensors bound to the execution contexts by address: the state
+never leaves the GPU and the engines run on torch's current stream. Outputs are written into
+runner-owned buffers; as with the ONNX Runtime runner, the logits and state a call returns live
+in one of two ping-pong sets per batch size (a call never writes the set it reads), valid until
+the second-next call of that batch size; clone them to keep them longer. Prompts longer than the
+prefill engine's profile (or ``prefill_chunk_size``) run in chunks, which gives the same result.
+
+The scan inside the engines is the AOT plugin: its PTX is part of the engine, so this runner
+needs TensorRT's Python bindings but not ``tensorrt.plugin`` nor Triton (the plugin is
+registered only as a fallback if an engine does not deserialise without it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import MambaConfig
+from ..export.artifacts import ArtifactsError, files_of, read_manifest
+from ..generate import GenerationMixin, _check_chunk
+from ..model import MambaState
+from ..plugins import selective_scan as plugin
+from ..plugins.selective_scan import TensorRTUnavailableError
+
+__all__ = ["TensorRTRunner", "TensorRTUnavailableError"]
+
+_INPUTS = ("input_ids", "conv_state", "ssm_state")
+_OUTPUTS = ("logits", "conv_state_out", "ssm_state_out")
+
+
+def _torch_dtype(trt, dtype) -> torch.dtype:
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+             trt.int64: torch.int64, trt.int32: torch.int32}
+    if dtype not in table:
+        raise ArtifactsError(f"engine tensor dtype {dtype} is not supported by the runner")
+    return table[dtype]
+
+
+class TensorRTRunner(GenerationMixin):
+    """Prefill and decode through TensorRT engines; same interface as the other runners."""
+
+    def __init__(self, prefill_engine: str | os.PathLike, decode_engine: str | os.PathLike,
+                 manifest: dict[str, Any], *, device_id: int = 0,
+                 prefill_chunk_size: int | None = None, verbose: bool = False):
+        trt = plugin.import_tensorrt()
+        _check_chunk(prefill_chunk_size)
+        if not torch.cuda.is_available():
+            raise RuntimeError("the TensorRT runner needs a CUDA GPU visible to torch")
+        self.trt = trt
+        self.manifest = manifest
+        self.config = MambaConfig.from_dict(manifest["config"])
+        self.dtype = getattr(torch, manifest["dtype"])
+        self.state_dtype = getattr(torch, manifest["state_dtype"])
+        self.device = torch.device("cuda", device_id)
+        self.prefill_chunk_size = prefill_chunk_size or None
+        torch.cuda.set_device(self.device)
+        torch.zeros(1, device=self.device)  # a current CUDA context before TensorRT runs
+        self._logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engines, self.contexts = {}, {}
+        for graph, path in (("prefill", prefill_engine), ("decode", decode_engine)):
+            self.engines[graph] = self._load(graph, Path(path))
+            ctx = self.engines[graph].create_execution_context()
+            if ctx is None:
+                raise RuntimeError(f"TensorRT could not create an execution context for {graph}")
+            self.contexts[graph] = ctx
+        self._check_io()
+        lo, _, hi = self.engines["prefill"].get_tensor_profile_shape("input_ids", 0)
+        self.max_length = int(hi[1])
+        self.max_batch = min(int(self.engines[g].get_tensor_profile_shape("input_ids", 0)[2][0])
+                             for g in ("prefill", "decode"))
+        self._ids_dtype = _torch_dtype(trt, self.engines["prefill"].get_tensor_dtype("input_ids"))
+        self._buffers: dict[int, list] = {}
+        self._slot: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_artifacts(cls, directory: str | os.PathLike, **kwargs) -> "TensorRTRunner":
+        plugin.import_tensorrt()  # the TensorRT error first, whatever the directory holds
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        files = files_of(manifest, "tensorrt")
+        missing = [g for g in ("prefill", "decode") if g not in files]
+        if missing:
+            raise ArtifactsError(
+                f"{directory}: the manifest lists no TensorRT engine for {', '.join(missing)}; "
+                f"build them with `mamba-export export --formats onnx,tensorrt --out {directory}` "
+                "(or mamba_export.export.tensorrt.export_engines) on a machine with TensorRT")
+        return cls(directory / files["prefill"], directory / files["decode"], manifest, **kwargs)
+
+    def _load(self, graph: str, path: Path):
+        if not path.is_file():
+            raise ArtifactsError(f"missing TensorRT engine for the {graph} graph: {path}")
+        data = path.read_bytes()
+        engine = self._runtime.deserialize_cuda_engine(data)
+        if engine is None:  # e.g. an engine built with a JIT plugin: register and retry
+            try:
+                plugin.register_plugin()
+            except TensorRTUnavailableError:
+                pass
+            engine = self._runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise ArtifactsError(
+                f"TensorRT {self.trt.__version__} could not deserialise {path} (built by another "
+                "TensorRT version or for another GPU?); rebuild it on this machine")
+        return engine
+
+    def _check_io(self) -> None:
+        for graph, engine in self.engines.items():
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            if sorted(names) != sorted(_INPUTS + _OUTPUTS):
+                raise ArtifactsError(f"{graph} engine has tensors {names}, expected "
+                                     f"{list(_INPUTS + _OUTPUTS)}; rebuild it from the artifacts")
+            want = {"conv_state": self.dtype, "ssm_state": self.state_dtype,
+                    "conv_state_out": self.dtype, "ssm_state_out": self.state_dtype}
+            for name, dtype in want.items():
+                have = _torch_dtype(self.trt, engine.get_tensor_dtype(name))
+                if have != dtype:
+                    raise ArtifactsError(f"{graph} engine's {name} is {have} but the manifest "
+                                         f"declares {dtype}; rebuild the engines")
+
+    # ------------------------------------------------------------------ state
+    def _state_shapes(self, batch: int):
+        cfg = self.config
+        return ((cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1),
+                (cfg.n_layer, batch, cfg.d_inner, cfg.d_state))
+
+    def new_state(self, batch_size: int) -> MambaState:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if batch_size > self.max_batch:
+            raise ValueError(f"batch_size {batch_size} exceeds the engines' profile (max "
+                             f"{self.max_batch}); rebuild them with a larger batch range")
+        conv, ssm = self._state_shapes(batch_size)
+        return MambaState(torch.zeros(conv, dtype=self.dtype, device=self.device),
+                          torch.zeros(ssm, dtype=self.state_dtype, device=self.device))
+
+    def _out_buffers(self, batch: int, state: MambaState):
+        conv, ssm = self._state_shapes(batch)
+        vocab = self.config.padded_vocab_size
+        logits_dtype = _torch_dtype(self.trt, self.engines["decode"].get_tensor_dtype("logits"))
+
+        def alloc():
+            return (torch.empty(batch, vocab, dtype=logits_dtype, device=self.device),
+                    torch.empty(conv, dtype=self.dtype, device=self.device),
+                    torch.empty(ssm, dtype=self.state_dtype, device=self.device))
+
+        sets = self._buffers.setdefault(batch, [alloc(), alloc()])
+        slot = self._slot.get(batch, 0)
+        if (state.conv.data_ptr() == sets[slot][1].data_ptr()
+                or state.ssm.data_ptr() == sets[slot][2].data_ptr()):
+            slot ^= 1  # never write the buffers being read
+        self._slot[batch] = slot ^ 1
+        return sets[slot]
+
+    # ------------------------------------------------------------------ checks
+    def _check_ids(self, ids: Any, rank: int, what: str) -> Tensor:
+        shape = "[batch, length]" if rank == 2 else "[batch]"
+        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{what} must be a torch.Tensor {shape} of integer token ids")
+        if ids.dim() != rank or ids.shape[0] < 1 or (rank == 2 and ids.shape[1] < 1):
+            raise ValueError(f"{what} must be {shape} with batch >= 1, got {list(ids.shape)}")
+        if ids.shape[0] > self.max_batch:
+            raise ValueError(f"batch {ids.shape[0]} exceeds the engines' profile (max {self.max_batch})")
+        return ids.to(device=self.device, dtype=self._ids_dtype).contiguous()
+
+    def _check_state(self, state: Any, batch: int) -> MambaState:
+        if not (isinstance(state, tuple) and len(state) == 2):
+            raise TypeError("state must be a MambaState(conv, ssm) as returned by new_state()")
+        conv_shape, ssm_shape = self._state_shapes(batch)
+        for name, t, shape, dtype in (("conv_state", state[0], conv_shape, self.dtype),
+                                      ("ssm_state", state[1], ssm_shape, self.state_dtype)):
+            if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(f"{name} must be a {dtype} tensor of shape {list(shape)}, got "
+                                 f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}")
+            if t.device != self.device:
+                raise ValueError(f"{name} must be on {self.device}, got {t.device}")
+        return MambaState(state[0].contiguous(), state[1].contiguous())
+
+    # ------------------------------------------------------------------ run
+    def _run(self, graph: str, ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        ctx = self.contexts[graph]
+        logits, conv_out, ssm_out = self._out_buffers(ids.shape[0], state)
+        for name, t in (("input_ids", ids), ("conv_state", state.conv), ("ssm_state", state.ssm)):
+            if tuple(ctx.get_tensor_shape(name)) != tuple(t.shape):
+                ctx.set_input_shape(name, tuple(t.shape))
+            ctx.set_tensor_address(name, t.data_ptr())
+        for name, t in (("logits", logits), ("conv_state_out", conv_out), ("ssm_state_out", ssm_out)):
+            ctx.set_tensor_address(name, t.data_ptr())
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        if not ctx.execute_async_v3(stream):
+            raise RuntimeError(f"TensorRT failed to run the {graph} engine")
+        return logits, MambaState(conv_out, ssm_out)
+
+    @torch.no_grad()
+    def prefill(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """Consume ``input_ids [B, L]`` from ``state``; logits of the last position ``[B, V]``."""
+        ids = self._check_ids(input_ids, 2, "input_ids")
+        state = self._check_state(state, ids.shape[0])
+        chunk = min(self.prefill_chunk_size or self.max_length, self.max_length)
+        for start in range(0, ids.shape[1], chunk):
+            logits, state = self._run("prefill", ids[:, start:start + chunk].contiguous(), state)
+        return logits, state
+
+    @torch.no_grad()
+    def step(self, token_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """One decode step: ``token_ids [B]`` -> logits ``[B, V]`` and the next state."""
+        ids = self._check_ids(token_ids, 1, "token_ids")
+        state = self._check_state(state, ids.shape[0])
+        return self._run("decode", ids.view(-1, 1), state)
+
+    def generate(self, input_ids: Tensor, max_new_tokens: int = 32, **sampling) -> Tensor:
+        """As :meth:`mamba_export.MambaLM.generate`; ``cuda_graph=True`` replays one captured
+        decode step per token (TensorRT's enqueue is captured into the graph)."""
+        sampling.setdefault("prefill_chunk_size", self.prefill_chunk_size)
+        ids = self._check_ids(input_ids, 2, "input_ids").to(torch.int64)
+        return super().generate(ids, max_new_tokens=max_new_tokens, **sampling)
