@@ -293,7 +293,9 @@ def compile_selective_scan_ptx(dtype: str = "float32", arch: int = 90, *, dstate
     src = _ast_source(fn, dtype, constexprs)
     options = {"num_warps": NUM_WARPS, "num_stages": 1, "enable_fp_fusion": True}
     if ptx_version is not None:
-        options["ptx_version"] = int(ptx_version)
+        # no newer than Triton's own ptxas assembles (it checks the PTX while compiling)
+        default = _triton_default_ptx(arch)
+        options["ptx_version"] = int(ptx_version) if default is None else min(int(ptx_version), default)
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as e:
@@ -330,6 +332,20 @@ def compile_selective_scan_ptx(dtype: str = "float32", arch: int = 90, *, dstate
         "ptx_version": version.group(1) if version else None,
     }
     return ptx, variant, launch
+
+
+def _triton_default_ptx(arch: int) -> int | None:
+    """The PTX ISA version Triton targets by default (its bundled ptxas's), e.g. 87."""
+    try:
+        from triton.backends.nvidia import compiler as nv
+
+        try:
+            cuda_version = nv.get_ptxas(arch).version
+        except TypeError:
+            cuda_version = nv.get_ptxas().version
+        return int(nv.ptx_get_version(cuda_version))
+    except Exception:
+        return None
 
 
 def _triton_is_interpreted() -> bool:

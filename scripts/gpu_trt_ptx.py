@@ -1,0 +1,36 @@
+"""GPU checks of the TensorRT scan plugin in one call (on the GPU machine).
+
+Runs the ``gpu`` tests of tests/test_tensorrt.py: the AOT PTX of the scan, loaded and launched
+through the CUDA driver exactly as TensorRT launches an AOT plugin, against the float64
+reference (fp32/bf16/fp16, odd shapes, both tactics); and, where ``tensorrt`` is importable,
+engines built from a tiny model's ONNX graphs against the eager model. The log goes to
+``$OUT/gpu_trt.log`` (or ./gpu_out).
+
+Usage: python3 scripts/gpu_trt_ptx.py [extra pytest args]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    out = Path(os.environ.get("OUT", "gpu_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "pytest", str(root / "tests" / "test_tensorrt.py"), "-m", "gpu",
+           "-q", "-s", "-p", "no:cacheprovider", *sys.argv[1:]]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    (out / "gpu_trt.log").write_text(log)
+    print("\n".join(line for line in log.splitlines() if "Warning" not in line)[-6000:])
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
