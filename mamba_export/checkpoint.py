@@ -1,7 +1,8 @@
 """Loading and saving checkpoints from local directories.
 
-Two formats are read: transformers (``MambaForCausalLM``: ``backbone.embeddings.weight`` ...,
-config.json with ``model_type: mamba``) and mamba_ssm (``MambaLMHeadModel``:
+Two formats are read: transformers (``MambaForCausalLM`` / ``Mamba2ForCausalLM``:
+``backbone.embeddings.weight`` ..., config.json with ``model_type: mamba`` / ``mamba2``) and
+mamba_ssm (``MambaLMHeadModel`` with Mamba or Mamba2 mixers:
 ``backbone.embedding.weight`` ..., config.json with ``d_model``/``ssm_cfg``). Weights come from
 safetensors (single or sharded) first, else ``pytorch_model.bin`` (sharded too) loaded with
 ``weights_only=True``: no file is ever unpickled with arbitrary code.
@@ -152,28 +153,38 @@ def from_transformers(hf_model):
     """Wrap an in-memory transformers ``MambaForCausalLM``: the returned :class:`MambaLM` shares
     its parameter tensors (same storage, device and dtype; nothing is copied)."""
     config = getattr(hf_model, "config", None)
-    if config is None or getattr(config, "model_type", None) != "mamba":
-        raise TypeError(
-            f"from_transformers takes a transformers MambaForCausalLM, got {type(hf_model).__name__}")
+    if config is None or getattr(config, "model_type", None) not in ("mamba", "mamba2"):
+        raise TypeError("from_transformers takes a transformers MambaForCausalLM or Mamba2ForCausalLM, "
+                        f"got {type(hf_model).__name__}")
     cfg = MambaConfig.from_hf(config.to_dict())
     state = {_HF_TO_NATIVE.get(k, k): v for k, v in hf_model.state_dict().items()}
     return build_from_state_dict(cfg, state, f"{type(hf_model).__name__} in memory").eval()
 
 
-def save_pretrained(model, path: str | os.PathLike) -> None:
-    """Write ``config.json`` (transformers' MambaConfig) and ``model.safetensors`` with
-    transformers' key names, so both this package and ``transformers`` load the directory."""
+def save_pretrained(model, path: str | os.PathLike, format: str = "transformers") -> None:
+    """Write ``config.json`` and ``model.safetensors``.
+
+    ``format="transformers"`` (default): transformers' MambaConfig / Mamba2Config and key names,
+    so both this package and ``transformers`` load the directory. ``format="mamba_ssm"``:
+    mamba_ssm's config.json and ``MambaLMHeadModel`` key names (the only choice for Mamba-2
+    knobs transformers lacks: d_ssm < d_inner, D_has_hdim, rmsnorm=False, norm_before_gate)."""
     from safetensors.torch import save_file
 
+    if format not in ("transformers", "mamba_ssm"):
+        raise ValueError(f"format must be 'transformers' or 'mamba_ssm', got {format!r}")
     directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
     cfg: MambaConfig = model.config
-    hf_cfg = cfg.to_hf()
-    hf_cfg["torch_dtype"] = str(model.dtype).replace("torch.", "")
-    (directory / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
+    if format == "transformers":
+        out_cfg = cfg.to_hf()  # raises ConfigError before anything is written
+        out_cfg["torch_dtype"] = str(model.dtype).replace("torch.", "")
+        rename = _NATIVE_TO_HF
+    else:
+        out_cfg, rename = cfg.to_mamba_ssm(), {}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(out_cfg, indent=2) + "\n", encoding="utf-8")
     tensors = {}
     for name, tensor in model.state_dict().items():
         if cfg.tie_embeddings and name == "lm_head.weight":
             continue
-        tensors[_NATIVE_TO_HF.get(name, name)] = tensor.detach().contiguous().cpu()
+        tensors[rename.get(name, name)] = tensor.detach().contiguous().cpu()
     save_file(tensors, str(directory / SAFETENSORS), metadata={"format": "pt"})

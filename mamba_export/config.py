@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 LAYER_KINDS = ("Mamba1", "Mamba2")
+_INF = float("inf")
+# mamba_ssm's per-layer default for d_state (Mamba: 16, Mamba2: 128).
+_DEFAULT_D_STATE = {"Mamba1": 16, "Mamba2": 128}
 
 
 class ConfigError(ValueError):
@@ -25,7 +28,7 @@ class MambaConfig:
     pad_vocab_size_multiple: int = 8
     # Mixer
     layer: str = "Mamba1"
-    d_state: int = 16
+    d_state: int | None = None  # None: mamba_ssm's default for the layer (16 / 128)
     d_conv: int = 4
     expand: int = 2
     dt_rank: int | str = "auto"
@@ -41,14 +44,28 @@ class MambaConfig:
     norm_epsilon: float = 1e-5
     residual_in_fp32: bool = True
     tie_embeddings: bool = True
-    # Mamba-2 knobs (reserved: the Mamba-2 mixer uses them)
+    # Mamba-2 knobs (mamba_ssm.modules.mamba2.Mamba2; ignored by the Mamba-1 mixer)
     headdim: int = 64
     ngroups: int = 1
     chunk_size: int = 256
+    d_ssm: int | None = None  # None: d_inner; smaller: the rest of d_inner is a gated MLP
+    A_init_range: tuple[float, float] = (1.0, 16.0)
+    D_has_hdim: bool = False  # D [nheads] (False) or [d_ssm] (True)
+    rmsnorm: bool = True  # gated RMSNorm on y (True) or y * silu(z) inside the scan (False)
+    norm_before_gate: bool = False
+    dt_limit: tuple[float, float] = (0.0, _INF)  # clamp of softplus(dt + dt_bias)
+    learnable_init_states: bool = False  # only False: published checkpoints have none
     # Token ids carried for generation; not used by the network itself.
     eos_token_id: int | None = None
 
     def __post_init__(self) -> None:
+        if self.d_state is None and self.layer in _DEFAULT_D_STATE:
+            self.d_state = _DEFAULT_D_STATE[self.layer]
+        # JSON gives lists: keep tuples so that configs compare equal after a round trip.
+        for name in ("dt_limit", "A_init_range"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
         self.validate()
 
     # ----------------------------------------------------------------- derived sizes
@@ -61,6 +78,41 @@ class MambaConfig:
         if self.dt_rank == "auto":
             return math.ceil(self.d_model / 16)
         return int(self.dt_rank)
+
+    # Mamba-2 sizes (mamba_ssm's names)
+    @property
+    def resolved_d_ssm(self) -> int:
+        """Channels that go through the SSM (d_inner unless ``d_ssm`` is set)."""
+        return self.d_inner if self.d_ssm is None else self.d_ssm
+
+    @property
+    def nheads(self) -> int:
+        return self.resolved_d_ssm // self.headdim
+
+    @property
+    def d_mlp(self) -> int:
+        """Width of Mamba-2's gated-MLP branch (0 unless d_ssm < d_inner)."""
+        return self.d_inner - self.resolved_d_ssm
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the causal conv (and of the conv state): x for Mamba-1; x, B, C for Mamba-2."""
+        if self.layer == "Mamba2":
+            return self.resolved_d_ssm + 2 * self.ngroups * self.d_state
+        return self.d_inner
+
+    @property
+    def d_in_proj(self) -> int:
+        if self.layer == "Mamba2":
+            return 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
+        return 2 * self.d_inner
+
+    @property
+    def ssm_state_shape(self) -> tuple[int, ...]:
+        """Per-sequence SSM state of one layer: ``(d_inner, N)`` or Mamba-2's ``(H, P, N)``."""
+        if self.layer == "Mamba2":
+            return (self.nheads, self.headdim, self.d_state)
+        return (self.d_inner, self.d_state)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -86,8 +138,43 @@ class MambaConfig:
             raise ConfigError(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
         if not self.rms_norm:
             raise ConfigError("rms_norm=False (LayerNorm) is not supported: every published Mamba uses RMSNorm")
-        if self.layer == "Mamba2" and self.d_inner % self.headdim:
-            raise ConfigError(f"d_inner ({self.d_inner}) must be a multiple of headdim ({self.headdim})")
+        if self.layer == "Mamba2":
+            self._validate_mamba2()
+
+    def _validate_mamba2(self) -> None:
+        for name in ("headdim", "ngroups", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_ssm is not None and (not isinstance(self.d_ssm, int) or isinstance(self.d_ssm, bool)
+                                       or not 1 <= self.d_ssm <= self.d_inner):
+            raise ConfigError(f"d_ssm must be None or an integer in [1, d_inner={self.d_inner}], got {self.d_ssm!r}")
+        what = "d_inner" if self.d_ssm is None else "d_ssm"
+        d_ssm = self.resolved_d_ssm
+        if d_ssm % self.headdim:
+            raise ConfigError(f"{what} ({d_ssm}) must be a multiple of headdim ({self.headdim})")
+        if self.nheads % self.ngroups:
+            raise ConfigError(f"the number of heads ({self.nheads} = {what} / headdim) must be a multiple "
+                              f"of ngroups ({self.ngroups})")
+        lo_hi = self.A_init_range
+        if not (isinstance(lo_hi, tuple) and len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1]):
+            raise ConfigError(f"A_init_range must be (lo, hi) with 0 < lo <= hi, got {lo_hi!r}")
+        lim = self.dt_limit
+        if not (isinstance(lim, tuple) and len(lim) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lim)
+                and 0.0 <= lim[0] < lim[1]):
+            raise ConfigError(f"dt_limit must be (lo, hi) with 0 <= lo < hi (hi may be inf), got {lim!r}")
+        if self.learnable_init_states:
+            raise ConfigError("learnable_init_states=True is not supported (no published checkpoint uses "
+                              "it; the initial state is an input of prefill)")
+        for name in ("D_has_hdim", "rmsnorm", "norm_before_gate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @property
+    def has_dt_limit(self) -> bool:
+        """True when dt_limit clamps (mamba_ssm applies it only when not (0, inf))."""
+        return tuple(self.dt_limit) != (0.0, _INF)
 
     # ----------------------------------------------------------------- presets
     @classmethod
@@ -99,7 +186,10 @@ class MambaConfig:
 
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for name in ("dt_limit", "A_init_range"):
+            data[name] = list(data[name])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MambaConfig":
@@ -113,10 +203,11 @@ class MambaConfig:
     def from_hf(cls, hf: dict[str, Any]) -> "MambaConfig":
         """From a transformers ``MambaConfig`` / ``Mamba2Config`` dict (config.json)."""
         model_type = hf.get("model_type")
+        if model_type == "mamba2":
+            return cls._from_hf_mamba2(hf)
         if model_type != "mamba":
             raise ConfigError(
-                f"config.json has model_type={model_type!r}; only 'mamba' is supported here"
-                + (" (Mamba-2 lands with the Mamba-2 mixer)" if model_type == "mamba2" else "")
+                f"config.json has model_type={model_type!r}; supported: 'mamba', 'mamba2'"
             )
         inner = hf.get("intermediate_size")
         expand = hf.get("expand", 2)
@@ -157,10 +248,108 @@ class MambaConfig:
             eos_token_id=hf.get("eos_token_id"),
         )
 
+    @classmethod
+    def _vocab_from_hf(cls, hf: dict[str, Any]) -> dict[str, int]:
+        vocab = {"vocab_size": hf["vocab_size"], "pad_vocab_size_multiple": 1}  # stored padded
+        saved = hf.get("mamba_export")
+        if isinstance(saved, dict):
+            vocab = {k: saved[k] for k in vocab}
+            padded = cls(d_model=1, n_layer=1, **vocab).padded_vocab_size
+            if padded != hf["vocab_size"]:
+                raise ConfigError(f"mamba_export.vocab_size pads to {padded}, but vocab_size is {hf['vocab_size']}")
+        return vocab
+
+    @classmethod
+    def _from_hf_mamba2(cls, hf: dict[str, Any]) -> "MambaConfig":
+        """From a transformers ``Mamba2Config`` dict. transformers' Mamba2 always uses the gated
+        RMSNorm with the gate applied before the norm (mamba_ssm's norm_before_gate=False), one
+        eps (``layer_norm_epsilon``) for every norm, D per head and no MLP branch."""
+        where = "model_type='mamba2' (Mamba-2)"
+        need = ("hidden_size", "num_hidden_layers", "vocab_size")
+        missing = [k for k in need if k not in hf]
+        if missing:
+            raise ConfigError(f"{where}: config.json lacks {', '.join(missing)}")
+        hidden, expand = hf["hidden_size"], hf.get("expand", 2)
+        heads, head_dim = hf.get("num_heads", 128), hf.get("head_dim", 64)
+        if heads * head_dim != expand * hidden:
+            raise ConfigError(f"{where}: num_heads*head_dim ({heads}*{head_dim}={heads * head_dim}) must "
+                              f"equal expand*hidden_size ({expand}*{hidden}={expand * hidden})")
+        inner = hf.get("intermediate_size")
+        if inner is not None and inner != expand * hidden:
+            raise ConfigError(f"{where}: intermediate_size={inner} contradicts expand*hidden_size={expand * hidden}")
+        if hf.get("hidden_act", "silu") not in ("silu", "swish"):
+            raise ConfigError(f"{where}: hidden_act={hf['hidden_act']!r} is not supported (Mamba uses 'silu')")
+        if not hf.get("rms_norm", True):
+            raise ConfigError(f"{where}: rms_norm=False is not supported (transformers' Mamba2 always "
+                              "applies the gated RMSNorm)")
+        limit = hf.get("time_step_limit", (0.0, _INF))
+        return cls(
+            layer="Mamba2",
+            d_model=hidden,
+            n_layer=hf["num_hidden_layers"],
+            **cls._vocab_from_hf(hf),
+            d_state=hf.get("state_size", 128),
+            d_conv=hf.get("conv_kernel", 4),
+            expand=expand,
+            headdim=head_dim,
+            ngroups=hf.get("n_groups", 8),
+            chunk_size=hf.get("chunk_size", 256),
+            dt_min=hf.get("time_step_min", 0.001),
+            dt_max=hf.get("time_step_max", 0.1),
+            dt_init_floor=hf.get("time_step_floor", 1e-4),
+            dt_limit=_float_pair("time_step_limit", limit),
+            conv_bias=hf.get("use_conv_bias", True),
+            bias=hf.get("use_bias", False),
+            norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+            residual_in_fp32=hf.get("residual_in_fp32", True),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            eos_token_id=hf.get("eos_token_id"),
+        )
+
+    def _to_hf_mamba2(self) -> dict[str, Any]:
+        unsupported = [name for name, bad in (
+            ("d_ssm < d_inner (gated-MLP branch)", self.d_mlp > 0),
+            ("rmsnorm=False", not self.rmsnorm),
+            ("norm_before_gate=True", self.norm_before_gate),
+            ("D_has_hdim=True", self.D_has_hdim),
+        ) if bad]
+        if unsupported:
+            raise ConfigError("to_hf: transformers' Mamba2 cannot express " + ", ".join(unsupported)
+                              + " (save in mamba_ssm format instead)")
+        return {
+            "model_type": "mamba2",
+            "architectures": ["Mamba2ForCausalLM"],
+            "vocab_size": self.padded_vocab_size,
+            "hidden_size": self.d_model,
+            "num_hidden_layers": self.n_layer,
+            "num_heads": self.nheads,
+            "head_dim": self.headdim,
+            "state_size": self.d_state,
+            "expand": self.expand,
+            "conv_kernel": self.d_conv,
+            "n_groups": self.ngroups,
+            "chunk_size": self.chunk_size,
+            "use_bias": self.bias,
+            "use_conv_bias": self.conv_bias,
+            "hidden_act": "silu",
+            "layer_norm_epsilon": self.norm_epsilon,
+            "residual_in_fp32": self.residual_in_fp32,
+            "time_step_min": self.dt_min,
+            "time_step_max": self.dt_max,
+            "time_step_floor": self.dt_init_floor,
+            "time_step_limit": list(self.dt_limit),
+            "tie_word_embeddings": self.tie_embeddings,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": None,
+            "bos_token_id": None,
+            "mamba_export": {"vocab_size": self.vocab_size,
+                             "pad_vocab_size_multiple": self.pad_vocab_size_multiple},
+        }
+
     def to_hf(self) -> dict[str, Any]:
-        """A transformers ``MambaConfig`` dict that loads the same weights."""
-        if self.layer != "Mamba1":
-            raise ConfigError("to_hf: only Mamba1 configs map to transformers' MambaConfig here")
+        """A transformers ``MambaConfig`` / ``Mamba2Config`` dict that loads the same weights."""
+        if self.layer == "Mamba2":
+            return self._to_hf_mamba2()
         return {
             "model_type": "mamba",
             "architectures": ["MambaForCausalLM"],
@@ -211,15 +400,23 @@ class MambaConfig:
                 f"ssm_cfg.layer={layer!r} is unknown: expected one of {', '.join(LAYER_KINDS)}"
             )
         if layer == "Mamba2":
-            raise ConfigError("ssm_cfg.layer='Mamba2': the Mamba-2 mixer is not available yet")
-        ssm_keys = {
-            "d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
-            "dt_init_floor", "conv_bias", "bias", "use_fast_path",
-        }
+            ssm_keys = set(_MAMBA2_SSM_KEYS) | {"use_mem_eff_path", "conv_init", "activation"}
+        else:
+            ssm_keys = {
+                "d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
+                "dt_init_floor", "conv_bias", "bias", "use_fast_path",
+            }
         bad = sorted(set(ssm) - ssm_keys)
         if bad:
             raise ConfigError(f"unknown ssm_cfg keys for {layer}: {', '.join(bad)}")
         ssm.pop("use_fast_path", None)
+        ssm.pop("use_mem_eff_path", None)
+        for k in ("dt_limit", "A_init_range"):
+            if k in ssm:
+                ssm[k] = _float_pair(f"ssm_cfg.{k}", ssm[k])
+        ssm.pop("conv_init", None)  # an init-only knob
+        if ssm.pop("activation", "silu") not in ("silu", "swish"):
+            raise ConfigError("ssm_cfg.activation must be 'silu' (or 'swish')")
         return cls(
             d_model=cfg["d_model"],
             n_layer=cfg["n_layer"],
@@ -233,11 +430,13 @@ class MambaConfig:
         )
 
     def to_mamba_ssm(self) -> dict[str, Any]:
-        ssm = {
-            k: getattr(self, k)
-            for k in ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init",
-                      "dt_scale", "dt_init_floor", "conv_bias", "bias")
-        }
+        keys = _MAMBA2_SSM_KEYS if self.layer == "Mamba2" else (
+            "d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
+            "dt_init_floor", "conv_bias", "bias")
+        ssm = {k: getattr(self, k) for k in keys}
+        for k in ("dt_limit", "A_init_range"):
+            if k in ssm:
+                ssm[k] = list(ssm[k])
         ssm["layer"] = self.layer
         return {
             "d_model": self.d_model, "n_layer": self.n_layer, "vocab_size": self.vocab_size,
@@ -272,6 +471,32 @@ class MambaConfig:
         )
 
 
+def _json_float(name: str, value: Any) -> float:
+    """A float from config.json: a number, "Infinity"/"inf", or transformers 5's
+    ``{"__float__": "Infinity"}`` encoding of non-finite floats."""
+    if isinstance(value, dict) and set(value) == {"__float__"}:
+        value = value["__float__"]
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+
+
+def _float_pair(name: str, value: Any) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f"{name} must be a pair [lo, hi], got {value!r}")
+    return (_json_float(name, value[0]), _json_float(name, value[1]))
+
+
+# ssm_cfg keys of mamba_ssm's Mamba2 that this package reads and writes.
+_MAMBA2_SSM_KEYS = (
+    "d_state", "d_conv", "expand", "headdim", "d_ssm", "ngroups", "A_init_range", "D_has_hdim",
+    "rmsnorm", "norm_before_gate", "dt_min", "dt_max", "dt_init_floor", "dt_limit", "bias",
+    "conv_bias", "chunk_size", "learnable_init_states",
+)
+
 _V = 50277
 PRESETS: dict[str, dict[str, Any]] = {
     "mamba-130m": dict(d_model=768, n_layer=24, vocab_size=_V),
@@ -282,7 +507,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A tiny random-initialised model for demos and smoke tests.
     "mamba-tiny": dict(d_model=128, n_layer=4, vocab_size=1000, d_state=16),
 }
-_MAMBA2 = dict(layer="Mamba2", d_state=128, headdim=64, ngroups=1, chunk_size=256, vocab_size=_V)
+# state-spaces/mamba2-*: config.json has ssm_cfg {"layer": "Mamba2"} (mamba_ssm defaults: d_state 128,
+# headdim 64, ngroups 1, expand 2, chunk 256) and pad_vocab_size_multiple 16 (50277 -> 50288 rows).
+_MAMBA2 = dict(layer="Mamba2", d_state=128, headdim=64, ngroups=1, chunk_size=256, vocab_size=_V,
+               pad_vocab_size_multiple=16)
 for _name, _dm, _nl in (("mamba2-130m", 768, 24), ("mamba2-370m", 1024, 48),
                         ("mamba2-780m", 1536, 48), ("mamba2-1.3b", 2048, 48),
                         ("mamba2-2.7b", 2560, 64)):

@@ -20,6 +20,7 @@ from torch._subclasses.fake_tensor import is_fake
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
 from .config import MambaConfig
 from .generate import GenerationMixin
+from .mamba2 import Mamba2Mixer
 
 
 def _eager_cuda(t: Tensor) -> bool:
@@ -33,8 +34,10 @@ def _eager_cuda(t: Tensor) -> bool:
 class MambaState(NamedTuple):
     """Recurrent state of the whole model.
 
-    conv: ``[n_layer, B, d_inner, d_conv - 1]`` in the model dtype (the last inputs of the conv);
-    ssm: ``[n_layer, B, d_inner, d_state]`` in float32.
+    conv: ``[n_layer, B, conv_dim, d_conv - 1]`` in the model dtype (the last inputs of the conv;
+    conv_dim = d_inner for Mamba-1, d_ssm + 2*ngroups*d_state for Mamba-2);
+    ssm: ``[n_layer, B, d_inner, d_state]`` (Mamba-1) or ``[n_layer, B, nheads, headdim, d_state]``
+    (Mamba-2) in float32.
     """
 
     conv: Tensor
@@ -70,6 +73,9 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(d_inner, n, **kw))
         self.D = nn.Parameter(torch.empty(d_inner, **kw))
         self.out_proj = nn.Linear(d_inner, cfg.d_model, bias=cfg.bias, **kw)
+
+    def linears(self) -> tuple[nn.Linear, ...]:
+        return (self.in_proj, self.x_proj, self.out_proj)
 
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
@@ -166,7 +172,8 @@ class Block(nn.Module):
         super().__init__()
         self.residual_in_fp32 = cfg.residual_in_fp32
         self.norm = RMSNorm(cfg.d_model, cfg.norm_epsilon, device=device, dtype=dtype)
-        self.mixer = MambaMixer(cfg, layer_idx, device=device, dtype=dtype)
+        mixer = Mamba2Mixer if cfg.layer == "Mamba2" else MambaMixer
+        self.mixer = mixer(cfg, layer_idx, device=device, dtype=dtype)
 
     def add_norm(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
         if _eager_cuda(hidden):
@@ -204,8 +211,6 @@ class MambaLM(GenerationMixin, nn.Module):
 
     def __init__(self, cfg: MambaConfig, device=None, dtype=None, initialize: bool = True):
         super().__init__()
-        if cfg.layer != "Mamba1":
-            raise NotImplementedError(f"layer={cfg.layer!r}: only the Mamba1 mixer is implemented so far")
         self.config = cfg
         self.backbone = Backbone(cfg, device=device, dtype=dtype)
         self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False, device=device, dtype=dtype)
@@ -222,7 +227,7 @@ class MambaLM(GenerationMixin, nn.Module):
         nn.init.normal_(self.backbone.embedding.weight, std=0.02)
         for block in self.backbone.layers:
             mixer = block.mixer
-            for lin in (mixer.in_proj, mixer.x_proj, mixer.out_proj):
+            for lin in mixer.linears():
                 lin.reset_parameters()
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
@@ -237,23 +242,25 @@ class MambaLM(GenerationMixin, nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None) -> "MambaLM":
-        """Load a local checkpoint directory (transformers Mamba or mamba_ssm format)."""
+        """Load a local checkpoint directory (transformers Mamba/Mamba2 or mamba_ssm format)."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(path, dtype=dtype, device=device)
 
     @classmethod
     def from_transformers(cls, hf_model) -> "MambaLM":
-        """Wrap an in-memory transformers ``MambaForCausalLM``, sharing its weights (no copy)."""
+        """Wrap an in-memory transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM``, sharing its
+        weights (no copy)."""
         from .checkpoint import from_transformers
 
         return from_transformers(hf_model)
 
-    def save_pretrained(self, path) -> None:
-        """Write safetensors + config.json that this package and ``transformers`` both load."""
+    def save_pretrained(self, path, format: str = "transformers") -> None:
+        """Write safetensors + config.json that this package and ``transformers`` both load
+        (``format="mamba_ssm"``: mamba_ssm's config and key names)."""
         from .checkpoint import save_pretrained
 
-        save_pretrained(self, path)
+        save_pretrained(self, path, format=format)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -276,8 +283,8 @@ class MambaLM(GenerationMixin, nn.Module):
         cfg = self.config
         device = self.device if device is None else device
         dtype = self.dtype if dtype is None else dtype
-        conv = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_conv - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_state, device=device, dtype=self.state_dtype)
+        conv = torch.zeros(cfg.n_layer, batch_size, cfg.conv_dim, cfg.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(cfg.n_layer, batch_size, *cfg.ssm_state_shape, device=device, dtype=self.state_dtype)
         return MambaState(conv, ssm)
 
     def _check_ids(self, ids: Tensor, rank: int, what: str) -> None:
@@ -296,8 +303,8 @@ class MambaLM(GenerationMixin, nn.Module):
             raise TypeError("state must be a MambaState(conv, ssm) as returned by new_state()")
         cfg = self.config
         conv, ssm = state
-        want_conv = (cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1)
-        want_ssm = (cfg.n_layer, batch, cfg.d_inner, cfg.d_state)
+        want_conv = (cfg.n_layer, batch, cfg.conv_dim, cfg.d_conv - 1)
+        want_ssm = (cfg.n_layer, batch, *cfg.ssm_state_shape)
         if tuple(conv.shape) != want_conv:
             raise ValueError(f"conv state must be {list(want_conv)}, got {list(conv.shape)}")
         if tuple(ssm.shape) != want_ssm:

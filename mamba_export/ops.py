@@ -339,6 +339,155 @@ def causal_conv1d_update_op(
     return torch.ops.mamba_export._causal_conv1d_update_reference(x, conv_state, weight, bias, silu)
 
 
+# --------------------------------------------------------------------------- Mamba-2 (SSD)
+# ``ssd_scan`` (prefill) and ``ssd_state_update`` (decode) have the layouts of mamba_ssm's
+# ``mamba_chunk_scan_combined`` and of its Mamba2 decode step, with one head-level decode op:
+# dt ``[B, H]``, A ``[H]`` (not the per-channel ``[H, P, N]`` repeat mamba_ssm feeds its
+# ``selective_state_update``), so the decode graph carries H scalars per step, not H*P*N.
+# No Triton kernel exists for them yet: on every device the public op runs the reference math
+# (on CUDA as plain torch ops that Inductor can fuse; elsewhere through an opaque private op).
+def _check_dt_limit(dt_limit) -> None:
+    if dt_limit is not None:
+        _check(len(dt_limit) == 2 and 0.0 <= dt_limit[0] < dt_limit[1],
+               f"dt_limit must be [lo, hi] with 0 <= lo < hi, got {list(dt_limit)}")
+
+
+def _check_ssd_common(x_name, heads, hdim, A, D, dt_bias, B, C, batch, tail, dt_limit) -> int:
+    _check(A.dim() == 1 and A.shape[0] == heads, f"A must be [nheads={heads}], got {list(A.shape)}")
+    _check(B.dim() == len(tail) + 3 and tuple(B.shape[:len(tail) + 1]) == (batch, *tail),
+           f"B must be [batch, {'L, ' if tail else ''}ngroups, d_state], got {list(B.shape)}")
+    groups, dstate = B.shape[-2], B.shape[-1]
+    _check(groups > 0 and heads % groups == 0,
+           f"B has {groups} groups, which must divide the {heads} heads of {x_name}")
+    _check(tuple(C.shape) == tuple(B.shape), f"C must match B {list(B.shape)}, got {list(C.shape)}")
+    if D is not None:
+        _check(tuple(D.shape) in ((heads,), (heads, hdim)),
+               f"D must be [{heads}] or [{heads}, {hdim}], got {list(D.shape)}")
+    if dt_bias is not None:
+        _check(tuple(dt_bias.shape) == (heads,), f"dt_bias must be [{heads}], got {list(dt_bias.shape)}")
+    _check_dt_limit(dt_limit)
+    return dstate
+
+
+def check_ssd_scan_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_limit) -> None:
+    _check(x.dim() == 4, f"x must be [batch, L, nheads, headdim], got shape {list(x.shape)}")
+    batch, length, heads, hdim = x.shape
+    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("dt_bias", dt_bias), ("initial_state", initial_state)):
+        _check_float(name, t)
+    _check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
+    _check(isinstance(chunk_size, int) and chunk_size >= 1, f"chunk_size must be a positive int, got {chunk_size!r}")
+    _check(tuple(dt.shape) == (batch, length, heads), f"dt must be [{batch}, {length}, {heads}], got {list(dt.shape)}")
+    dstate = _check_ssd_common("x", heads, hdim, A, D, dt_bias, B, C, batch, (length,), dt_limit)
+    if z is not None:
+        _check(tuple(z.shape) == tuple(x.shape), f"z must match x {list(x.shape)}, got {list(z.shape)}")
+    if initial_state is not None:
+        want = (batch, heads, hdim, dstate)
+        _check(tuple(initial_state.shape) == want,
+               f"initial_state must be {list(want)}, got {list(initial_state.shape)}")
+
+
+def check_ssd_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_limit) -> None:
+    _check(x.dim() == 3, f"x must be [batch, nheads, headdim], got shape {list(x.shape)}")
+    batch, heads, hdim = x.shape
+    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D),
+                    ("z", z), ("dt_bias", dt_bias)):
+        _check_float(name, t)
+    _check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    _check(tuple(dt.shape) == (batch, heads), f"dt must be [{batch}, {heads}], got {list(dt.shape)}")
+    dstate = _check_ssd_common("x", heads, hdim, A, D, dt_bias, B, C, batch, (), dt_limit)
+    want = (batch, heads, hdim, dstate)
+    _check(tuple(state.shape) == want, f"state must be {list(want)}, got {list(state.shape)}")
+    if z is not None:
+        _check(tuple(z.shape) == tuple(x.shape), f"z must match x {list(x.shape)}, got {list(z.shape)}")
+
+
+@custom_op("mamba_export::_ssd_scan_reference", mutates_args=())
+def _ssd_scan_reference(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, D: Tensor | None,
+    z: Tensor | None, dt_bias: Tensor | None, initial_state: Tensor | None, dt_softplus: bool,
+    dt_limit: list[float] | None,
+) -> tuple[Tensor, Tensor]:
+    out, state = ref.ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_softplus, dt_limit)
+    return out.contiguous(), state.contiguous()
+
+
+@register_fake("mamba_export::_ssd_scan_reference")
+def _(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_softplus, dt_limit):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
+        x.shape[0], x.shape[2], x.shape[3], B.shape[-1], dtype=ref.compute_dtype(x))
+
+
+@triton_op("mamba_export::ssd_scan", mutates_args=())
+def ssd_scan(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 256,
+    D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+    initial_state: Tensor | None = None, dt_softplus: bool = False,
+    dt_limit: list[float] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Mamba-2 chunked SSD scan; returns ``(out [B, L, H, P], final_state [B, H, P, N] float32)``.
+
+    CUDA: the chunked reference as plain torch ops (a Triton SSD kernel is future work)."""
+    check_ssd_scan_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_limit)
+    if x.device.type == "cuda":
+        out, state = ref.ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state,
+                                  dt_softplus, dt_limit)
+        return out.contiguous(), state.contiguous()
+    return torch.ops.mamba_export._ssd_scan_reference(
+        x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_softplus, dt_limit)
+
+
+def _ssd_setup_context(ctx, inputs, output):
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_softplus, dt_limit = inputs
+    ctx.chunk_size, ctx.dt_softplus, ctx.dt_limit = chunk_size, dt_softplus, dt_limit
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state)
+
+
+def _ssd_backward(ctx, dout, dfinal_state):
+    """Reference backward: autograd through the chunked form (plain torch ops, any device).
+    Eager training only: a traced backward (compile/export of training) is not supported yet;
+    an explicit SSD backward (and its Triton kernel) is future work."""
+    x, dt, A, B, C, D, z, dt_bias, initial_state = ctx.saved_tensors
+    dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = ref.ssd_scan_backward(
+        x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, initial_state, ctx.dt_softplus, ctx.dt_limit,
+        dout, dfinal_state)
+    return dx, ddt, dA, dB, dC, None, dD, dz, dbias, dinit, None, None
+
+
+ssd_scan.register_autograd(_ssd_backward, setup_context=_ssd_setup_context)
+
+
+@custom_op("mamba_export::_ssd_state_update_reference", mutates_args=())
+def _ssd_state_update_reference(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+    z: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool, dt_limit: list[float] | None,
+) -> tuple[Tensor, Tensor]:
+    out, new_state = ref.ssd_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+    return out.contiguous(), new_state.contiguous()
+
+
+@register_fake("mamba_export::_ssd_state_update_reference")
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
+        state, memory_format=torch.contiguous_format)
+
+
+@triton_op("mamba_export::ssd_state_update", mutates_args=())
+def ssd_state_update(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+    dt_limit: list[float] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One Mamba-2 decode step; returns ``(out [B, H, P], new_state [B, H, P, N])`` (functional).
+
+    CUDA: the reference as plain torch ops (elementwise + a reduction over N; no kernel yet)."""
+    check_ssd_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_limit)
+    if x.device.type == "cuda":
+        return ref.ssd_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+    return torch.ops.mamba_export._ssd_state_update_reference(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+
+
 # --------------------------------------------------------------------------- mamba_ssm-compatible API
 def _silu_flag(activation: str | None) -> bool:
     if activation in (None, "identity"):
@@ -391,3 +540,30 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
         x, conv_state, weight, bias, _silu_flag(activation))
     conv_state.copy_(new_state)
     return out.unsqueeze(-1) if squeeze else out
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
+                              initial_states=None, seq_idx=None, cu_seqlens=None, dt_softplus=False,
+                              dt_limit=(0.0, float("inf")), return_final_states=False,
+                              return_varlen_states=False):
+    """Drop-in for ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined`` (no
+    ``seq_idx`` / ``cu_seqlens``): x ``[B, L, H, P]``, dt ``[B, L, H]``, A ``[H]``, B/C
+    ``[B, L, G, N]``; returns out, or ``(out, final_states [B, H, P, N])``."""
+    if seq_idx is not None or cu_seqlens is not None or return_varlen_states:
+        raise NotImplementedError("seq_idx / cu_seqlens (packed variable-length sequences) are not supported")
+    limit = None if tuple(dt_limit) == (0.0, float("inf")) else [float(v) for v in dt_limit]
+    out, final = torch.ops.mamba_export.ssd_scan(
+        x, dt, A, B, C, int(chunk_size), D, z, dt_bias, initial_states, bool(dt_softplus), limit)
+    return (out, final) if return_final_states else out
+
+
+def mamba2_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                        dt_limit=(0.0, float("inf"))):
+    """Head-level Mamba-2 decode step, in place on ``state [B, H, P, N]`` (as mamba_ssm's
+    ``selective_state_update`` mutates its state); x ``[B, H, P]``, dt ``[B, H]``, A ``[H]``,
+    B/C ``[B, G, N]``. Returns the output ``[B, H, P]``."""
+    limit = None if tuple(dt_limit) == (0.0, float("inf")) else [float(v) for v in dt_limit]
+    out, new_state = torch.ops.mamba_export.ssd_state_update(
+        state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), limit)
+    state.copy_(new_state)
+    return out

@@ -282,3 +282,194 @@ def causal_conv1d_update(
     if silu:
         out = F.silu(out)
     return out.to(x.dtype), window[..., 1:].contiguous()
+
+
+# --------------------------------------------------------------------------- Mamba-2 (SSD)
+# Layouts are mamba_ssm's ``mamba_chunk_scan_combined``: x ``[B, L, H, P]``, dt ``[B, L, H]``,
+# A ``[H]`` (one scalar decay per head), B/C ``[B, L, G, N]`` (head h reads group h // (H/G)),
+# D ``[H]`` or ``[H, P]``, z ``[B, L, H, P]``, dt_bias ``[H]``; state ``[B, H, P, N]``.
+# h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T;  y_t = h_t C_t + D x_t;  out = y * silu(z) if z.
+INF = float("inf")
+
+
+def ssd_discretize_dt(dt: torch.Tensor, dt_bias: torch.Tensor | None, softplus: bool,
+                      dt_limit: tuple[float, float] | list[float] | None) -> torch.Tensor:
+    """dt (+ bias on the head dim, the last one) -> softplus -> clamp to ``dt_limit``.
+
+    As mamba_ssm, the clamp applies only when the limit is not ``(0, inf)``."""
+    dt = dt.to(compute_dtype(dt))
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if softplus:
+        dt = F.softplus(dt)
+    if dt_limit is not None and tuple(float(v) for v in dt_limit) != (0.0, INF):
+        dt = dt.clamp(min=float(dt_limit[0]), max=float(dt_limit[1]))
+    return dt
+
+
+def _heads(bc: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+    """B/C with groups on ``dim`` -> one entry per head (head h reads group h // (H/G))."""
+    groups = bc.shape[dim]
+    if heads % groups:
+        raise ValueError(f"heads ({heads}) must be a multiple of groups ({groups})")
+    return bc.repeat_interleave(heads // groups, dim=dim) if groups != heads else bc
+
+
+def _ssd_finish(y, x, D, z, cdt):
+    """y + D x, then the optional z gate; y, x ``[..., H, P]``."""
+    xf = x.to(cdt)
+    if D is not None:
+        Df = D.to(cdt)
+        y = y + xf * (Df[:, None] if Df.dim() == 1 else Df)
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    return y.to(x.dtype)
+
+
+def _state_dtype(cdt):
+    return torch.float64 if cdt == torch.float64 else torch.float32
+
+
+def _segsum(a: torch.Tensor) -> torch.Tensor:
+    """``a [..., T]`` -> ``S [..., T, T]`` with S[i, j] = sum_{j < k <= i} a_k (i >= j), -inf above
+    the diagonal. Partial sums are formed directly (masked cumsum), never as differences of a
+    long cumsum, so exp(S) keeps full relative precision."""
+    T = a.shape[-1]
+    a = a[..., None].expand(*a.shape, T)  # [..., k, j] = a_k
+    strict = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)
+    s = torch.cumsum(a.masked_fill(~strict, 0), dim=-2)
+    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=0)
+    return s.masked_fill(~lower, -INF)
+
+
+def ssd_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int = 256,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] | list[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-2 SSD scan, chunked (the state-space-dual "quadratic inside a chunk, linear across
+    chunks" form, all chunks at once: no Python loop, shape-generic in L).
+
+    Returns ``(out [B, L, H, P] in x's dtype, final_state [B, H, P, N] float32/float64)``.
+    The time axis is zero-padded to a multiple of ``chunk_size`` after discretisation (dt = 0
+    there: decay 1, no input), so padding never changes the output or the final state.
+    """
+    cdt = compute_dtype(x)
+    batch, length, heads, hdim = x.shape
+    dstate = B.shape[-1]
+    T = int(chunk_size)
+    dtf = ssd_discretize_dt(dt, dt_bias, dt_softplus, dt_limit).to(cdt)  # [b, l, h]
+    xf = x.to(cdt)
+    Bh = _heads(B.to(cdt), heads, 2)  # [b, l, h, n]
+    Ch = _heads(C.to(cdt), heads, 2)
+    pad = (-length) % T
+    if pad:
+        dtf = F.pad(dtf, (0, 0, 0, pad))
+        xf_p = F.pad(xf, (0, 0, 0, 0, 0, pad))
+        Bh = F.pad(Bh, (0, 0, 0, 0, 0, pad))
+        Ch = F.pad(Ch, (0, 0, 0, 0, 0, pad))
+    else:
+        xf_p = xf
+    nc = (length + pad) // T
+    dA = (dtf * A.to(cdt)).reshape(batch, nc, T, heads).permute(0, 3, 1, 2)  # [b, h, c, T]
+    xdt = (xf_p * dtf[..., None]).reshape(batch, nc, T, heads, hdim)          # [b, c, T, h, p]
+    Bc = Bh.reshape(batch, nc, T, heads, dstate)
+    Cc = Ch.reshape(batch, nc, T, heads, dstate)
+    dA_cs = torch.cumsum(dA, dim=-1)                                           # [b, h, c, T]
+    # 1. Within each chunk (the "attention-like" diagonal blocks).
+    decay_in = torch.exp(_segsum(dA))                                          # [b, h, c, l, s]
+    scores = torch.einsum("bclhn,bcshn->bhcls", Cc, Bc) * decay_in
+    y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+    # 2. State each chunk leaves behind, from a zero start.
+    decay_to_end = torch.exp(dA_cs[..., -1:] - dA_cs)                          # [b, h, c, T]
+    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bc, decay_to_end, xdt)
+    # 3. Carry across chunks: state entering chunk c (initial state folded in as chunk -1).
+    h0 = (xf.new_zeros(batch, heads, hdim, dstate) if initial_state is None
+          else initial_state.to(cdt))
+    states = torch.cat([h0[:, None], chunk_states], dim=1)                     # [b, c+1, h, p, n]
+    decay_chunks = torch.exp(_segsum(F.pad(dA_cs[..., -1], (1, 0))))           # [b, h, c+1, c+1]
+    carried = torch.einsum("bhzc,bchpn->bzhpn", decay_chunks, states)
+    entering, final_state = carried[:, :-1], carried[:, -1]
+    # 4. Contribution of the entering state to every position of its chunk.
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, entering, torch.exp(dA_cs))
+    y = (y_diag + y_off).reshape(batch, nc * T, heads, hdim)[:, :length]
+    return _ssd_finish(y, x, D, z, cdt), final_state.to(_state_dtype(cdt))
+
+
+def ssd_scan_loop(
+    x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, dt_softplus=False,
+    dt_limit=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same scan as :func:`ssd_scan`, one timestep at a time (the definition the chunked
+    form is tested against)."""
+    cdt = compute_dtype(x)
+    batch, length, heads, hdim = x.shape
+    dtf = ssd_discretize_dt(dt, dt_bias, dt_softplus, dt_limit).to(cdt)
+    xf, Af = x.to(cdt), A.to(cdt)
+    Bh = _heads(B.to(cdt), heads, 2)
+    Ch = _heads(C.to(cdt), heads, 2)
+    h = xf.new_zeros(batch, heads, hdim, B.shape[-1]) if initial_state is None else initial_state.to(cdt)
+    ys = []
+    for t in range(length):
+        decay = torch.exp(dtf[:, t] * Af)[..., None, None]                      # [b, h, 1, 1]
+        h = decay * h + (dtf[:, t, :, None] * xf[:, t])[..., None] * Bh[:, t, :, None, :]
+        ys.append((h * Ch[:, t, :, None, :]).sum(-1))
+    y = torch.stack(ys, dim=1) if ys else xf.new_zeros(batch, 0, heads, hdim)
+    return _ssd_finish(y, x, D, z, cdt), h.to(_state_dtype(cdt))
+
+
+def ssd_scan_backward(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_softplus,
+                      dt_limit, dout, dfinal_state) -> list[torch.Tensor | None]:
+    """Gradients of :func:`ssd_scan` for ``(x, dt, A, B, C, D, z, dt_bias, initial_state)``
+    (None where the input was None), by autograd through the chunked form (plain torch ops)."""
+    inputs = [x, dt, A, B, C, D, z, dt_bias, initial_state]
+    leaves = [None if t is None else t.detach().requires_grad_(True) for t in inputs]
+    with torch.enable_grad():
+        lx, ldt, lA, lB, lC, lD, lz, lbias, linit = leaves
+        out, final = ssd_scan(lx, ldt, lA, lB, lC, chunk_size, lD, lz, lbias, linit, dt_softplus, dt_limit)
+        outs, grads_out = [out], [dout]
+        if dfinal_state is not None:
+            outs.append(final)
+            grads_out.append(dfinal_state.to(final.dtype))
+        wrt = [t for t in leaves if t is not None]
+        got = iter(torch.autograd.grad(outs, wrt, grads_out, allow_unused=True))
+    grads = [None if t is None else next(got) for t in leaves]
+    return [None if t is None else (torch.zeros_like(t) if g is None else g.to(t.dtype))
+            for g, t in zip(grads, inputs)]
+
+
+def ssd_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] | list[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SSD timestep. state ``[B, H, P, N]``, x/z ``[B, H, P]``, dt ``[B, H]``, A ``[H]``,
+    B/C ``[B, G, N]``, D ``[H]`` or ``[H, P]``, dt_bias ``[H]``. Returns
+    ``(out [B, H, P], new_state [B, H, P, N])``; nothing is mutated."""
+    cdt = compute_dtype(x)
+    heads = x.shape[1]
+    dtf = ssd_discretize_dt(dt, dt_bias, dt_softplus, dt_limit).to(cdt)        # [b, h]
+    xf = x.to(cdt)
+    Bh = _heads(B.to(cdt), heads, 1)                                             # [b, h, n]
+    Ch = _heads(C.to(cdt), heads, 1)
+    decay = torch.exp(dtf * A.to(cdt))[..., None, None]
+    new_state = decay * state.to(cdt) + (dtf[..., None] * xf)[..., None] * Bh[:, :, None, :]
+    y = (new_state * Ch[:, :, None, :]).sum(-1)
+    return _ssd_finish(y, x, D, z, cdt), new_state.to(state.dtype)

@@ -229,7 +229,7 @@ def test_mamba_ssm_round_trip(cfg):
 
 @pytest.mark.parametrize("over, match", [
     ({"ssm_cfg": {"layer": "Mamba3"}}, r"ssm_cfg.layer='Mamba3' is unknown: expected one of Mamba1, Mamba2"),
-    ({"ssm_cfg": {"layer": "Mamba2"}}, "Mamba-2 mixer is not available"),
+    ({"ssm_cfg": {"layer": "Mamba2", "dt_rank": 4}}, "unknown ssm_cfg keys for Mamba2: dt_rank"),
     ({"ssm_cfg": {"d_state": 16, "foo": 1}}, "unknown ssm_cfg keys for Mamba1: foo"),
     ({"bogus_key": 3}, "unknown mamba_ssm config keys: bogus_key"),
     ({"d_intermediate": 128}, "d_intermediate > 0"),

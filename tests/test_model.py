@@ -134,5 +134,3 @@ def test_bad_ids_and_states_are_rejected():
         model.prefill(torch.zeros(2, 0, dtype=torch.long), state)
     with pytest.raises(TypeError, match="MambaState"):
         model.step(torch.zeros(2, dtype=torch.long), state.conv)
-    with pytest.raises(NotImplementedError, match="Mamba1"):
-        me.MambaLM(me.MambaConfig.preset("mamba2-130m", n_layer=1))

@@ -1,0 +1,144 @@
+"""The Mamba-2 (SSD) mixer, with mamba_ssm's parameter names (``in_proj``, ``conv1d``,
+``dt_bias``, ``A_log``, ``D``, ``norm``, ``out_proj``), so mamba_ssm and transformers
+``Mamba2ForCausalLM`` checkpoints load as they are.
+
+in_proj -> [z0, x0 | z | xBC | dt]; causal conv + SiLU over xBC (x, B, C together: d_ssm + 2*G*N
+channels); SSD scan over heads (``torch.ops.mamba_export.ssd_scan``; decode:
+``ssd_state_update``); gated RMSNorm of y with z (per group of d_ssm/ngroups channels); the
+optional gated-MLP branch silu(z0) * x0 when d_ssm < d_inner; out_proj.
+
+State per layer: conv ``[B, d_ssm + 2*G*N, d_conv - 1]`` (model dtype), ssm ``[B, H, P, N]``
+(float32; float64 for a float64 model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
+from .config import MambaConfig
+
+
+class RMSNormGated(nn.Module):
+    """mamba_ssm's ``RMSNormGated``: RMS norm over groups of ``group_size`` channels, with the
+    gate ``silu(z)`` applied before (``norm_before_gate=False``, the Mamba2 default) or after
+    the norm. Computed in float32 (float64 for float64 inputs), as mamba_ssm's reference."""
+
+    def __init__(self, dim: int, eps: float, group_size: int, norm_before_gate: bool,
+                 device=None, dtype=None):
+        super().__init__()
+        self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf = x.to(cdt)
+        gate = None if z is None else F.silu(z.to(cdt))
+        if gate is not None and not self.norm_before_gate:
+            xf = xf * gate
+        grouped = xf.unflatten(-1, (-1, self.group_size))
+        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        out = grouped.flatten(-2) * self.weight.to(cdt)
+        if gate is not None and self.norm_before_gate:
+            out = out * gate
+        return out.to(x.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 mixer (mamba_ssm ``Mamba2``; ``learnable_init_states`` unsupported)."""
+
+    def __init__(self, cfg: MambaConfig, layer_idx: int = 0, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        d_ssm, heads = cfg.resolved_d_ssm, cfg.nheads
+        self.in_proj = nn.Linear(cfg.d_model, cfg.d_in_proj, bias=cfg.bias, **kw)
+        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim,
+                                padding=cfg.d_conv - 1, bias=cfg.conv_bias, **kw)
+        self.dt_bias = nn.Parameter(torch.empty(heads, **kw))
+        self.A_log = nn.Parameter(torch.empty(heads, **kw))
+        self.D = nn.Parameter(torch.empty(d_ssm if cfg.D_has_hdim else heads, **kw))
+        if cfg.rmsnorm:
+            self.norm = RMSNormGated(d_ssm, cfg.norm_epsilon, d_ssm // cfg.ngroups,
+                                     cfg.norm_before_gate, **kw)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias, **kw)
+        self._dt_limit = [float(v) for v in cfg.dt_limit] if cfg.has_dt_limit else None
+
+    def linears(self) -> tuple[nn.Linear, ...]:
+        return (self.in_proj, self.out_proj)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """mamba_ssm's init: softplus(dt_bias) log-uniform in [dt_min, dt_max] (floored),
+        A uniform in A_init_range (stored as log), D = 1, norm weight 1."""
+        cfg = self.cfg
+        heads = cfg.nheads
+        log_min, log_max = math.log(cfg.dt_min), math.log(cfg.dt_max)
+        dt = torch.exp(torch.rand(heads) * (log_max - log_min) + log_min).clamp(min=cfg.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log.copy_(torch.log(torch.empty(heads).uniform_(*cfg.A_init_range)))
+        self.D.fill_(1.0)
+        if self.cfg.rmsnorm:
+            self.norm.weight.fill_(1.0)
+
+    def _A(self) -> Tensor:
+        dt = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
+        return -torch.exp(self.A_log.to(dt))
+
+    def _D(self) -> Tensor:
+        return self.D.view(self.cfg.nheads, self.cfg.headdim) if self.cfg.D_has_hdim else self.D
+
+    def _split(self, zxbcdt: Tensor):
+        cfg = self.cfg
+        gn = cfg.ngroups * cfg.d_state
+        return torch.split(zxbcdt, [cfg.d_mlp, cfg.d_mlp, cfg.resolved_d_ssm, cfg.conv_dim, cfg.nheads], dim=-1)
+
+    def _finish(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor) -> Tensor:
+        if self.cfg.rmsnorm:
+            y = self.norm(y, z)
+        if self.cfg.d_mlp > 0:
+            y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+        return self.out_proj(y)
+
+    def forward(self, hidden: Tensor, conv_state: Tensor | None = None,
+                ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """hidden ``[B, L, d_model]`` -> (out ``[B, L, d_model]``, conv_state', ssm_state')."""
+        cfg = self.cfg
+        batch, length = hidden.shape[0], hidden.shape[1]
+        H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden))
+        xBC, conv_state = torch.ops.mamba_export.causal_conv1d(
+            xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, True)
+        x, B, C = torch.split(xBC.transpose(1, 2), [cfg.resolved_d_ssm, G * N, G * N], dim=-1)
+        y, ssm_state = torch.ops.mamba_export.ssd_scan(
+            x.reshape(batch, length, H, P), dt, self._A(), B.reshape(batch, length, G, N),
+            C.reshape(batch, length, G, N), cfg.chunk_size, self._D(),
+            None if cfg.rmsnorm else z.reshape(batch, length, H, P), self.dt_bias, ssm_state,
+            True, self._dt_limit)
+        return self._finish(y.reshape(batch, length, -1), z, z0, x0), conv_state, ssm_state
+
+    def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
+             inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state');
+        ``inplace`` copies the new states into the given ones and returns those."""
+        cfg = self.cfg
+        batch = hidden.shape[0]
+        H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden))
+        xBC, new_conv = torch.ops.mamba_export.causal_conv1d_update(
+            xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, True)
+        x, B, C = torch.split(xBC, [cfg.resolved_d_ssm, G * N, G * N], dim=-1)
+        y, new_ssm = torch.ops.mamba_export.ssd_state_update(
+            ssm_state, x.reshape(batch, H, P), dt, self._A(), B.reshape(batch, G, N),
+            C.reshape(batch, G, N), self._D(), None if cfg.rmsnorm else z.reshape(batch, H, P),
+            self.dt_bias, True, self._dt_limit)
+        if inplace:
+            new_conv = conv_state.copy_(new_conv)
+            new_ssm = ssm_state.copy_(new_ssm)
+        return self._finish(y.reshape(batch, -1), z, z0, x0), new_conv, new_ssm
