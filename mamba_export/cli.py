@@ -224,9 +224,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     device = args.device or "cpu"
     model = load_model(args.model, DTYPES[args.dtype], device)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    from mamba_export.plugins.selective_scan import TensorRTUnavailableError
+
     try:
         export_artifacts(model, args.out, formats=formats, log=log)
-    except ValueError as e:
+    except (ValueError, TensorRTUnavailableError) as e:
         raise SystemExit(f"error: {e}")
     if not args.no_check:
         return cmd_check(argparse.Namespace(artifacts=args.out, device=device, runtimes=None))
@@ -274,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     gen = sub.add_parser("generate", help="generate token ids from a prompt of token ids")
     gen.add_argument("--artifacts", default=None, help="an exported artifacts directory")
-    gen.add_argument("--runtime", default="torch", choices=["eager", "torch", "compile", "ort"],
-                     help="with --artifacts: torch (.pt2), compile (AOTInductor / torch.compile), ort")
+    gen.add_argument("--runtime", default="torch", choices=["eager", "torch", "compile", "ort", "tensorrt"],
+                     help="with --artifacts: torch (.pt2), compile (AOTInductor / torch.compile), ort, "
+                          "tensorrt (needs TensorRT >= 10.10)")
     _add_model_args(gen, "")
     gen.add_argument("--prompt-ids", required=True, help='e.g. "1 2 3"')
     gen.add_argument("--max-new-tokens", type=int, default=32)
@@ -287,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write prefill/decode graphs and manifest.json to --out")
     _add_model_args(exp, "mamba-tiny")
     exp.add_argument("--out", required=True)
-    exp.add_argument("--formats", default="torch,onnx", help="comma-separated: torch, aoti, onnx")
+    exp.add_argument("--formats", default="torch,onnx", help="comma-separated: torch, aoti, onnx, tensorrt (needs TensorRT >= 10.10)")
     exp.add_argument("--no-check", action="store_true", help="skip the parity check after export")
     exp.set_defaults(func=cmd_export)
     chk = sub.add_parser("check", help="parity of every runtime of --artifacts against eager")

@@ -12,7 +12,7 @@ from typing import Callable
 from ..model import MambaLM
 from . import artifacts
 
-FORMATS = ("torch", "aoti", "onnx")
+FORMATS = ("torch", "aoti", "onnx", "tensorrt")
 
 
 def _export_one(model: MambaLM, graph: str, fmt: str, path: Path) -> dict:
@@ -30,6 +30,10 @@ def _export_one(model: MambaLM, graph: str, fmt: str, path: Path) -> dict:
         from .onnx import export_onnx
 
         return export_onnx(model, graph, path)
+    if fmt == "tensorrt":
+        from .tensorrt import export_tensorrt
+
+        return export_tensorrt(model, graph, path, onnx_path=path.with_name(f"{graph}.onnx"))
     raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
@@ -40,6 +44,10 @@ def export_artifacts(model: MambaLM, out: str | os.PathLike, formats=("torch", "
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown formats {unknown}: expected some of {', '.join(FORMATS)}")
+    if "tensorrt" in formats:  # fail before the long exports, not after them
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -48,6 +56,8 @@ def export_artifacts(model: MambaLM, out: str | os.PathLike, formats=("torch", "
         shutil.rmtree(out / artifacts.MODEL_DIR)
     model.save_pretrained(out / artifacts.MODEL_DIR)
     manifest = artifacts.new_manifest(model)
+    if "tensorrt" in formats and "onnx" in formats:  # engines are built from the ONNX files
+        formats = [f for f in formats if f != "tensorrt"] + ["tensorrt"]
     steps = [(g, f) for f in formats for g in ("prefill", "decode")]
     for i, (graph, fmt) in enumerate(steps, 1):
         name = artifacts.FILES[(graph, fmt)]

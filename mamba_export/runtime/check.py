@@ -30,6 +30,14 @@ def available_runtimes(directory: str | os.PathLike) -> list[str]:
             out.append("ort")
         except ImportError:
             pass
+    if len(artifacts.files_of(manifest, "tensorrt")) == 2:
+        from ..plugins.selective_scan import TensorRTUnavailableError, import_tensorrt
+
+        try:
+            import_tensorrt()
+            out.append("tensorrt")
+        except TensorRTUnavailableError:
+            pass
     return out
 
 
@@ -44,9 +52,13 @@ def open_runtime(directory: str | os.PathLike, runtime: str, device=None):
 
         provider = "cuda" if (device or "").startswith("cuda") else "cpu"
         return OrtRunner.from_artifacts(directory, provider=provider)
+    if runtime == "tensorrt":
+        from .tensorrt import TensorRTRunner
+
+        return TensorRTRunner.from_artifacts(directory)
     if runtime == "eager":
         return artifacts.load_reference_model(directory, device=device)
-    raise ValueError(f"unknown runtime {runtime!r}: expected eager, torch, compile or ort")
+    raise ValueError(f"unknown runtime {runtime!r}: expected eager, torch, compile, ort or tensorrt")
 
 
 def check_artifacts(directory: str | os.PathLike, runtimes: list[str] | None = None,
