@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
 from .config import MambaConfig
@@ -23,12 +22,18 @@ from .generate import GenerationMixin
 from .mamba2 import Mamba2Mixer
 
 
+def _is_real(t: Tensor) -> bool:
+    """A plain tensor or parameter: not a fake/functional tensor of a trace (a type check is
+    much cheaper than ``is_fake`` on this per-layer path)."""
+    return type(t) in (Tensor, nn.Parameter)
+
+
 def _eager_cuda(t: Tensor) -> bool:
     """True for a real CUDA tensor in eager inference (grad off; incl. CUDA-graph capture):
     there the model calls fused Triton kernels directly, which have no autograd. Training and
     traced code (compile, export) see the ops and plain torch ops."""
     return (t.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and not is_fake(t) and ops.triton_available())
+            and _is_real(t) and ops.triton_available())
 
 
 class MambaState(NamedTuple):
@@ -101,8 +106,8 @@ class MambaMixer(nn.Module):
         In eager inference they are cached (keyed on the parameters' versions), so a decode
         step launches no kernels for them."""
         params = (self.A_log, self.D, self.dt_proj.bias)
-        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not any(
-            is_fake(p) for p in params)
+        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
+            _is_real(p) for p in params)
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params) if cacheable else None
         if key is not None and key == getattr(self, "_ssm_cache_key", None):
             return self._ssm_cache
