@@ -11,6 +11,8 @@ from .model import MambaLM, MambaState
 from .ops import (
     causal_conv1d_fn,
     causal_conv1d_update,
+    mamba2_state_update,
+    mamba_chunk_scan_combined,
     selective_scan_fn,
     selective_state_update,
 )
@@ -18,5 +20,6 @@ from .ops import (
 __all__ = [
     "CheckpointError", "ConfigError", "MambaConfig", "MambaLM", "MambaState", "generate",
     "causal_conv1d_fn", "causal_conv1d_update", "selective_scan_fn", "selective_state_update",
+    "mamba_chunk_scan_combined", "mamba2_state_update",
 ]
 __version__ = "0.1.0"

@@ -107,6 +107,12 @@ class MambaConfig:
             return 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
         return 2 * self.d_inner
 
+    def state_shapes(self, batch) -> tuple[tuple, tuple]:
+        """Whole-model (conv, ssm) state shapes for ``batch`` sequences (an int, or a symbolic
+        name such as "batch" for graph signatures)."""
+        return ((self.n_layer, batch, self.conv_dim, self.d_conv - 1),
+                (self.n_layer, batch, *self.ssm_state_shape))
+
     @property
     def ssm_state_shape(self) -> tuple[int, ...]:
         """Per-sequence SSM state of one layer: ``(d_inner, N)`` or Mamba-2's ``(H, P, N)``."""

@@ -288,8 +288,9 @@ class MambaLM(GenerationMixin, nn.Module):
         cfg = self.config
         device = self.device if device is None else device
         dtype = self.dtype if dtype is None else dtype
-        conv = torch.zeros(cfg.n_layer, batch_size, cfg.conv_dim, cfg.d_conv - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(cfg.n_layer, batch_size, *cfg.ssm_state_shape, device=device, dtype=self.state_dtype)
+        conv_shape, ssm_shape = cfg.state_shapes(batch_size)
+        conv = torch.zeros(conv_shape, device=device, dtype=dtype)
+        ssm = torch.zeros(ssm_shape, device=device, dtype=self.state_dtype)
         return MambaState(conv, ssm)
 
     def _check_ids(self, ids: Tensor, rank: int, what: str) -> None:
@@ -308,8 +309,7 @@ class MambaLM(GenerationMixin, nn.Module):
             raise TypeError("state must be a MambaState(conv, ssm) as returned by new_state()")
         cfg = self.config
         conv, ssm = state
-        want_conv = (cfg.n_layer, batch, cfg.conv_dim, cfg.d_conv - 1)
-        want_ssm = (cfg.n_layer, batch, *cfg.ssm_state_shape)
+        want_conv, want_ssm = cfg.state_shapes(batch)
         if tuple(conv.shape) != want_conv:
             raise ValueError(f"conv state must be {list(want_conv)}, got {list(conv.shape)}")
         if tuple(ssm.shape) != want_ssm:

@@ -49,10 +49,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def graph_signature(model: MambaLM, graph: str) -> dict[str, Any]:
     """Names, dtypes and shapes (symbolic names for dynamic dims) of a graph's inputs/outputs."""
     cfg = model.config
-    conv = ["n_layer", "batch", cfg.d_inner, cfg.d_conv - 1]
-    ssm = ["n_layer", "batch", cfg.d_inner, cfg.d_state]
-    conv = [cfg.n_layer if d == "n_layer" else d for d in conv]
-    ssm = [cfg.n_layer if d == "n_layer" else d for d in ssm]
+    conv, ssm = (list(shape) for shape in cfg.state_shapes("batch"))
     length = 1 if graph == "decode" else "length"
     dt, st = _dtype_name(model.dtype), _dtype_name(model.state_dtype)
     return {
@@ -135,7 +132,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactsError(f"{path}: bad 'config': {e}") from None
     for graph, sig in manifest.get("graphs", {}).items():
         shapes = {s["name"]: s["shape"] for s in sig["inputs"]}
-        want = [cfg.n_layer, "batch", cfg.d_inner, cfg.d_state]
+        want = list(cfg.state_shapes("batch")[1])
         if shapes.get("ssm_state") != want:
             raise ArtifactsError(
                 f"{path}: graph {graph!r} declares ssm_state {shapes.get('ssm_state')} but the config "

@@ -130,8 +130,7 @@ class OrtRunner:
     # ------------------------------------------------------------------ state
     def _state_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         cfg = self.config
-        return ((cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1),
-                (cfg.n_layer, batch, cfg.d_inner, cfg.d_state))
+        return cfg.state_shapes(batch)
 
     def new_state(self, batch_size: int) -> MambaState:
         if not isinstance(batch_size, int) or batch_size < 1:

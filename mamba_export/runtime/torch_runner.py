@@ -51,11 +51,9 @@ class TorchProgramRunner(GenerationMixin):
             self._decode = torch.compile(self._decode, dynamic=True)
 
     def new_state(self, batch_size: int) -> MambaState:
-        cfg = self.config
-        conv = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_conv - 1,
-                           device=self.device, dtype=self.dtype)
-        ssm = torch.zeros(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_state,
-                          device=self.device, dtype=self.state_dtype)
+        conv_shape, ssm_shape = self.config.state_shapes(batch_size)
+        conv = torch.zeros(conv_shape, device=self.device, dtype=self.dtype)
+        ssm = torch.zeros(ssm_shape, device=self.device, dtype=self.state_dtype)
         return MambaState(conv, ssm)
 
     def prefill(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
