@@ -5,7 +5,6 @@ Semantics: ``mamba_export.reference.causal_conv1d`` / ``causal_conv1d_update``.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

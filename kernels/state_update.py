@@ -6,7 +6,6 @@ Semantics: ``mamba_export.reference.selective_state_update``. State ``[B, D, N]`
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

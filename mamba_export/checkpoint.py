@@ -114,8 +114,6 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
 
     ``dtype=None`` keeps the dtype stored in the checkpoint; ``device`` defaults to CPU.
     """
-    from .model import MambaLM
-
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(

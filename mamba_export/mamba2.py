@@ -96,7 +96,6 @@ class Mamba2Mixer(nn.Module):
 
     def _split(self, zxbcdt: Tensor):
         cfg = self.cfg
-        gn = cfg.ngroups * cfg.d_state
         return torch.split(zxbcdt, [cfg.d_mlp, cfg.d_mlp, cfg.resolved_d_ssm, cfg.conv_dim, cfg.nheads], dim=-1)
 
     def _finish(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor) -> Tensor:

@@ -6,7 +6,6 @@ save_pretrained, config errors and torch.export of the prefill/decode graphs."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch

@@ -5,12 +5,10 @@ listed in the directory's manifest and exposes the runtime protocol of
 :mod:`mamba_export.generate`: ``new_state``, ``prefill``, ``step`` (and ``generate``).
 
 Tensors in and out are torch tensors. Both providers run through ONNX Runtime IO binding on the
-tensors' memory (no numpy copies): inputs are bound in place, outputs are written into
-runner-owned buffers. With ``reuse_buffers=True`` (the default) the logits and state returned by
-a call live in one of two ping-pong buffer sets, so they stay valid until the second-next call of
-the same batch size (the buffer set a call writes is never the one it reads); clone them to keep
-them longer. On CUDA the state never leaves the GPU and ONNX Runtime runs on torch's current
-stream.
+tensors' memory (no numpy copies): inputs are bound in place, outputs are written into the
+runner's ping-pong buffers (:mod:`mamba_export.runtime.base`; ``reuse_buffers=False`` allocates
+fresh ones per call). On CUDA the state never leaves the GPU and ONNX Runtime runs on torch's
+current stream.
 """
 
 from __future__ import annotations
@@ -26,8 +24,8 @@ from torch import Tensor
 from ..config import MambaConfig
 from ..export.artifacts import ArtifactsError, files_of, read_manifest
 from ..generate import _check_chunk
-from ..generate import generate as _generate
 from ..model import MambaState
+from .base import GraphRunner
 
 _TORCH_TO_NP = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
                 torch.int64: np.int64, torch.int32: np.int32}
@@ -40,7 +38,7 @@ def _torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-class OrtRunner:
+class OrtRunner(GraphRunner):
     """ONNX Runtime runner of the prefill and decode graphs of one artifacts directory."""
 
     def __init__(self, prefill_path: str | os.PathLike, decode_path: str | os.PathLike,
@@ -91,8 +89,7 @@ class OrtRunner:
             sess = ort.InferenceSession(str(path), opts, providers=providers)
             self._check_signature(graph, sess, path)
             self.sessions[graph] = sess
-        self._buffers: dict[int, list] = {}
-        self._slot: dict[int, int] = {}
+        self._init_buffers()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -127,67 +124,6 @@ class OrtRunner:
                         f"{path.name}: {kind[:-1]} {h.name!r} is {dtype} {h.shape} but the manifest "
                         f"declares {s['dtype']} {s['shape']}; re-export the artifacts")
 
-    # ------------------------------------------------------------------ state
-    def _state_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        cfg = self.config
-        return cfg.state_shapes(batch)
-
-    def new_state(self, batch_size: int) -> MambaState:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        conv, ssm = self._state_shapes(batch_size)
-        return MambaState(torch.zeros(conv, dtype=self.dtype, device=self.device),
-                          torch.zeros(ssm, dtype=self.state_dtype, device=self.device))
-
-    def _out_buffers(self, batch: int, state: MambaState) -> tuple[Tensor, Tensor, Tensor]:
-        conv, ssm = self._state_shapes(batch)
-        vocab = self.config.padded_vocab_size
-
-        def alloc():
-            return (torch.empty(batch, vocab, dtype=self.dtype, device=self.device),
-                    torch.empty(conv, dtype=self.dtype, device=self.device),
-                    torch.empty(ssm, dtype=self.state_dtype, device=self.device))
-
-        if not self.reuse_buffers:
-            return alloc()
-        sets = self._buffers.setdefault(batch, [alloc(), alloc()])
-        slot = self._slot.get(batch, 0)
-        if any(state.conv.data_ptr() == s[1].data_ptr() or state.ssm.data_ptr() == s[2].data_ptr()
-               for s in (sets[slot],)):
-            slot ^= 1  # never write the buffers being read
-        self._slot[batch] = slot ^ 1
-        return sets[slot]
-
-    # ------------------------------------------------------------------ checks
-    def _check_ids(self, ids: Any, rank: int, what: str) -> Tensor:
-        shape = "[batch, length]" if rank == 2 else "[batch]"
-        if not isinstance(ids, Tensor):
-            raise TypeError(f"{what} must be a torch.Tensor {shape} of int64 token ids, got {type(ids).__name__}")
-        if ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"{what} must be int64 token ids {shape} (the graphs' input_ids is int64), "
-                            f"got {ids.dtype}")
-        if ids.dim() != rank or ids.shape[0] < 1 or (rank == 2 and ids.shape[1] < 1):
-            raise ValueError(f"{what} must be {shape} with batch >= 1{' and length >= 1' if rank == 2 else ''}, "
-                             f"got shape {list(ids.shape)}")
-        return ids.to(device=self.device, dtype=torch.int64).contiguous()
-
-    def _check_state(self, state: Any, batch: int) -> MambaState:
-        if not (isinstance(state, tuple) and len(state) == 2):
-            raise TypeError("state must be a MambaState(conv, ssm) as returned by new_state()")
-        conv, ssm = state
-        for name, t, shape, dtype in (("conv_state", conv, self._state_shapes(batch)[0], self.dtype),
-                                      ("ssm_state", ssm, self._state_shapes(batch)[1], self.state_dtype)):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-            if tuple(t.shape) != shape:
-                raise ValueError(f"{name} must have shape {list(shape)} (manifest: "
-                                 f"[n_layer, batch, ...] with batch={batch}), got {list(t.shape)}")
-            if t.dtype != dtype:
-                raise TypeError(f"{name} must be {dtype} (manifest), got {t.dtype}")
-            if t.device != self.device:
-                raise ValueError(f"{name} must be on {self.device} for provider {self.provider!r}, got {t.device}")
-        return MambaState(conv.contiguous(), ssm.contiguous())
-
     # ------------------------------------------------------------------ run
     def _bind(self, io, name: str, t: Tensor, output: bool = False) -> None:
         if t.dtype not in _TORCH_TO_NP:
@@ -210,30 +146,8 @@ class OrtRunner:
         sess.run_with_iobinding(io)
         return logits, MambaState(conv_out, ssm_out)
 
-    @torch.no_grad()
-    def prefill(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        """Consume ``input_ids [B, L]`` from ``state``; logits of the last position ``[B, V]``.
-        Prompts longer than ``prefill_chunk_size`` run in chunks (same result)."""
-        ids = self._check_ids(input_ids, 2, "input_ids")
-        state = self._check_state(state, ids.shape[0])
-        chunk = self.prefill_chunk_size or ids.shape[1]
-        for start in range(0, ids.shape[1], chunk):
-            logits, state = self._run("prefill", ids[:, start:start + chunk].contiguous(), state)
-        return logits, state
-
-    @torch.no_grad()
-    def step(self, token_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        """One decode step: ``token_ids [B]`` -> logits ``[B, V]`` and the next state."""
-        ids = self._check_ids(token_ids, 1, "token_ids")
-        state = self._check_state(state, ids.shape[0])
-        return self._run("decode", ids.view(-1, 1), state)
-
     def generate(self, input_ids: Tensor, max_new_tokens: int = 32, **sampling) -> Tensor:
         """As :meth:`mamba_export.MambaLM.generate` (same options), through ONNX Runtime."""
         if sampling.get("cuda_graph"):
             raise ValueError("cuda_graph=True is for the torch runtimes; ONNX Runtime keeps its own state")
-        sampling.setdefault("vocab_size", self.config.vocab_size)
-        sampling.setdefault("prefill_chunk_size", self.prefill_chunk_size)
-        ids = self._check_ids(input_ids, 2, "input_ids")
-        return _generate(self.prefill, self.step, self.new_state, ids,
-                         max_new_tokens=max_new_tokens, **sampling)
+        return super().generate(input_ids, max_new_tokens=max_new_tokens, **sampling)

@@ -7,11 +7,9 @@ runner: ``new_state(batch)``, ``prefill(ids, state)``, ``step(ids, state)``, ``c
 decode step once and replays it).
 
 Tensors in and out are torch CUDA tensors bound to the execution contexts by address: the state
-never leaves the GPU and the engines run on torch's current stream. Outputs are written into
-runner-owned buffers; as with the ONNX Runtime runner, the logits and state a call returns live
-in one of two ping-pong sets per batch size (a call never writes the set it reads), valid until
-the second-next call of that batch size; clone them to keep them longer. Prompts longer than the
-prefill engine's profile (or ``prefill_chunk_size``) run in chunks, which gives the same result.
+never leaves the GPU and the engines run on torch's current stream. Outputs go into the runner's
+ping-pong buffers (:mod:`mamba_export.runtime.base`). Prompts longer than the prefill engine's
+profile (or ``prefill_chunk_size``) run in chunks, which gives the same result.
 
 The scan inside the engines is the AOT plugin: its PTX is part of the engine, so this runner
 needs TensorRT's Python bindings but not ``tensorrt.plugin`` nor Triton (the plugin is
@@ -29,10 +27,11 @@ from torch import Tensor
 
 from ..config import MambaConfig
 from ..export.artifacts import ArtifactsError, files_of, read_manifest
-from ..generate import GenerationMixin, _check_chunk
+from ..generate import _check_chunk
 from ..model import MambaState
 from ..plugins import selective_scan as plugin
 from ..plugins.selective_scan import TensorRTUnavailableError
+from .base import GraphRunner
 
 __all__ = ["TensorRTRunner", "TensorRTUnavailableError"]
 
@@ -48,7 +47,7 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
     return table[dtype]
 
 
-class TensorRTRunner(GenerationMixin):
+class TensorRTRunner(GraphRunner):
     """Prefill and decode through TensorRT engines; same interface as the other runners."""
 
     def __init__(self, prefill_engine: str | os.PathLike, decode_engine: str | os.PathLike,
@@ -81,9 +80,9 @@ class TensorRTRunner(GenerationMixin):
         self.max_length = int(hi[1])
         self.max_batch = min(int(self.engines[g].get_tensor_profile_shape("input_ids", 0)[2][0])
                              for g in ("prefill", "decode"))
-        self._ids_dtype = _torch_dtype(trt, self.engines["prefill"].get_tensor_dtype("input_ids"))
-        self._buffers: dict[int, list] = {}
-        self._slot: dict[int, int] = {}
+        self.ids_dtype = _torch_dtype(trt, self.engines["prefill"].get_tensor_dtype("input_ids"))
+        self.logits_dtype = _torch_dtype(trt, self.engines["decode"].get_tensor_dtype("logits"))
+        self._init_buffers()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -131,62 +130,14 @@ class TensorRTRunner(GenerationMixin):
                     raise ArtifactsError(f"{graph} engine's {name} is {have} but the manifest "
                                          f"declares {dtype}; rebuild the engines")
 
-    # ------------------------------------------------------------------ state
-    def _state_shapes(self, batch: int):
-        cfg = self.config
-        return cfg.state_shapes(batch)
+    # ------------------------------------------------------------------ limits
+    def _check_batch(self, batch: int) -> None:
+        if batch > self.max_batch:
+            raise ValueError(f"batch {batch} exceeds the engines' profile (max {self.max_batch}); "
+                             "rebuild them with a larger batch range")
 
-    def new_state(self, batch_size: int) -> MambaState:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if batch_size > self.max_batch:
-            raise ValueError(f"batch_size {batch_size} exceeds the engines' profile (max "
-                             f"{self.max_batch}); rebuild them with a larger batch range")
-        conv, ssm = self._state_shapes(batch_size)
-        return MambaState(torch.zeros(conv, dtype=self.dtype, device=self.device),
-                          torch.zeros(ssm, dtype=self.state_dtype, device=self.device))
-
-    def _out_buffers(self, batch: int, state: MambaState):
-        conv, ssm = self._state_shapes(batch)
-        vocab = self.config.padded_vocab_size
-        logits_dtype = _torch_dtype(self.trt, self.engines["decode"].get_tensor_dtype("logits"))
-
-        def alloc():
-            return (torch.empty(batch, vocab, dtype=logits_dtype, device=self.device),
-                    torch.empty(conv, dtype=self.dtype, device=self.device),
-                    torch.empty(ssm, dtype=self.state_dtype, device=self.device))
-
-        sets = self._buffers.setdefault(batch, [alloc(), alloc()])
-        slot = self._slot.get(batch, 0)
-        if (state.conv.data_ptr() == sets[slot][1].data_ptr()
-                or state.ssm.data_ptr() == sets[slot][2].data_ptr()):
-            slot ^= 1  # never write the buffers being read
-        self._slot[batch] = slot ^ 1
-        return sets[slot]
-
-    # ------------------------------------------------------------------ checks
-    def _check_ids(self, ids: Any, rank: int, what: str) -> Tensor:
-        shape = "[batch, length]" if rank == 2 else "[batch]"
-        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"{what} must be a torch.Tensor {shape} of integer token ids")
-        if ids.dim() != rank or ids.shape[0] < 1 or (rank == 2 and ids.shape[1] < 1):
-            raise ValueError(f"{what} must be {shape} with batch >= 1, got {list(ids.shape)}")
-        if ids.shape[0] > self.max_batch:
-            raise ValueError(f"batch {ids.shape[0]} exceeds the engines' profile (max {self.max_batch})")
-        return ids.to(device=self.device, dtype=self._ids_dtype).contiguous()
-
-    def _check_state(self, state: Any, batch: int) -> MambaState:
-        if not (isinstance(state, tuple) and len(state) == 2):
-            raise TypeError("state must be a MambaState(conv, ssm) as returned by new_state()")
-        conv_shape, ssm_shape = self._state_shapes(batch)
-        for name, t, shape, dtype in (("conv_state", state[0], conv_shape, self.dtype),
-                                      ("ssm_state", state[1], ssm_shape, self.state_dtype)):
-            if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-                raise ValueError(f"{name} must be a {dtype} tensor of shape {list(shape)}, got "
-                                 f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}")
-            if t.device != self.device:
-                raise ValueError(f"{name} must be on {self.device}, got {t.device}")
-        return MambaState(state[0].contiguous(), state[1].contiguous())
+    def _prefill_chunk(self, length: int) -> int:
+        return min(self.prefill_chunk_size or self.max_length, self.max_length)
 
     # ------------------------------------------------------------------ run
     def _run(self, graph: str, ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
@@ -202,27 +153,3 @@ class TensorRTRunner(GenerationMixin):
         if not ctx.execute_async_v3(stream):
             raise RuntimeError(f"TensorRT failed to run the {graph} engine")
         return logits, MambaState(conv_out, ssm_out)
-
-    @torch.no_grad()
-    def prefill(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        """Consume ``input_ids [B, L]`` from ``state``; logits of the last position ``[B, V]``."""
-        ids = self._check_ids(input_ids, 2, "input_ids")
-        state = self._check_state(state, ids.shape[0])
-        chunk = min(self.prefill_chunk_size or self.max_length, self.max_length)
-        for start in range(0, ids.shape[1], chunk):
-            logits, state = self._run("prefill", ids[:, start:start + chunk].contiguous(), state)
-        return logits, state
-
-    @torch.no_grad()
-    def step(self, token_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        """One decode step: ``token_ids [B]`` -> logits ``[B, V]`` and the next state."""
-        ids = self._check_ids(token_ids, 1, "token_ids")
-        state = self._check_state(state, ids.shape[0])
-        return self._run("decode", ids.view(-1, 1), state)
-
-    def generate(self, input_ids: Tensor, max_new_tokens: int = 32, **sampling) -> Tensor:
-        """As :meth:`mamba_export.MambaLM.generate`; ``cuda_graph=True`` replays one captured
-        decode step per token (TensorRT's enqueue is captured into the graph)."""
-        sampling.setdefault("prefill_chunk_size", self.prefill_chunk_size)
-        ids = self._check_ids(input_ids, 2, "input_ids").to(torch.int64)
-        return super().generate(ids, max_new_tokens=max_new_tokens, **sampling)
