@@ -62,6 +62,10 @@ class CompiledMamba(GenerationMixin):
         with self._no_duck():
             return self._step(token_ids, state)
 
+    def parameters(self):
+        """The model's parameters (the CUDA-graph cache is keyed on their storage)."""
+        return self.model.parameters()
+
     def graph_step(self):
         """``generate(cuda_graph=True)`` captures the eager model's in-place kernel step: on the
         H100 it replays faster than Inductor's code for the step captured the same way

@@ -108,13 +108,16 @@ def generate(
     vocab_size: int | None = None,
     prefill_chunk_size: int | None = None,
     cuda_graph: bool = False,
+    graph_cache: dict | None = None,
 ) -> Tensor:
     """Generate up to ``max_new_tokens`` after ``input_ids [B, L]``; returns ``[B, L + T]``.
 
     Greedy when ``temperature == 0`` (the default) or ``top_k == 1``; otherwise samples from the
     processed distribution with a generator seeded by ``seed``. Sequences that emitted
     ``eos_token_id`` keep emitting it; generation stops once all have. ``streamer`` receives each
-    new token column ``[B]``. ``cuda_graph`` replays one captured decode step per token.
+    new token column ``[B]``. ``cuda_graph`` replays one captured decode step per token and,
+    with ``prefill_chunk_size``, one captured prefill per full chunk; ``graph_cache`` (a dict the
+    caller keeps) reuses those captures across calls.
     """
     _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
     _check_chunk(prefill_chunk_size)
@@ -131,10 +134,17 @@ def generate(
 
     state = new_state(batch)
     chunk = prefill_chunk_size or input_ids.shape[1]
+    graphs = {} if graph_cache is None else graph_cache
     for start in range(0, input_ids.shape[1], chunk):
-        logits, state = prefill(input_ids[:, start : start + chunk], state)
+        ids = input_ids[:, start : start + chunk]
+        run = prefill
+        if cuda_graph and prefill_chunk_size and ids.shape[1] == chunk:  # full chunks: one graph
+            key = ("prefill", tuple(ids.shape))
+            run = graphs[key] = graphs.get(key) or CudaGraphStep(prefill, state)
+        logits, state = run(ids, state)
     if cuda_graph:
-        step = CudaGraphStep(step, state)
+        key = ("step", batch)
+        step = graphs[key] = graphs.get(key) or CudaGraphStep(step, state)
 
     sequences = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
@@ -157,6 +167,15 @@ class GenerationMixin:
     """``generate`` for anything with ``prefill``, ``step``, ``new_state`` and a ``config``:
     the eager model, its compiled form and every runtime share it."""
 
+    def _graph_cache(self) -> dict:
+        """Captured CUDA graphs kept across generate() calls, dropped when any parameter's
+        storage changes (the graphs read the parameters at fixed addresses)."""
+        params = getattr(self, "parameters", None)
+        key = tuple(p.data_ptr() for p in params()) if callable(params) else None
+        if getattr(self, "_graphs_key", None) != key or not hasattr(self, "_graphs"):
+            self._graphs_key, self._graphs = key, {}
+        return self._graphs
+
     def graph_step(self) -> StepFn:
         """The step that ``generate(cuda_graph=True)`` captures: an in-place one where the
         runner has it (no state copies in the graph)."""
@@ -169,17 +188,21 @@ class GenerationMixin:
         """Sample continuations; see :func:`generate` for the options. ``eos_token_id``
         defaults to the config's, as in transformers."""
         sampling.setdefault("eos_token_id", self.config.eos_token_id)
-        step = self.graph_step() if sampling.get("cuda_graph") else self.step
+        step = self.step
+        if sampling.get("cuda_graph"):
+            step = self.graph_step()
+            sampling.setdefault("graph_cache", self._graph_cache())
         return generate(self.prefill, step, self.new_state, input_ids,
                         max_new_tokens=max_new_tokens, vocab_size=self.config.vocab_size, **sampling)
 
 
 class CudaGraphStep:
-    """A decode step captured once in a CUDA graph and replayed per token.
+    """A step, or a prefill of a fixed chunk size, captured once in a CUDA graph and replayed.
 
-    Static buffers hold the tokens and the state; the captured graph runs the step and copies
-    the next state back into the static state, so a replay leaves everything in place. State
-    objects are tuples of tensors (conv, ssm); the caller's state is copied in on first use.
+    Static buffers hold the token ids (shaped by the first call) and the state; the captured
+    graph runs the function and copies the next state back into the static state, so a replay
+    leaves everything in place. State objects are tuples of tensors (conv, ssm); a caller's
+    state that is not the static one is copied in first.
     """
 
     def __init__(self, step: StepFn, state: Any, warmup: int = 2):
@@ -189,7 +212,7 @@ class CudaGraphStep:
         self._step = step
         self._state_type = type(state)
         self._static_state = tuple(t.clone() for t in tensors)
-        self._static_tokens = torch.zeros(tensors[0].shape[1], dtype=torch.long, device=tensors[0].device)
+        self._static_tokens: Tensor | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._warmup = warmup
         self._logits: Tensor | None = None
@@ -216,8 +239,11 @@ class CudaGraphStep:
         self._graph, self._logits = graph, logits
 
     def __call__(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        if self._static_tokens is None:
+            self._static_tokens = torch.empty_like(tokens, dtype=torch.long)
         if tokens.shape != self._static_tokens.shape:
-            raise ValueError(f"captured for batch {self._static_tokens.shape[0]}, got tokens {list(tokens.shape)}")
+            raise ValueError(f"captured for token ids of shape {list(self._static_tokens.shape)}, "
+                             f"got {list(tokens.shape)}")
         if not any(s is t for s, t in zip(self._static_state, tuple(state))):
             for dst, src in zip(self._static_state, tuple(state)):
                 dst.copy_(src)

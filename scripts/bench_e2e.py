@@ -120,11 +120,14 @@ def profile(model, what: str, batch: int = 1, length: int = 2048) -> None:
           file=sys.stderr)
 
 
-def prefill_ms(model, batch: int, length: int, reps: int = 5) -> float:
+def prefill_ms(model, batch: int, length: int, reps: int = 5, graph: bool = False) -> float:
+    """Eager prefill, or (graph=True) the prefill captured once in a CUDA graph and replayed,
+    as generate(cuda_graph=True, prefill_chunk_size=length) does for full chunks."""
     ids = torch.randint(0, model.config.vocab_size, (batch, length), device="cuda")
     state = model.new_state(batch)
     with torch.no_grad():
-        return cuda_time_ms(lambda: model.prefill(ids, state), reps=reps)
+        run = CudaGraphStep(model.prefill, state) if graph else model.prefill
+        return cuda_time_ms(lambda: run(ids, state), reps=reps)
 
 
 def main() -> int:
@@ -172,8 +175,10 @@ def main() -> int:
         results["decode"].append(row)
         if name in ("mamba-130m", "mamba-2.8b"):
             ms = prefill_ms(model, 1, 2048)
-            results["prefill"].append({"model": name, "batch": 1, "length": 2048, "ms": ms})
-            log(f"{name} prefill 1x2048: {ms:.2f} ms")
+            graph_ms = prefill_ms(model, 1, 2048, graph=True)
+            results["prefill"].append({"model": name, "batch": 1, "length": 2048, "ms": ms,
+                                       "cuda_graph_ms": graph_ms})
+            log(f"{name} prefill 1x2048: {ms:.2f} ms eager, {graph_ms:.2f} ms CUDA graph")
         del model
         torch.cuda.empty_cache()
     if not args.skip_long:
@@ -192,7 +197,8 @@ def main() -> int:
         comp = f"{r['compiled_b1_ms']:.3f}" if "compiled_b1_ms" in r else "-"
         print(f"{r['model']:<12} {r['b1_ms']:>10.3f} {r['b16_ms']:>11.3f} {comp:>12} {r['floor_ms']:>9.3f}")
     for r in results["prefill"]:
-        print(f"prefill {r['model']} {r['batch']}x{r['length']}: {r['ms']:.2f} ms")
+        print(f"prefill {r['model']} {r['batch']}x{r['length']}: {r['ms']:.2f} ms eager, "
+              f"{r['cuda_graph_ms']:.2f} ms CUDA graph")
     for r in results["long"]:
         print(f"long prefill {r['model']} L={r['length']}: {r['ms']:.1f} ms, {r['us_per_token']:.4f} us/token")
     return 0

@@ -46,6 +46,17 @@ def test_cuda_graph_generation_equals_eager_generation():
     assert torch.equal(eager, graphed)
 
 
+def test_cuda_graph_prefill_chunks_and_cache_reuse():
+    _, gpu = _pair(torch.float32)
+    ids = torch.randint(0, CFG["vocab_size"], (2, 23), device="cuda")
+    eager = gpu.generate(ids, max_new_tokens=8, eos_token_id=None)
+    for _ in range(2):  # the second call replays the cached graphs
+        graphed = gpu.generate(ids, max_new_tokens=8, eos_token_id=None, cuda_graph=True,
+                               prefill_chunk_size=8)
+        assert torch.equal(eager, graphed)
+    assert set(gpu._graphs) == {("prefill", (2, 8)), ("step", 2)}
+
+
 def test_fused_add_rmsnorm_matches_torch():
     from mamba_export.kernels.rmsnorm import add_rmsnorm_fwd
 
