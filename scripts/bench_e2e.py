@@ -121,8 +121,8 @@ def profile(model, what: str, batch: int = 1, length: int = 2048) -> None:
 
 
 def prefill_ms(model, batch: int, length: int, reps: int = 5, graph: bool = False) -> float:
-    """Eager prefill, or (graph=True) the prefill captured once in a CUDA graph and replayed,
-    as generate(cuda_graph=True, prefill_chunk_size=length) does for full chunks."""
+    """Eager (or compiled: any runner) prefill, or (graph=True) the prefill captured once in a
+    CUDA graph and replayed, as generate(cuda_graph=True, prefill_chunk_size=length) does."""
     ids = torch.randint(0, model.config.vocab_size, (batch, length), device="cuda")
     state = model.new_state(batch)
     with torch.no_grad():
@@ -168,6 +168,8 @@ def main() -> int:
             compiled = compile_model(model)
             row["compiled_b1_ms"] = decode_ms(model, 1, 128, tokens, runner=compiled)
             log(f"{name} compiled + CUDA graph decode b1: {row['compiled_b1_ms']:.3f} ms/token")
+            row["compiled_prefill_2048_ms"] = prefill_ms(compiled, 1, 2048)
+            log(f"{name} compiled prefill 1x2048: {row['compiled_prefill_2048_ms']:.2f} ms")
         if args.profile:
             profile(model, "prefill")
             for batch in (1, 16):
@@ -192,10 +194,13 @@ def main() -> int:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
     print(f"\n{dev} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s | {results['date']}")
-    print(f"{'model':<12} {'b1 ms/tok':>10} {'b16 ms/tok':>11} {'compiled b1':>12} {'floor ms':>9}")
+    print(f"{'model':<12} {'b1 ms/tok':>10} {'b16 ms/tok':>11} {'compiled b1':>12} {'floor ms':>9} "
+          f"{'compiled prefill 2048':>22}")
     for r in results["decode"]:
         comp = f"{r['compiled_b1_ms']:.3f}" if "compiled_b1_ms" in r else "-"
-        print(f"{r['model']:<12} {r['b1_ms']:>10.3f} {r['b16_ms']:>11.3f} {comp:>12} {r['floor_ms']:>9.3f}")
+        cpre = f"{r['compiled_prefill_2048_ms']:.2f}" if "compiled_prefill_2048_ms" in r else "-"
+        print(f"{r['model']:<12} {r['b1_ms']:>10.3f} {r['b16_ms']:>11.3f} {comp:>12} {r['floor_ms']:>9.3f} "
+              f"{cpre:>22}")
     for r in results["prefill"]:
         print(f"prefill {r['model']} {r['batch']}x{r['length']}: {r['ms']:.2f} ms eager, "
               f"{r['cuda_graph_ms']:.2f} ms CUDA graph")
