@@ -15,6 +15,18 @@ from . import artifacts
 FORMATS = ("torch", "aoti", "onnx", "tensorrt")
 
 
+def _weights_format(model: MambaLM) -> str:
+    """transformers' format where its config can express the model, else mamba_ssm's (Mamba-2
+    knobs transformers lacks: rmsnorm=False, D per channel, d_ssm < d_inner, ...)."""
+    from ..config import ConfigError
+
+    try:
+        model.config.to_hf()
+    except ConfigError:
+        return "mamba_ssm"
+    return "transformers"
+
+
 def _export_one(model: MambaLM, graph: str, fmt: str, path: Path) -> dict:
     if fmt == "torch":
         from .programs import export_program, save_program
@@ -54,7 +66,7 @@ def export_artifacts(model: MambaLM, out: str | os.PathLike, formats=("torch", "
     log(f"saving eager weights to {out / artifacts.MODEL_DIR}")
     if (out / artifacts.MODEL_DIR).exists():
         shutil.rmtree(out / artifacts.MODEL_DIR)
-    model.save_pretrained(out / artifacts.MODEL_DIR)
+    model.save_pretrained(out / artifacts.MODEL_DIR, format=_weights_format(model))
     manifest = artifacts.new_manifest(model)
     if "tensorrt" in formats and "onnx" in formats:  # engines are built from the ONNX files
         formats = [f for f in formats if f != "tensorrt"] + ["tensorrt"]
