@@ -480,10 +480,12 @@ def ssd_state_update(
 ) -> tuple[Tensor, Tensor]:
     """One Mamba-2 decode step; returns ``(out [B, H, P], new_state [B, H, P, N])`` (functional).
 
-    CUDA: the reference as plain torch ops (elementwise + a reduction over N; no kernel yet)."""
+    CUDA (and eager CPU under ``TRITON_INTERPRET=1``): one Triton kernel for all heads."""
     check_ssd_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_limit)
-    if x.device.type == "cuda":
-        return ref.ssd_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+    if _runs_triton(x):
+        from .kernels.ssd_update import ssd_state_update_fwd
+
+        return ssd_state_update_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
     return torch.ops.mamba_export._ssd_state_update_reference(
         state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
 

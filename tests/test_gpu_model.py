@@ -69,3 +69,27 @@ def test_fused_add_rmsnorm_matches_torch():
     want = (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-5) * w.float()).half()
     assert torch.equal(res_out, r)
     assert rel_err(out, want) < 2e-3
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_mamba2_on_cuda_matches_float64(dtype, bound):
+    torch.manual_seed(5)
+    cfg = me.MambaConfig(layer="Mamba2", d_model=64, n_layer=2, vocab_size=97, d_state=16,
+                         headdim=16, ngroups=2, chunk_size=8)
+    ref = me.MambaLM(cfg, dtype=torch.float64).eval()
+    gpu = me.MambaLM(cfg, device="cuda", dtype=dtype, initialize=False).eval()
+    gpu.load_state_dict(ref.state_dict())
+    if dtype != torch.float32:
+        ref.load_state_dict({k: v.to(dtype).double() for k, v in gpu.state_dict().items()})
+    ids = torch.randint(0, 97, (2, 21))
+    with torch.no_grad():
+        want = ref(ids)
+        assert rel_err(gpu(ids.cuda()).cpu(), want) <= bound
+        logits, state = gpu.prefill(ids[:, :13].cuda(), gpu.new_state(2))
+        for t in range(13, 21):
+            logits, state = gpu.step(ids[:, t].cuda(), state)
+            assert rel_err(logits.cpu(), want[:, t]) <= bound
+    if dtype == torch.float32:
+        prompt = ids[:, :5].cuda()
+        assert torch.equal(gpu.generate(prompt, max_new_tokens=12, eos_token_id=None),
+                           gpu.generate(prompt, max_new_tokens=12, eos_token_id=None, cuda_graph=True))
