@@ -12,6 +12,11 @@ enters as ``h_t = P_t * h_in + S_t`` where (P, S) is the scanned pair. Every exp
 computed exactly once (the exp unit is the floor of this op), nothing of size
 ``B*D*L*N`` touches memory, and the chunk loop makes any L work (offsets along L in int64).
 
+Forward kernels in use (``scan_config``): ``_scan_fwd_seq_kernel`` (sequential in time, 8
+channels x 16 states per warp) at batch*dim >= 4096; ``_scan_fwd_split_kernel`` (L split into
+segments: end states per segment, chained, segments rescanned; two launches) below that for
+L >= 16384; the chunk kernel above otherwise.
+
 Backward. A states pass (the forward kernel with ``STORE_CHUNKS``) writes the state at every
 chunk start (``[B, D, L/BLOCK_T, N]`` fp32, 1/BLOCK_T of the scan's size). The backward kernel
 walks the chunks in reverse: it recomputes the chunk's states from the stored start state,
@@ -342,6 +347,189 @@ def _scan_fwd_seq_kernel(
 
 
 @kernel
+def _scan_fwd_split_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, hlast_ptr, hseg_ptr, dtsum_ptr,
+    dim, length, seg_chunks, n_seg, ch_per_group,
+    su_b, su_d, su_l,
+    sdt_b, sdt_d, sdt_l,
+    sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l,
+    sC_b, sC_g, sC_n, sC_l,
+    sD, sbias,
+    sz_b, sz_d, sz_l,
+    sh0_b, sh0_d, sh0_n,
+    STATES_ONLY: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, BC_ROW: tl.constexpr, DSTATE: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """L split into ``n_seg`` segments of ``seg_chunks * BLOCK_T`` steps (v8), for small batch
+    where the sequential kernel has too few warps. Same tiles and chunk loop as
+    ``_scan_fwd_seq_kernel``; grid (channel blocks, segments, batch).
+
+    ``STATES_ONLY`` (pass 1, segments 0 .. n_seg-2): run the segment from a zero state; store its
+    end state ``hseg [B, n_seg-1, N, D]`` and the sum of its dt ``dtsum [B, n_seg-1, D]`` (the
+    segment's total decay is exp(A * dtsum): one exp per channel and state). No C, z, outputs.
+
+    Otherwise (pass 2, every segment): the segment's true start state is chained from h0 over
+    the earlier segments, h <- exp(A * dtsum_j) * h + hseg_j (j < s, a few loads), then the
+    segment is scanned from it writing outputs; the last segment stores the final state."""
+    pid_d = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_b = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < DSTATE
+    b64 = pid_b.to(tl.int64)
+    d64 = offs_d.to(tl.int64)
+    zero64 = b64 * 0
+
+    u_rows = u_ptr + b64 * su_b + d64 * su_d
+    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
+    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
+    out_rows = out_ptr + (b64 * dim + d64) * length
+    if BC_ROW:
+        grp = (pid_d * BLOCK_D) // ch_per_group
+        B_base = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
+        C_base = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
+    else:
+        grp = (offs_d // ch_per_group).to(tl.int64)
+        B_rows = B_ptr + b64 * sB_b + grp * sB_g
+        C_rows = C_ptr + b64 * sC_b + grp * sC_g
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * sA_n + offs_d[None, :] * sA_d, mask=mask_nd,
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    # per-segment scratch rows: [B, n_seg - 1, N, D] and [B, n_seg - 1, D]
+    seg_nd = offs_n[:, None] * dim + offs_d[None, :]
+    hseg_b = hseg_ptr + b64 * (n_seg - 1) * DSTATE * dim
+    dtsum_b = dtsum_ptr + b64 * (n_seg - 1) * dim
+    if STATES_ONLY:
+        h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dsum = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    else:
+        if HAS_H0:
+            h = tl.load(h0_ptr + b64 * sh0_b + d64[None, :] * sh0_d + offs_n[:, None] * sh0_n,
+                        mask=mask_nd, other=0.0).to(tl.float32)
+        else:
+            h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for j in range(pid_s):
+            ds = tl.load(dtsum_b + j * dim + offs_d, mask=mask_d, other=0.0)
+            hj = tl.load(hseg_b + j * DSTATE * dim + seg_nd, mask=mask_nd, other=0.0)
+            h = tl.exp2(A2 * ds[None, :]) * h + hj
+    first = (offs_t == 0)[:, None, None]
+    is_last = (offs_t == BLOCK_T - 1)[:, None, None]
+
+    seg_t0 = pid_s.to(tl.int64) * seg_chunks * BLOCK_T
+    n_my = tl.minimum(seg_chunks, (length - seg_t0 + BLOCK_T - 1) // BLOCK_T)
+    seg_end = tl.minimum(seg_t0 + seg_chunks * BLOCK_T, length)
+    t0 = seg_t0
+    mask_t = (t0 + offs_t) < seg_end
+    mask = mask_t[:, None] & mask_d[None, :]
+    mask_tn = mask_t[:, None] & mask_n[None, :]
+    u = tl.load(u_rows[None, :] + t0 * su_l + (offs_t * su_l)[:, None], mask=mask, other=0.0)
+    dt = tl.load(dt_rows[None, :] + t0 * sdt_l + (offs_t * sdt_l)[:, None], mask=mask, other=0.0)
+    if HAS_Z and not STATES_ONLY:
+        z = tl.load(z_rows[None, :] + t0 * sz_l + (offs_t * sz_l)[:, None], mask=mask, other=0.0)
+    if BC_ROW:
+        Bt = tl.load(B_base + (t0 + offs_t)[:, None] * sB_l + offs_n[None, :] * sB_n,
+                     mask=mask_tn, other=0.0)
+        if not STATES_ONLY:
+            Ct = tl.load(C_base + (t0 + offs_t)[:, None] * sC_l + offs_n[None, :] * sC_n,
+                         mask=mask_tn, other=0.0)
+    else:
+        m3 = mask_tn[:, :, None] & mask_d[None, None, :]
+        Bt = tl.load(B_rows[None, None, :] + (t0 + offs_t)[:, None, None] * sB_l
+                     + (offs_n * sB_n)[None, :, None], mask=m3, other=0.0)
+        if not STATES_ONLY:
+            Ct = tl.load(C_rows[None, None, :] + (t0 + offs_t)[:, None, None] * sC_l
+                         + (offs_n * sC_n)[None, :, None], mask=m3, other=0.0)
+
+    for c in range(n_my):
+        # software prefetch of the next chunk (as in the seq kernel)
+        t1 = t0 + BLOCK_T
+        mask_t1 = (t1 + offs_t) < seg_end
+        mask1 = mask_t1[:, None] & mask_d[None, :]
+        mask_tn1 = mask_t1[:, None] & mask_n[None, :]
+        u_nx = tl.load(u_rows[None, :] + t1 * su_l + (offs_t * su_l)[:, None], mask=mask1,
+                       other=0.0)
+        dt_nx = tl.load(dt_rows[None, :] + t1 * sdt_l + (offs_t * sdt_l)[:, None], mask=mask1,
+                        other=0.0)
+        if HAS_Z and not STATES_ONLY:
+            z_nx = tl.load(z_rows[None, :] + t1 * sz_l + (offs_t * sz_l)[:, None], mask=mask1,
+                           other=0.0)
+        if BC_ROW:
+            B_nx = tl.load(B_base + (t1 + offs_t)[:, None] * sB_l + offs_n[None, :] * sB_n,
+                           mask=mask_tn1, other=0.0)
+            if not STATES_ONLY:
+                C_nx = tl.load(C_base + (t1 + offs_t)[:, None] * sC_l + offs_n[None, :] * sC_n,
+                               mask=mask_tn1, other=0.0)
+        else:
+            m31 = mask_tn1[:, :, None] & mask_d[None, None, :]
+            B_nx = tl.load(B_rows[None, None, :] + (t1 + offs_t)[:, None, None] * sB_l
+                           + (offs_n * sB_n)[None, :, None], mask=m31, other=0.0)
+            if not STATES_ONLY:
+                C_nx = tl.load(C_rows[None, None, :] + (t1 + offs_t)[:, None, None] * sC_l
+                               + (offs_n * sC_n)[None, :, None], mask=m31, other=0.0)
+
+        uf = u.to(tl.float32)
+        dtf = dt.to(tl.float32)
+        if HAS_BIAS:
+            dtf = dtf + bias[None, :]
+        if SOFTPLUS:
+            dtf = tl.where(dtf <= 20.0, tl.log(1.0 + tl.exp(dtf)), dtf)
+        dtf = tl.where(mask, dtf, 0.0)
+        dtu = dtf * uf
+        if BC_ROW:
+            Bf = Bt.to(tl.float32)[:, :, None]
+        else:
+            Bf = Bt.to(tl.float32)
+        a = tl.exp2(dtf[:, None, :] * A2[None, :, :])
+        drive = dtu[:, None, :] * Bf
+        drive = tl.where(first, drive + a * h[None, :, :], drive)
+        _, hs = tl.associative_scan((a, drive), axis=0, combine_fn=_affine_combine)
+        h = tl.sum(tl.where(is_last, hs, 0.0), axis=0)
+        if STATES_ONLY:
+            dsum += dtf
+        else:
+            if BC_ROW:
+                Cf = Ct.to(tl.float32)[:, :, None]
+            else:
+                Cf = Ct.to(tl.float32)
+            y = tl.sum(hs * Cf, axis=1)
+            if HAS_D:
+                y += Dv[None, :] * uf
+            if HAS_Z:
+                zf = z.to(tl.float32)
+                y = y * (zf * tl.sigmoid(zf))
+            tl.store(out_rows[None, :] + t0 + offs_t[:, None], y.to(out_ptr.dtype.element_ty),
+                     mask=mask)
+        t0 = t1
+        mask = mask1
+        u = u_nx
+        dt = dt_nx
+        Bt = B_nx
+        if not STATES_ONLY:
+            if HAS_Z:
+                z = z_nx
+            Ct = C_nx
+
+    if STATES_ONLY:
+        tl.store(hseg_b + pid_s * DSTATE * dim + seg_nd, h, mask=mask_nd)
+        tl.store(dtsum_b + pid_s * dim + offs_d, tl.sum(dsum, axis=0), mask=mask_d)
+    else:
+        if pid_s == n_seg - 1:
+            tl.store(hlast_ptr + (b64 * dim + d64)[None, :] * DSTATE + offs_n[:, None], h,
+                     mask=mask_nd)
+
+
+@kernel
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     hchunk_ptr, dout_ptr, dlast_ptr,
@@ -536,14 +724,23 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     """Block sizes and warps for the scan kernels, from shapes and dtype only.
 
     Forward: ``kind="seq"`` (the sequential-in-time kernel), ``"chunk"`` (the chunk-scan kernel,
-    which the backward's states pass uses) or None: seq when batch * dim >= 4096 (H100 sweep of
-    2026-11-23: seq faster at B*D = 5120 and 6144; chunk faster at B1 D1536, where seq has too
-    few warps), else chunk. The interpreter defaults to seq."""
+    which the backward's states pass uses), ``"split"`` (L split into segments, two launches)
+    or None: seq when batch * dim >= 4096 (H100 sweep of 2026-11-23: seq faster at B*D = 5120
+    and 6144; split slower there, docs/kernel_notes.md v8), else split when L >= 16384 (H100
+    2026-11-23, B1 D1536: 39 vs 52 ns/token for chunk at L = 16K..1M), else chunk. The
+    interpreter defaults to seq."""
     if kind is None:
-        kind = "seq" if (use_interpreter(device) or batch * dim >= _SEQ_MIN_ROWS) else "chunk"
+        if use_interpreter(device) or batch * dim >= _SEQ_MIN_ROWS:
+            kind = "seq"
+        elif length >= _SPLIT_MIN_LENGTH:
+            kind = "split"
+        else:
+            kind = "chunk"
     if use_interpreter(device):
         # the interpreter runs scans element by element: keep tiles tiny (and chunks many)
         # (LAST_LEVELS=2 exercises the in-thread last-column extraction of the GPU layout)
+        if kind == "split" and not backward:
+            return {"KIND": "split", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "SEGMENTS": 3}
         if kind == "seq" and not backward:
             return {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
         return {"KIND": "chunk", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "LAST_LEVELS": 2}
@@ -560,6 +757,9 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
             block_d //= 2
         num_warps = max(1, min(8, block_d * block_t // 512))
         return {"KIND": "chunk", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": num_warps}
+    if kind == "split":
+        return {"KIND": "split", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
+                "SEGMENTS": split_segments(batch, dim, length, 8, 16)}
     # sequential-in-time kernel, one warp per program: 8 channels on 8 lanes, the 16 states on
     # 4 lanes x 4 registers (docs/kernel_notes.md, v6/v7). H100 sweep 2026-11-23: BLOCK_T 16
     # best at B1 D5120 and B4 D1536; BLOCK_T 8 best at B8 D5120 (more warps, fewer registers)
@@ -568,6 +768,21 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
 
 
 _SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
+_SPLIT_MIN_LENGTH = 16384  # below 4096 rows, split from this L (measured at 16K..1M only)
+_SPLIT_WARPS = 2048  # split kernel: segments until about this many one-warp programs (~4/SMSP)
+_SPLIT_MIN_SEG_CHUNKS = 8  # ... but keep segments of at least this many chunks
+
+
+def split_segments(batch: int, dim: int, length: int, block_d: int, block_t: int) -> int:
+    """Segments along L for the split kernel: a power of two, the fewest that give about
+    ``_SPLIT_WARPS`` programs, at most 16, and segments of >= ``_SPLIT_MIN_SEG_CHUNKS`` chunks."""
+    rows = max(1, batch * triton.cdiv(dim, block_d))
+    n_chunks = triton.cdiv(max(length, 1), block_t)
+    seg = 1
+    while (seg < 16 and rows * seg < _SPLIT_WARPS
+           and n_chunks // (2 * seg) >= _SPLIT_MIN_SEG_CHUNKS):
+        seg *= 2
+    return seg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,7 +854,47 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
     n_chunks = triton.cdiv(length, block_t)
     out = new_output((batch, dim, length), u.dtype, device) if write_out else u
     last = new_output((batch, dim, dstate), torch.float32, device)
-    if cfg.get("KIND", "chunk") == "seq":
+    kind = cfg.get("KIND", "chunk")
+    if kind == "split":
+        if not write_out or store_chunks:
+            raise ValueError("the split scan kernel only computes outputs")
+        # segments of whole chunks; fewer segments if L is short (none empty)
+        seg_chunks = max(1, triton.cdiv(n_chunks, cfg["SEGMENTS"]))
+        n_seg = triton.cdiv(n_chunks, seg_chunks)
+        if n_seg <= 1:
+            kind = "seq"
+    if kind == "split":
+        hseg = torch.empty((batch, n_seg - 1, dstate, dim), dtype=torch.float32, device=device)
+        dtsum = torch.empty((batch, n_seg - 1, dim), dtype=torch.float32, device=device)
+        common = (
+            dim, length, seg_chunks, n_seg, ch_per_group,
+            u.stride(0), u.stride(1), u.stride(2),
+            delta.stride(0), delta.stride(1), delta.stride(2),
+            A.stride(0), A.stride(1),
+            *sB, *sC,
+            D.stride(0) if D is not None else 0,
+            delta_bias.stride(0) if delta_bias is not None else 0,
+            *(z.stride() if z is not None else (0, 0, 0)),
+            *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
+        )
+        ptrs = (u, delta, A, B, C,
+                D if D is not None else u,
+                z if z is not None else u,
+                delta_bias if delta_bias is not None else u,
+                initial_state if initial_state is not None else u,
+                out, last, hseg, dtsum)
+        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, BC_ROW=bc_row,
+                     DSTATE=dstate, BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t)
+        nd = triton.cdiv(dim, block_d)
+        # pass 1: end state (from zero) and dt sum of every segment but the last
+        launch(_scan_fwd_split_kernel, (nd, n_seg - 1, batch), device, *ptrs, *common,
+               STATES_ONLY=True, num_warps=cfg["num_warps"], **flags)
+        # pass 2: chain the segment states, rescan every segment from its true start state
+        launch(_scan_fwd_split_kernel, (nd, n_seg, batch), device, *ptrs, *common,
+               STATES_ONLY=False, num_warps=cfg["num_warps"], **flags)
+        return out, last, last
+    if kind == "seq":
         if not write_out or store_chunks:
             raise ValueError("the sequential scan kernel only computes outputs")
         launch(

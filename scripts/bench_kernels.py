@@ -66,6 +66,8 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="time several block configurations")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--scan-only", action="store_true", help="scan forward only")
+    ap.add_argument("--split", action="store_true",
+                    help="time the L-split scan kernel (segments) against the default")
     args = ap.parse_args()
 
     props = torch.cuda.get_device_properties(0)
@@ -99,6 +101,22 @@ def main():
         record("scan_fwd_bf16", f"B{b} D{d} L{l} N16", ms, target_ms=target, graph_ms=ms_graph,
                exp_floor_ms=fe, mem_floor_ms=fm, cfg=ss.scan_config(b, d, l, torch.bfloat16,
                                                                    torch.device("cuda")))
+        if args.split:
+            segs = {1: [2, 4, 8], 8: [2]}.get(b, [2, 4, 8])
+            sweep = [dict(KIND="split", BLOCK_D=8, BLOCK_T=16, num_warps=1, SEGMENTS=sg)
+                     for sg in segs]
+            sweep += [dict(KIND="split", BLOCK_D=8, BLOCK_T=8, num_warps=1, SEGMENTS=sg)
+                      for sg in segs[-2:]]
+            for cfg in sweep:
+                try:
+                    f2 = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
+                                             kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
+                    f2()
+                    record("scan_fwd_bf16_split", f"B{b} D{d} L{l} N16", bench(f2, 10, 50),
+                           cfg=cfg)
+                except Exception as e:
+                    record("scan_fwd_bf16_split", f"B{b} D{d} L{l} N16", None, cfg=cfg,
+                           error=repr(e)[:200])
         if args.sweep:
             sweep = [dict(KIND="chunk", BLOCK_D=4, BLOCK_T=256, num_warps=2)]
             sweep += [dict(KIND="seq", BLOCK_D=bd, BLOCK_T=bt, num_warps=1, BC_F32=f)
@@ -138,6 +156,14 @@ def main():
         fe, fm = floors(1, 1536, l, 16, 2, exp_rate, bw)
         record("scan_fwd_vs_L", f"B1 D1536 L{l} N16", ms, length=l, ns_per_token=ms * 1e6 / l,
                exp_floor_ms=fe, mem_floor_ms=fm)
+        for sg in ([8, 16] if args.split and l >= 16384 else []):
+            cfg = dict(KIND="split", BLOCK_D=8, BLOCK_T=16, num_warps=1, SEGMENTS=sg)
+            f2 = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
+                                     kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
+            f2()
+            ms2 = bench(f2, 10, 50)
+            record("scan_fwd_vs_L_split", f"B1 D1536 L{l} N16", ms2, length=l,
+                   ns_per_token=ms2 * 1e6 / l, cfg=cfg)
         del kw
         torch.cuda.empty_cache()
 
@@ -195,7 +221,7 @@ def main():
 
     # ---- compiled kernels: registers and spills -----------------------------------------
     from mamba_export.kernels import causal_conv1d as cc, state_update as su
-    for k in (ss._scan_fwd_seq_kernel, ss._scan_fwd_kernel, ss._scan_bwd_kernel, cc._conv_fwd_kernel,
+    for k in (ss._scan_fwd_seq_kernel, ss._scan_fwd_split_kernel, ss._scan_fwd_kernel, ss._scan_bwd_kernel, cc._conv_fwd_kernel,
               cc._conv_update_kernel, su._state_update_kernel):
         try:
             for caches in k.jit.device_caches.values():
@@ -215,8 +241,12 @@ def main():
     print(f"{'kind':32s} {'shape':24s} {'ms':>9s} {'target':>7s} {'floor':>7s} {'extra'}")
     for r in rows:
         floor = max(r.get("exp_floor_ms", 0) or 0, r.get("mem_floor_ms", 0) or 0)
-        extra = r.get("cfg", "") if "sweep" in r["kind"] else (
+        extra = r.get("cfg", "") if ("sweep" in r["kind"] or r["kind"].endswith("split")) else (
             f"{r['ns_per_token']:.3f} ns/tok" if "ns_per_token" in r else "")
+        if r["kind"].endswith("split"):
+            c = r["cfg"]
+            extra = f"split S{c['SEGMENTS']} {c['BLOCK_D']}x{c['BLOCK_T']}" + (
+                f"  {r['ns_per_token']:.3f} ns/tok" if "ns_per_token" in r else "")
         if r.get("graph_ms"):
             extra = f"graph replay {r['graph_ms']:.4f} ms"
         ms = f"{r['ms']:.4f}" if r["ms"] is not None else "ERR"

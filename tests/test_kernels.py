@@ -177,7 +177,42 @@ def force_scan_kind(monkeypatch, kind):
     monkeypatch.setattr(ss_mod, "scan_config", cfg)
 
 
-@pytest.mark.parametrize("kind", ["seq", "chunk"])
+def force_scan_segments(monkeypatch, segments):
+    """Make selective_scan_fwd use the split kernel with the given number of segments."""
+    orig = ss_mod.scan_config
+
+    def cfg(*args, **kwargs):
+        if kwargs.get("kind") is None and not kwargs.get("backward"):
+            kwargs["kind"] = "split"
+            return dict(orig(*args, **kwargs), SEGMENTS=segments)
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(ss_mod, "scan_config", cfg)
+
+
+@pytest.mark.parametrize("segments", [2, 3, 5, 64])
+@pytest.mark.parametrize("batch,dim,length,dstate,groups,layout,options", [
+    (2, 6, 37, 5, None, "contiguous", True),   # last segment partial, odd D and N
+    (1, 8, 40, 4, 2, "model", True),           # grouped B/C (block-aligned), model layout
+    (1, 6, 33, 3, 3, "contiguous", True),      # grouped, not block-aligned
+    (2, 5, 23, 4, None, "contiguous", False),  # no D, z, bias, softplus, initial state
+])
+def test_scan_fwd_split(segments, batch, dim, length, dstate, groups, layout, options,
+                        monkeypatch):
+    """L split into segments (end states from zero, chained, rescanned); 64 segments is more
+    than the chunks: the launcher uses fewer (or falls back to one, the seq kernel)."""
+    force_scan_segments(monkeypatch, segments)
+    check_scan_fwd(make_scan_inputs(batch, dim, length, dstate, groups, layout=layout,
+                                    options=options), TOL[torch.float32])
+
+
+def test_split_segments_rule():
+    seg = ss_mod.split_segments
+    assert seg(1, 5120, 2048, 8, 16) >= 2 and seg(8, 5120, 2048, 8, 16) == 1
+    assert seg(1, 8, 70001, 8, 16) == 16 and seg(1, 5120, 16, 8, 16) == 1
+
+
+@pytest.mark.parametrize("kind", ["seq", "chunk", "split"])
 def test_scan_fwd_kinds(kind, monkeypatch):
     force_scan_kind(monkeypatch, kind)
     check_scan_fwd(make_scan_inputs(2, 7, 37, 4), TOL[torch.float32])
@@ -406,7 +441,7 @@ gpu = pytest.mark.gpu
     (2, 48, 257, None, "model"),
     (3, 16, 1, None, "contiguous"),
 ])
-@pytest.mark.parametrize("kind", ["seq", "chunk"])
+@pytest.mark.parametrize("kind", ["seq", "chunk", "split"])
 def test_gpu_scan_fwd(dtype, batch, dim, length, groups, layout, kind, monkeypatch):
     force_scan_kind(monkeypatch, kind)
     if groups is not None and dim % groups:
@@ -416,7 +451,21 @@ def test_gpu_scan_fwd(dtype, batch, dim, length, groups, layout, kind, monkeypat
 
 
 @gpu
-@pytest.mark.parametrize("kind", ["seq", "chunk"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("segments", [3, 16])
+@pytest.mark.parametrize("batch,dim,length,groups,layout", [
+    (2, 70, 3000, None, "contiguous"),
+    (1, 64, 1001, 4, "model"),
+    (1, 37, 517, None, "contiguous"),
+])
+def test_gpu_scan_fwd_split(dtype, segments, batch, dim, length, groups, layout, monkeypatch):
+    force_scan_segments(monkeypatch, segments)
+    kw = make_scan_inputs(batch, dim, length, 16, groups, dtype, "cuda", layout=layout)
+    check_scan_fwd(kw, TOL[dtype])
+
+
+@gpu
+@pytest.mark.parametrize("kind", ["seq", "chunk", "split"])
 def test_gpu_scan_fwd_long(kind, monkeypatch):
     force_scan_kind(monkeypatch, kind)
     kw = make_scan_inputs(1, 8, 70001, 16, None, torch.bfloat16, "cuda")
