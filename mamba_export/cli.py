@@ -72,17 +72,13 @@ def _transformers_logits(model, ids: torch.Tensor) -> torch.Tensor | None:
 
 
 def _runtime_row(name: str, runner, eager, ids: torch.Tensor, new_tokens: int, device) -> dict:
-    """Parity with eager (last-position prefill logits, one decode step, greedy tokens) and
-    timings (prefill ms, decode ms/token) of one runtime."""
+    """Parity with eager (prefill, one decode step, greedy tokens) and timings (prefill ms,
+    decode ms/token) of one runtime."""
+    from mamba_export.runtime.check import compare_with_eager
+
     batch = ids.shape[0]
+    parity = compare_with_eager(runner, eager, ids, new_tokens)
     with torch.no_grad():
-        want, want_state = eager.prefill(ids, eager.new_state(batch))
-        want_step = eager.step(ids[:, -1], want_state)[0]
-        want_tokens = eager.generate(ids, max_new_tokens=new_tokens, eos_token_id=None)
-        got, state = runner.prefill(ids, runner.new_state(batch))
-        got = got.clone()  # runners may hand out reused buffers
-        got_step = runner.step(ids[:, -1], state)[0].clone()
-        tokens = runner.generate(ids, max_new_tokens=new_tokens, eos_token_id=None)
         prefill_ms, _ = _timed(lambda: runner.prefill(ids, runner.new_state(batch)), device)
         _, state = runner.prefill(ids, runner.new_state(batch))
         tok, steps = ids[:, -1].contiguous(), 16
@@ -93,8 +89,8 @@ def _runtime_row(name: str, runner, eager, ids: torch.Tensor, new_tokens: int, d
                 st = runner.step(tok, st)[1]
 
         step_ms, _ = _timed(decode, device)
-    return {"runtime": name, "prefill_err": _rel(got, want), "decode_err": _rel(got_step, want_step),
-            "greedy": bool(torch.equal(tokens.cpu(), want_tokens.cpu())),
+    return {"runtime": name, "prefill_err": parity["prefill_logits_rel_err"],
+            "decode_err": parity["decode_logits_rel_err"], "greedy": parity["greedy_tokens_equal"],
             "prefill_ms": prefill_ms, "decode_ms": step_ms / steps}
 
 

@@ -61,6 +61,25 @@ def open_runtime(directory: str | os.PathLike, runtime: str, device=None):
     raise ValueError(f"unknown runtime {runtime!r}: expected eager, torch, compile, ort or tensorrt")
 
 
+def compare_with_eager(runner, eager, ids: torch.Tensor, new_tokens: int = 16) -> dict:
+    """Parity of ``runner`` with the ``eager`` model on prompt ``ids``: last-position prefill
+    logits, one decode step (relative errors) and greedy generation (equality)."""
+    batch = ids.shape[0]
+    dev = getattr(runner, "device", torch.device("cpu"))
+    with torch.no_grad():
+        want_prefill, state = eager.prefill(ids.to(eager.device), eager.new_state(batch))
+        want_step = eager.step(ids[:, -1].to(eager.device), state)[0]
+        want_tokens = eager.generate(ids.to(eager.device), max_new_tokens=new_tokens, eos_token_id=None)
+        # clone: a runner may hand out reused output buffers (ONNX Runtime's ping-pong IO)
+        got_prefill, got_state = runner.prefill(ids.to(dev), runner.new_state(batch))
+        got_prefill = got_prefill.clone()
+        got_step = runner.step(ids[:, -1].to(dev), got_state)[0].clone()
+        tokens = runner.generate(ids.to(dev), max_new_tokens=new_tokens, eos_token_id=None)
+    return {"prefill_logits_rel_err": _rel(got_prefill, want_prefill),
+            "decode_logits_rel_err": _rel(got_step, want_step),
+            "greedy_tokens_equal": bool(torch.equal(tokens.cpu(), want_tokens.cpu()))}
+
+
 def check_artifacts(directory: str | os.PathLike, runtimes: list[str] | None = None,
                     batch: int = 2, length: int = 13, new_tokens: int = 16, device=None,
                     log: Callable[[str], None] = print) -> list[dict]:
@@ -71,25 +90,11 @@ def check_artifacts(directory: str | os.PathLike, runtimes: list[str] | None = N
     eager = artifacts.load_reference_model(directory, device="cpu")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, eager.config.vocab_size, (batch, length), generator=gen)
-    with torch.no_grad():
-        want_prefill, state = eager.prefill(ids, eager.new_state(batch))
-        want_step, _ = eager.step(ids[:, -1], state)
-        want_tokens = eager.generate(ids, max_new_tokens=new_tokens, eos_token_id=None)
     rows = []
     for name in runtimes:
         log(f"checking runtime {name}")
-        runner = open_runtime(directory, name, device=device)
-        dev = getattr(runner, "device", torch.device("cpu"))
-        with torch.no_grad():
-            # clone: a runner may hand out reused output buffers (ONNX Runtime's ping-pong IO)
-            got_prefill, got_state = runner.prefill(ids.to(dev), runner.new_state(batch))
-            got_prefill = got_prefill.clone()
-            got_step = runner.step(ids[:, -1].to(dev), got_state)[0].clone()
-            tokens = runner.generate(ids.to(dev), max_new_tokens=new_tokens, eos_token_id=None)
-        row = {"runtime": name, "prefill_logits_rel_err": _rel(got_prefill, want_prefill),
-               "decode_logits_rel_err": _rel(got_step, want_step),
-               "greedy_tokens_equal": bool(torch.equal(tokens.cpu(), want_tokens))}
-        rows.append(row)
-        manifest["parity"][name] = {k: v for k, v in row.items() if k != "runtime"}
+        parity = compare_with_eager(open_runtime(directory, name, device=device), eager, ids, new_tokens)
+        rows.append({"runtime": name, **parity})
+        manifest["parity"][name] = parity
     artifacts.write_manifest(manifest, directory)
     return rows
