@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -20,19 +19,7 @@ import torch
 import transformers
 
 import mamba_export as me
-
-
-def cuda_ms(fn, reps: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+from bench_e2e import cuda_time_ms  # scripts/ is on sys.path when this file runs
 
 
 def main() -> int:
@@ -50,11 +37,11 @@ def main() -> int:
     prompt = ids[:, :16]
     n = args.new_tokens
     with torch.no_grad():
-        hf_fwd = cuda_ms(lambda: hf(ids).logits)
-        me_fwd = cuda_ms(lambda: model(ids))
+        hf_fwd = cuda_time_ms(lambda: hf(ids).logits)
+        me_fwd = cuda_time_ms(lambda: model(ids))
         err = ((model(ids).float() - hf(ids).logits.float()).norm() / hf(ids).logits.float().norm()).item()
-        hf_gen = cuda_ms(lambda: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False), reps=3)
-        me_gen = cuda_ms(lambda: model.generate(prompt, max_new_tokens=n, eos_token_id=None, cuda_graph=True), reps=3)
+        hf_gen = cuda_time_ms(lambda: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False), reps=3, warmup=1)
+        me_gen = cuda_time_ms(lambda: model.generate(prompt, max_new_tokens=n, eos_token_id=None, cuda_graph=True), reps=3, warmup=1)
         same = torch.equal(hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False),
                            model.generate(prompt, max_new_tokens=n, eos_token_id=None))
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
