@@ -37,8 +37,8 @@ def main() -> int:
     prompt = ids[:, :16]
     n = args.new_tokens
     with torch.no_grad():
-        hf_fwd = cuda_time_ms(lambda: hf(ids).logits)
-        me_fwd = cuda_time_ms(lambda: model(ids))
+        hf_fwd = cuda_time_ms(lambda: hf(ids).logits, reps=5, warmup=1)
+        me_fwd = cuda_time_ms(lambda: model(ids), reps=5, warmup=1)
         err = ((model(ids).float() - hf(ids).logits.float()).norm() / hf(ids).logits.float().norm()).item()
         hf_gen = cuda_time_ms(lambda: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False), reps=3, warmup=1)
         me_gen = cuda_time_ms(lambda: model.generate(prompt, max_new_tokens=n, eos_token_id=None, cuda_graph=True), reps=3, warmup=1)
