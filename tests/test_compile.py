@@ -128,3 +128,30 @@ def test_aot_inductor_package_runs(model, tmp_path):
     logits, conv, ssm = runner(ids, *state)
     want, want_state = model.step(ids[:, 0], state)
     assert rel_err(logits, want) <= 1e-5 and rel_err(ssm, want_state.ssm) <= 1e-5
+
+
+def test_mamba2_compiles_without_breaks_or_recompiles_and_trains():
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = me.MambaConfig(layer="Mamba2", d_model=32, n_layer=2, vocab_size=50, d_state=8,
+                         headdim=16, ngroups=2, chunk_size=4)
+    model = me.MambaLM(cfg).eval()
+    backend = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = compile_model(model, backend=backend)
+    with torch.no_grad():
+        for batch, length in ((2, 3), (3, 7), (4, 9)):
+            ids = torch.randint(0, 50, (batch, length))
+            state = _random_state(model, batch)
+            assert rel_err(compiled(ids), model(ids)) < 1e-5
+            assert rel_err(compiled.prefill(ids, state)[0], model.prefill(ids, state)[0]) < 1e-5
+            tokens = ids[:, 0].contiguous()
+            assert rel_err(compiled.step(tokens, state)[0], model.step(tokens, state)[0]) < 1e-5
+    assert sum(counters["graph_break"].values()) == 0 and backend.frame_count == 3
+    trained = me.MambaLM(cfg, initialize=False)
+    trained.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 50, (2, 9))
+    for m, f in ((model, model), (trained, torch.compile(trained, fullgraph=True))):
+        m.train()
+        f(ids).logsumexp(-1).mean().backward()
+    for (name, p), q in zip(model.named_parameters(), trained.parameters()):
+        assert rel_err(q.grad, p.grad) < 1e-4, name
