@@ -226,31 +226,31 @@ class MambaConfig:
             raise ConfigError(f"hidden_act={hf['hidden_act']!r} is not supported (Mamba uses 'silu')")
         if hf.get("time_step_init_scheme", "random") not in ("random", "constant"):
             raise ConfigError(f"unknown time_step_init_scheme {hf['time_step_init_scheme']!r}")
-        vocab = {"vocab_size": hf["vocab_size"], "pad_vocab_size_multiple": 1}  # stored padded
-        saved = hf.get("mamba_export")
-        if isinstance(saved, dict):
-            vocab = {k: saved[k] for k in vocab}
-            padded = cls(**vocab).padded_vocab_size
-            if padded != hf["vocab_size"]:
-                raise ConfigError(f"mamba_export.vocab_size pads to {padded}, but vocab_size is {hf['vocab_size']}")
         return cls(
             d_model=hidden,
             n_layer=hf["num_hidden_layers"],
-            **vocab,
+            **cls._vocab_from_hf(hf),
             d_state=hf.get("state_size", 16),
             d_conv=hf.get("conv_kernel", 4),
             expand=expand,
             dt_rank=hf.get("time_step_rank", "auto"),
-            dt_min=hf.get("time_step_min", 0.001),
-            dt_max=hf.get("time_step_max", 0.1),
             dt_init=hf.get("time_step_init_scheme", "random"),
             dt_scale=hf.get("time_step_scale", 1.0),
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            **cls._common_from_hf(hf),
+        )
+
+    @staticmethod
+    def _common_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+        """The keys transformers' Mamba and Mamba2 configs share, with the same defaults."""
+        return dict(
+            dt_min=hf.get("time_step_min", 0.001),
+            dt_max=hf.get("time_step_max", 0.1),
             dt_init_floor=hf.get("time_step_floor", 1e-4),
             conv_bias=hf.get("use_conv_bias", True),
             bias=hf.get("use_bias", False),
             norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
             residual_in_fp32=hf.get("residual_in_fp32", True),
-            tie_embeddings=hf.get("tie_word_embeddings", True),
             eos_token_id=hf.get("eos_token_id"),
         )
 
@@ -300,16 +300,9 @@ class MambaConfig:
             headdim=head_dim,
             ngroups=hf.get("n_groups", 8),
             chunk_size=hf.get("chunk_size", 256),
-            dt_min=hf.get("time_step_min", 0.001),
-            dt_max=hf.get("time_step_max", 0.1),
-            dt_init_floor=hf.get("time_step_floor", 1e-4),
             dt_limit=_float_pair("time_step_limit", limit),
-            conv_bias=hf.get("use_conv_bias", True),
-            bias=hf.get("use_bias", False),
-            norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
-            residual_in_fp32=hf.get("residual_in_fp32", True),
             tie_embeddings=hf.get("tie_word_embeddings", False),
-            eos_token_id=hf.get("eos_token_id"),
+            **cls._common_from_hf(hf),
         )
 
     def _to_hf_mamba2(self) -> dict[str, Any]:
