@@ -89,9 +89,16 @@ def _runtime_row(name: str, runner, eager, ids: torch.Tensor, new_tokens: int, d
                 st = runner.step(tok, st)[1]
 
         step_ms, _ = _timed(decode, device)
-    return {"runtime": name, "prefill_err": parity["prefill_logits_rel_err"],
-            "decode_err": parity["decode_logits_rel_err"], "greedy": parity["greedy_tokens_equal"],
-            "prefill_ms": prefill_ms, "decode_ms": step_ms / steps}
+    return {"runtime": name, **parity, "prefill_ms": prefill_ms, "decode_ms": step_ms / steps}
+
+
+def _greedy_status(rows: list[dict]) -> int:
+    """Exit status: 1 (and say which) when a runtime's greedy tokens differ from eager's."""
+    bad = [r["runtime"] for r in rows if not r["greedy_tokens_equal"]]
+    if bad:
+        log(f"greedy generation differs from eager for: {', '.join(bad)}")
+        return 1
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -153,13 +160,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\n{'runtime':<8} {'prefill err':>11} {'decode err':>10} {'greedy=eager':>12} "
           f"{'prefill ms':>10} {'decode ms/tok':>13}")
     for r in rows:
-        print(f"{r['runtime']:<8} {r['prefill_err']:>11.2e} {r['decode_err']:>10.2e} {str(r['greedy']):>12} "
-              f"{r['prefill_ms']:>10.2f} {r['decode_ms']:>13.3f}")
-    bad = [r["runtime"] for r in rows if not r["greedy"]]
-    if bad:
-        log(f"greedy generation differs from eager for: {', '.join(bad)}")
-        return 1
-    return 0
+        print(f"{r['runtime']:<8} {r['prefill_logits_rel_err']:>11.2e} {r['decode_logits_rel_err']:>10.2e} "
+              f"{str(r['greedy_tokens_equal']):>12} {r['prefill_ms']:>10.2f} {r['decode_ms']:>13.3f}")
+    return _greedy_status(rows)
 
 
 def _has(module: str) -> bool:
@@ -244,11 +247,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['runtime']:<10} {r['prefill_logits_rel_err']:>16.2e} {r['decode_logits_rel_err']:>15.2e} "
               f"{str(r['greedy_tokens_equal']):>15}")
-    bad = [r["runtime"] for r in rows if not r["greedy_tokens_equal"]]
-    if bad:
-        log(f"greedy generation differs from eager for: {', '.join(bad)}")
-        return 1
-    return 0
+    return _greedy_status(rows)
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> None:
