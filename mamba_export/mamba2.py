@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
+from ._dispatch import _eager_cuda, cached_params
 from .config import MambaConfig
 
 
@@ -94,6 +95,15 @@ class Mamba2Mixer(nn.Module):
     def _D(self) -> Tensor:
         return self.D.view(self.cfg.nheads, self.cfg.headdim) if self.cfg.D_has_hdim else self.D
 
+    def _ssm_params(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A, D, dt_bias in the state precision, cached in eager inference (as Mamba-1's):
+        the eager CUDA decode step then launches no kernels for them."""
+        def compute():
+            dt = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
+            return -torch.exp(self.A_log.to(dt)), self._D().to(dt), self.dt_bias.to(dt)
+
+        return cached_params(self, (self.A_log, self.D, self.dt_bias), compute)
+
     def _split(self, zxbcdt: Tensor):
         cfg = self.cfg
         return torch.split(zxbcdt, [cfg.d_mlp, cfg.d_mlp, cfg.resolved_d_ssm, cfg.conv_dim, cfg.nheads], dim=-1)
@@ -125,7 +135,10 @@ class Mamba2Mixer(nn.Module):
     def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
              inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state');
-        ``inplace`` copies the new states into the given ones and returns those."""
+        ``inplace`` writes the new states into the given ones and returns those (on eager CUDA
+        the kernels write there directly: no copies)."""
+        if _eager_cuda(hidden):
+            return self._step_kernels(hidden, conv_state, ssm_state, inplace)
         cfg = self.cfg
         batch = hidden.shape[0]
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
@@ -141,3 +154,40 @@ class Mamba2Mixer(nn.Module):
             new_conv = conv_state.copy_(new_conv)
             new_ssm = ssm_state.copy_(new_ssm)
         return self._finish(y.reshape(batch, -1), z, z0, x0), new_conv, new_ssm
+
+    def _step_kernels(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
+                      inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``step`` with the Triton launchers called directly (eager CUDA; tests also run it
+        on CPU, in Triton's interpreter): in_proj, conv update, state update, gated norm,
+        out_proj, with the states written in place when ``inplace`` and A/D/dt_bias cached.
+        Decode is launch-bound, so every kernel the op path adds (state copies, -exp(A_log),
+        ~8 norm kernels, the cat of the MLP branch) matters."""
+        from .kernels.causal_conv1d import causal_conv1d_update_fwd
+        from .kernels.gated_rmsnorm import gated_rmsnorm_fwd
+        from .kernels.ssd_update import ssd_state_update_fwd
+
+        cfg = self.cfg
+        batch = hidden.shape[0]
+        H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+        A, D, dt_bias = self._ssm_params()
+        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden))
+        xBC, new_conv = causal_conv1d_update_fwd(xBC, conv_state, self.conv1d.weight.squeeze(1),
+                                                 self.conv1d.bias, True,
+                                                 out_state=conv_state if inplace else None)
+        x, B, C = torch.split(xBC, [cfg.resolved_d_ssm, G * N, G * N], dim=-1)
+        y, new_ssm = ssd_state_update_fwd(
+            ssm_state, x.reshape(batch, H, P), dt, A, B.reshape(batch, G, N),
+            C.reshape(batch, G, N), D, None if cfg.rmsnorm else z.reshape(batch, H, P), dt_bias,
+            True, self._dt_limit, out_state=ssm_state if inplace else None)
+        y = y.reshape(batch, -1)
+        if not cfg.rmsnorm:
+            return self._finish(y, z, z0, x0), new_conv, new_ssm
+        norm, d_mlp = self.norm, cfg.d_mlp
+        # with a gated-MLP branch the norm writes the right-hand columns of out_proj's input
+        full = y.new_empty(batch, cfg.d_inner) if d_mlp else None
+        y = gated_rmsnorm_fwd(y, z, norm.weight, norm.eps, norm.group_size, norm.norm_before_gate,
+                              out=None if full is None else full[:, d_mlp:])
+        if d_mlp:
+            torch.mul(F.silu(z0), x0, out=full[:, :d_mlp])
+            y = full
+        return self.out_proj(y), new_conv, new_ssm

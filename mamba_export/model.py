@@ -17,23 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
+from ._dispatch import _eager_cuda, cached_params
 from .config import MambaConfig
 from .generate import GenerationMixin
 from .mamba2 import Mamba2Mixer
-
-
-def _is_real(t: Tensor) -> bool:
-    """A plain tensor or parameter: not a fake/functional tensor of a trace (a type check is
-    much cheaper than ``is_fake`` on this per-layer path)."""
-    return type(t) in (Tensor, nn.Parameter)
-
-
-def _eager_cuda(t: Tensor) -> bool:
-    """True for a real CUDA tensor in eager inference (grad off; incl. CUDA-graph capture):
-    there the model calls fused Triton kernels directly, which have no autograd. Training and
-    traced code (compile, export) see the ops and plain torch ops."""
-    return (t.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and _is_real(t) and ops.triton_available())
 
 
 class MambaState(NamedTuple):
@@ -105,17 +92,11 @@ class MambaMixer(nn.Module):
 
         In eager inference they are cached (keyed on the parameters' versions), so a decode
         step launches no kernels for them."""
-        params = (self.A_log, self.D, self.dt_proj.bias)
-        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
-            _is_real(p) for p in params)
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params) if cacheable else None
-        if key is not None and key == getattr(self, "_ssm_cache_key", None):
-            return self._ssm_cache
-        dt = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
-        values = (-torch.exp(self.A_log.to(dt)), self.D.to(dt), self.dt_proj.bias.to(dt))
-        if key is not None:
-            self._ssm_cache_key, self._ssm_cache = key, values
-        return values
+        def compute():
+            dt = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
+            return -torch.exp(self.A_log.to(dt)), self.D.to(dt), self.dt_proj.bias.to(dt)
+
+        return cached_params(self, (self.A_log, self.D, self.dt_proj.bias), compute)
 
     def _split_x_dbl(self, x_dbl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r, n = self.cfg.resolved_dt_rank, self.cfg.d_state

@@ -93,3 +93,38 @@ def test_mamba2_on_cuda_matches_float64(dtype, bound):
         prompt = ids[:, :5].cuda()
         assert torch.equal(gpu.generate(prompt, max_new_tokens=12, eos_token_id=None),
                            gpu.generate(prompt, max_new_tokens=12, eos_token_id=None, cuda_graph=True))
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("extra", [{}, dict(d_ssm=64, norm_before_gate=True)], ids=["default", "mlp"])
+def test_mamba2_direct_launch_step_matches_op_step_and_forward(dtype, bound, extra, monkeypatch):
+    """Mamba-2 decode on eager CUDA (launchers called directly, states written in place):
+    step(inplace=True) == step(inplace=False) exactly, ~ the op path, ~ forward in float64."""
+    from mamba_export import mamba2
+
+    torch.manual_seed(6)
+    cfg = me.MambaConfig(layer="Mamba2", d_model=64, n_layer=2, vocab_size=97, d_state=16,
+                         headdim=16, ngroups=2, chunk_size=8, **extra)
+    ref = me.MambaLM(cfg, dtype=torch.float64).eval()
+    gpu = me.MambaLM(cfg, device="cuda", dtype=dtype, initialize=False).eval()
+    gpu.load_state_dict(ref.state_dict())
+    if dtype != torch.float32:
+        ref.load_state_dict({k: v.to(dtype).double() for k, v in gpu.state_dict().items()})
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        want = ref(ids)
+        _, state = gpu.prefill(ids[:, :8].cuda(), gpu.new_state(2))
+        s_inplace = me.MambaState(state.conv.clone(), state.ssm.clone())
+        s_fun = s_ops = state
+        for t in range(8, 16):
+            tok = ids[:, t].cuda()
+            a, returned = gpu.step(tok, s_inplace, inplace=True)
+            b, s_fun = gpu.step(tok, s_fun)
+            with monkeypatch.context() as m:  # the op path (what compile/export trace)
+                m.setattr(mamba2, "_eager_cuda", lambda _: False)
+                c, s_ops = gpu.step(tok, s_ops)
+            assert returned.conv is s_inplace.conv and returned.ssm is s_inplace.ssm
+            assert torch.equal(a, b)
+            assert torch.equal(s_inplace.conv, s_fun.conv) and torch.equal(s_inplace.ssm, s_fun.ssm)
+            assert rel_err(a, c) <= bound
+            assert rel_err(a.cpu(), want[:, t]) <= bound

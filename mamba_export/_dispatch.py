@@ -1,0 +1,47 @@
+"""Which path a layer takes: Triton launchers called directly (eager CUDA inference) or the ops.
+
+Shared by the Mamba-1 (model.py) and Mamba-2 (mamba2.py) mixers; a module of its own so that
+both import it without a cycle (model.py imports mamba2.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from . import ops
+
+
+def _is_real(t: Tensor) -> bool:
+    """A plain tensor or parameter: not a fake/functional tensor of a trace (a type check is
+    much cheaper than ``is_fake`` on this per-layer path)."""
+    return type(t) in (Tensor, nn.Parameter)
+
+
+def _eager_cuda(t: Tensor) -> bool:
+    """True for a real CUDA tensor in eager inference (grad off; incl. CUDA-graph capture):
+    there the model calls fused Triton kernels directly, which have no autograd. Training and
+    traced code (compile, export) see the ops and plain torch ops."""
+    return (t.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and _is_real(t) and ops.triton_available())
+
+
+def cached_params(owner: nn.Module, params: tuple[Tensor, ...],
+                  compute: Callable[[], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    """``compute()`` (tensors derived from ``params``, e.g. A = -exp(A_log) in float32), cached
+    on ``owner`` in eager inference so that a decode step launches no kernels for them.
+
+    The cache is keyed on each parameter's storage, version, dtype and device: an in-place update,
+    ``load_state_dict`` or ``.to()`` recomputes it. Training and traced code always recompute."""
+    cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
+        _is_real(p) for p in params)
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params) if cacheable else None
+    if key is not None and key == getattr(owner, "_params_cache_key", None):
+        return owner._params_cache
+    values = compute()
+    if key is not None:
+        owner._params_cache_key, owner._params_cache = key, values
+    return values
