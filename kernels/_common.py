@@ -80,12 +80,16 @@ def _tracing(args) -> bool:
     return any(isinstance(a, torch.Tensor) and type(a) not in _EAGER_TYPES for a in args)
 
 
-def launch(k: DualKernel, grid, device: torch.device, *args, num_warps: int = 4, **kwargs):
+def launch(k: DualKernel, grid, device: torch.device, *args, num_warps: int = 4,
+           num_stages: int | None = None, **kwargs):
     if any(g == 0 for g in grid):
         return
     if use_interpreter(device):
         k.interp[grid](*args, **kwargs)
-    elif _tracing(args):
+        return
+    if num_stages is not None:  # compiled only: software pipelining depth of the kernel's loops
+        kwargs["num_stages"] = num_stages
+    if _tracing(args):
         # seen by Inductor / export as a triton kernel node
         torch.library.wrap_triton(k.jit)[grid](*args, num_warps=num_warps, **kwargs)
     else:

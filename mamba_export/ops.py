@@ -344,8 +344,8 @@ def causal_conv1d_update_op(
 # ``mamba_chunk_scan_combined`` and of its Mamba2 decode step, with one head-level decode op:
 # dt ``[B, H]``, A ``[H]`` (not the per-channel ``[H, P, N]`` repeat mamba_ssm feeds its
 # ``selective_state_update``), so the decode graph carries H scalars per step, not H*P*N.
-# No Triton kernel exists for them yet: on every device the public op runs the reference math
-# (on CUDA as plain torch ops that Inductor can fuse; elsewhere through an opaque private op).
+# On CUDA (and eager CPU under TRITON_INTERPRET=1) both run one Triton kernel each
+# (kernels/ssd_scan.py, kernels/ssd_update.py); float64 and plain CPU run the reference math.
 def _check_dt_limit(dt_limit) -> None:
     if dt_limit is not None:
         _check(len(dt_limit) == 2 and 0.0 <= dt_limit[0] < dt_limit[1],
@@ -427,8 +427,13 @@ def ssd_scan(
 ) -> tuple[Tensor, Tensor]:
     """Mamba-2 chunked SSD scan; returns ``(out [B, L, H, P], final_state [B, H, P, N] float32)``.
 
-    CUDA: the chunked reference as plain torch ops (a Triton SSD kernel is future work)."""
+    CUDA (and eager CPU under ``TRITON_INTERPRET=1``): one Triton kernel, whose chunk length is
+    its own (the result does not depend on ``chunk_size``); float64 runs the reference."""
     check_ssd_scan_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_limit)
+    if _runs_triton(x) and x.dtype != torch.float64:
+        from .kernels.ssd_scan import ssd_scan_fwd
+
+        return ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_state, dt_softplus, dt_limit)
     if x.device.type == "cuda":
         out, state = ref.ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state,
                                   dt_softplus, dt_limit)
@@ -491,6 +496,15 @@ def ssd_state_update(
 
 
 # --------------------------------------------------------------------------- mamba_ssm-compatible API
+def _eager_kernel_call(tensors) -> bool:
+    """True when a drop-in may launch the kernel directly: real (not traced) tensors on a
+    device that runs Triton, none needing a gradient, half/float32 inputs."""
+    x = tensors[0]
+    return (type(x) is Tensor and _runs_triton(x) and x.dtype != torch.float64
+            and not torch.compiler.is_compiling()
+            and not any(t is not None and t.requires_grad for t in tensors))
+
+
 def _silu_flag(activation: str | None) -> bool:
     if activation in (None, "identity"):
         return False
@@ -554,8 +568,15 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     if seq_idx is not None or cu_seqlens is not None or return_varlen_states:
         raise NotImplementedError("seq_idx / cu_seqlens (packed variable-length sequences) are not supported")
     limit = None if tuple(dt_limit) == (0.0, float("inf")) else [float(v) for v in dt_limit]
-    out, final = torch.ops.mamba_export.ssd_scan(
-        x, dt, A, B, C, int(chunk_size), D, z, dt_bias, initial_states, bool(dt_softplus), limit)
+    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    if _eager_kernel_call(tensors):  # the kernel itself: the op's dispatch costs host time
+        from .kernels.ssd_scan import ssd_scan_fwd
+
+        _check_dt_limit(limit)  # the launcher validates the rest
+        out, final = ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, bool(dt_softplus), limit)
+    else:
+        out, final = torch.ops.mamba_export.ssd_scan(
+            x, dt, A, B, C, int(chunk_size), D, z, dt_bias, initial_states, bool(dt_softplus), limit)
     return (out, final) if return_final_states else out
 
 

@@ -175,7 +175,7 @@ def main() -> int:
             for batch in (1, 16):
                 profile(model, "step", batch)
         results["decode"].append(row)
-        if name in ("mamba-130m", "mamba-2.8b"):
+        if name in ("mamba-130m", "mamba-2.8b", "mamba2-130m", "mamba2-2.7b"):
             ms = prefill_ms(model, 1, 2048)
             graph_ms = prefill_ms(model, 1, 2048, graph=True)
             results["prefill"].append({"model": name, "batch": 1, "length": 2048, "ms": ms,
