@@ -58,9 +58,18 @@ def kernel(fn) -> DualKernel:
     return DualKernel(fn)
 
 
+class _DeviceFunction(JITFunction):
+    """A JITFunction that a kernel running in Triton's interpreter can call: compiled kernels
+    inline it (its ``__call__`` is never reached there); the interpreter runs the Python body."""
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
 def device_fn(fn) -> JITFunction:
-    """A ``@triton.jit`` helper (e.g. a scan combine function) that works in both modes."""
-    return JITFunction(fn)
+    """A ``@triton.jit`` helper (a scan combine function, a helper called from kernels) that
+    works in both modes."""
+    return _DeviceFunction(fn)
 
 
 def use_interpreter(device: torch.device) -> bool:

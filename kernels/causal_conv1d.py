@@ -12,6 +12,7 @@ from ._common import (
     check_float,
     check_same_device,
     check_shape,
+    device_fn,
     kernel,
     launch,
     new_output,
@@ -135,6 +136,97 @@ def _conv_update_kernel(
     tl.store(out_ptr + b64 * dim + d64, acc.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+# ----------------------------------------------------------------------------- fused decode
+# Helpers for kernels that fold the conv's decode step into their own work (Mamba-2: the SSD
+# state update computes the conv outputs it reads; the gated norm, which runs after it, shifts
+# the conv state, so no program overwrites a state another still reads).
+@device_fn
+def conv_step_silu(raw_ptr, state_ptr, w_ptr, bias_ptr, ch, mask, state_len,
+                   s_raw, s_state_c, s_state_s, sw_c, sw_k, s_bias,
+                   HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr):
+    """silu(conv) of channels ``ch`` at the new step (float32): the window is [state, raw],
+    the taps its last WIDTH entries. Pointers are at the batch row; the state is only read."""
+    acc = tl.zeros(ch.shape, dtype=tl.float32)
+    for w in tl.static_range(WIDTH):
+        wv = tl.load(w_ptr + ch * sw_c + w * sw_k, mask=mask, other=0.0).to(tl.float32)
+        if w == WIDTH - 1:
+            tap = tl.load(raw_ptr + ch * s_raw, mask=mask, other=0.0).to(tl.float32)
+        else:
+            tap = tl.load(state_ptr + ch * s_state_c + (state_len + 1 - WIDTH + w) * s_state_s,
+                          mask=mask, other=0.0).to(tl.float32)
+        acc += wv * tap
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + ch * s_bias, mask=mask, other=0.0).to(tl.float32)
+    return acc * tl.sigmoid(acc)
+
+
+@device_fn
+def conv_state_shift(raw_ptr, state_ptr, nstate_ptr, ch, mask, state_len,
+                     s_raw, s_state_c, s_state_s, sn_c, sn_s, BLOCK_S: tl.constexpr):
+    """new state = old state shifted left by one with ``raw`` appended, for channels ``ch``
+    (pointers at the batch row). Reads everything before writing: in place is safe."""
+    j = tl.arange(0, BLOCK_S)
+    from_state = (j + 1) < state_len
+    sv = tl.load(state_ptr + ch[:, None] * s_state_c + (j + 1)[None, :] * s_state_s,
+                 mask=mask[:, None] & from_state[None, :], other=0.0)
+    raw = tl.load(raw_ptr + ch * s_raw, mask=mask, other=0.0)
+    nv = tl.where(from_state[None, :], sv.to(nstate_ptr.dtype.element_ty),
+                  raw.to(nstate_ptr.dtype.element_ty)[:, None])
+    tl.debug_barrier()
+    tl.store(nstate_ptr + ch[:, None] * sn_c + j[None, :] * sn_s, nv,
+             mask=mask[:, None] & (j < state_len)[None, :])
+
+
+@kernel
+def _conv_commit_kernel(raw_ptr, state_ptr, nstate_ptr, dim, state_len, s_raw_b, s_raw_c,
+                        s_st_b, s_st_c, s_st_s, sn_b, sn_c, sn_s,
+                        BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    ch = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    conv_state_shift(raw_ptr + b * s_raw_b, state_ptr + b * s_st_b, nstate_ptr + b * sn_b, ch,
+                     ch < dim, state_len, s_raw_c, s_st_c, s_st_s, sn_c, sn_s, BLOCK_S)
+
+
+def conv_state_commit_fwd(raw, conv_state, out_state=None):
+    """The conv state's decode-step shift alone (raw ``[B, D]`` appended): the commit that
+    follows :func:`~mamba_export.kernels.ssd_update.ssd_conv_state_update_fwd` when no gated
+    norm does it. Returns the new state (``out_state`` when given; it may be ``conv_state``)."""
+    check_float("conv input", raw)
+    check_float("conv_state", conv_state)
+    if raw.dim() != 2 or conv_state.dim() != 3 or tuple(conv_state.shape[:2]) != tuple(raw.shape):
+        raise ValueError(f"conv_state must be [batch, dim, S] for the input {tuple(raw.shape)}, "
+                         f"got {tuple(conv_state.shape)}")
+    check_float("out_state", out_state, allow_none=True)
+    check_shape("out_state", out_state, tuple(conv_state.shape))
+    check_same_device(raw.device, conv_state=conv_state, out_state=out_state)
+    nstate = out_state if out_state is not None else new_output(tuple(conv_state.shape),
+                                                                conv_state.dtype, raw.device)
+    batch, dim, state_len = conv_state.shape
+    block_d = 4 if use_interpreter(raw.device) else 256
+    launch(_conv_commit_kernel, (triton.cdiv(dim, block_d), batch), raw.device,
+           raw, conv_state, nstate, dim, state_len, *raw.stride(), *conv_state.stride(), *nstate.stride(),
+           BLOCK_D=block_d, BLOCK_S=next_pow2(max(state_len, 1)), num_warps=4)
+    return nstate
+
+
+def check_conv_step(raw, conv_state, weight, bias, out_state=None) -> int:
+    """Validate a decode-step conv (raw ``[B, D]``, state ``[B, D, S]``); returns the width."""
+    check_float("conv input", raw)
+    if raw.dim() != 2:
+        raise ValueError(f"the conv input must be [batch, dim], got shape {tuple(raw.shape)}")
+    batch, dim = raw.shape
+    width = _check_weight(weight, bias, dim)
+    check_float("conv_state", conv_state)
+    if conv_state.dim() != 3 or tuple(conv_state.shape[:2]) != (batch, dim) or \
+            conv_state.shape[2] < width - 1:
+        raise ValueError(f"conv_state must be [batch={batch}, dim={dim}, S >= {width - 1}], "
+                         f"got shape {tuple(conv_state.shape)}")
+    check_float("out conv state", out_state, allow_none=True)
+    check_shape("out conv state", out_state, tuple(conv_state.shape))
+    check_same_device(raw.device, conv_state=conv_state, weight=weight, bias=bias, out_state=out_state)
+    return width
+
+
 def _check_weight(weight, bias, dim):
     check_float("weight", weight)
     if weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
@@ -231,4 +323,4 @@ def causal_conv1d_update_fwd(x, conv_state, weight, bias=None, silu=False, out_s
     return out, nstate
 
 
-__all__ = ["causal_conv1d_fwd", "causal_conv1d_update_fwd"]
+__all__ = ["causal_conv1d_fwd", "causal_conv1d_update_fwd", "conv_state_commit_fwd"]

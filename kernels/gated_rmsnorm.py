@@ -11,20 +11,26 @@ has x's dtype.
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
-from ._common import check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2
+from .causal_conv1d import conv_state_shift
+from ._common import (check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2,
+                      use_interpreter)
 
 _MAX_BLOCK = 65536  # elements of one group held by one program
 
 
 @kernel
 def _gated_rmsnorm_kernel(
-    x_ptr, z_ptr, w_ptr, out_ptr,
-    group_size, eps,
-    sx_r, sx_c, sz_r, sz_c, sw, so_r, so_c,
+    x_ptr, z_ptr, w_ptr, out_ptr, raw_ptr, cst_ptr, ncst_ptr,
+    group_size, eps, conv_dim, conv_len, conv_per_program,
+    sx_r, sx_c, sz_r, sz_c, sw, so_r, so_c, sraw_r, sraw_c, scs_r, scs_c, scs_s, sn_r, sn_c, sn_s,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr,
+    COMMIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    """COMMIT: also shift this row's conv state by one step (raw conv input appended), a slice
+    of ``conv_per_program`` channels per program (Mamba-2 decode: see ssd_conv_state_update_fwd)."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < group_size
@@ -42,6 +48,13 @@ def _gated_rmsnorm_kernel(
         if NORM_BEFORE_GATE:
             out = out * gate
     tl.store(out_ptr + row * so_r + cols * so_c, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if COMMIT:
+        start = tl.program_id(1) * conv_per_program
+        stop = tl.minimum(start + conv_per_program, conv_dim)
+        for c0 in range(start, stop, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            conv_state_shift(raw_ptr + row * sraw_r, cst_ptr + row * scs_r, ncst_ptr + row * sn_r,
+                             ch, ch < stop, conv_len, sraw_c, scs_c, scs_s, sn_c, sn_s, BLOCK_S)
 
 
 def _out_rows(out, dim):
@@ -53,11 +66,15 @@ def _out_rows(out, dim):
                          f"viewed as [rows, {dim}]") from None
 
 
-def gated_rmsnorm_fwd(x, z, weight, eps, group_size, norm_before_gate, out=None):
+def gated_rmsnorm_fwd(x, z, weight, eps, group_size, norm_before_gate, out=None, conv_commit=None):
     """Gated RMSNorm of ``x [..., d]`` with gate ``z`` (same shape, or None) and ``weight [d]``.
 
     Returns the output (x's shape and dtype), written into ``out`` when given (it may be a
-    strided view, e.g. the columns of a wider buffer, so that no concatenation is needed)."""
+    strided view, e.g. the columns of a wider buffer, so that no concatenation is needed).
+
+    ``conv_commit = (raw [R, C], conv_state [R, C, S], out_state)`` (R = the rows of x) also
+    shifts the conv state by one decode step, ``raw`` appended, into ``out_state`` (may be
+    ``conv_state``): the commit that ``ssd_conv_state_update_fwd`` leaves to the next kernel."""
     check_float("x", x)
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(f"x must be [..., channels] with channels >= 1, got shape {tuple(x.shape)}")
@@ -76,18 +93,37 @@ def gated_rmsnorm_fwd(x, z, weight, eps, group_size, norm_before_gate, out=None)
     if out is not None and out.dtype != x.dtype:
         raise ValueError(f"out must have x's dtype {x.dtype}, got {out.dtype}")
     check_same_device(x.device, z=z, weight=weight, out=out)
+    if x.dtype == torch.float64 and not use_interpreter(x.device):
+        # one float64 case (groups of 12) gave wrong numbers on the H100 with Triton 3.6;
+        # float64 models run the reference ops on CUDA, so the kernel refuses it there
+        raise ValueError("gated_rmsnorm_fwd: float64 on CUDA is not supported; use RMSNormGated")
     if out is None:
         out = new_output(tuple(x.shape), x.dtype, x.device)
     # rows = all leading dims: a view for the usual layouts (inputs that cannot be are copied)
     x2, o2 = x.reshape(-1, d), _out_rows(out, d)
     z2 = x2 if z is None else z.reshape(-1, d)
     block = next_pow2(group_size)
+    programs = d // group_size
+    if conv_commit is not None:
+        raw, cst, ncst = conv_commit
+        if raw.dim() != 2 or raw.shape[0] != x2.shape[0] or cst.dim() != 3 or \
+                tuple(cst.shape[:2]) != tuple(raw.shape) or tuple(ncst.shape) != tuple(cst.shape):
+            raise ValueError(f"conv_commit must be (raw [{x2.shape[0]}, C], conv_state [.., C, S], "
+                             f"out_state like conv_state), got {tuple(raw.shape)}, "
+                             f"{tuple(cst.shape)}, {tuple(ncst.shape)}")
+        check_same_device(x.device, raw=raw, conv_state=cst, out_state=ncst)
+        conv = (raw, cst, ncst, raw.shape[1], cst.shape[2], triton.cdiv(raw.shape[1], programs))
+        conv_strides = (*raw.stride(), *cst.stride(), *ncst.stride())
+    else:
+        conv, conv_strides = (x2, x2, o2, 0, 0, 0), (0,) * 8
     launch(
-        _gated_rmsnorm_kernel, (x2.shape[0], d // group_size), x.device,
-        x2, z2, weight, o2, group_size, float(eps),
+        _gated_rmsnorm_kernel, (x2.shape[0], programs), x.device,
+        x2, z2, weight, o2, *conv[:3], group_size, float(eps), *conv[3:],
         *x2.stride(), *(z2.stride() if z is not None else (0, 0)), weight.stride(0), *o2.stride(),
+        *conv_strides,
         HAS_Z=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
-        FP64=x.dtype == torch.float64, BLOCK=block,
+        FP64=x.dtype == torch.float64, BLOCK=block, COMMIT=conv_commit is not None,
+        BLOCK_C=min(256, next_pow2(max(conv[3], 1))), BLOCK_S=next_pow2(max(conv[4], 1)),
         num_warps=min(max(block // 256, 1), 8),
     )
     return out

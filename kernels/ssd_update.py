@@ -12,19 +12,25 @@ import math
 import triton
 import triton.language as tl
 
+from .causal_conv1d import check_conv_step, conv_step_silu
 from ._common import check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2
 
 
 @kernel
 def _ssd_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, nstate_ptr,
-    headdim, dstate, heads_per_group, dt_lo, dt_hi,
+    cstate_ptr, cw_ptr, cbias_ptr,
+    headdim, dstate, heads_per_group, dt_lo, dt_hi, b_off, c_off, cstate_len,
     ss_b, ss_h, ss_p, ss_n, sx_b, sx_h, sx_p, sdt_b, sdt_h, sA,
     sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, sD_h, sD_p, sz_b, sz_h, sz_p, sbias,
-    so_b, so_h, so_p, sn_b, sn_h, sn_p, sn_n,
+    so_b, so_h, so_p, sn_b, sn_h, sn_p, sn_n, scs_b, scs_c, scs_s, scw_c, scw_k, scbias,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LIMIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
+    """CONV: x_ptr is the conv's raw input row ``xBC [B, conv_dim]`` (x, then B and C at
+    channel offsets b_off / c_off); x, B and C are silu(conv) computed here from the conv state,
+    which is only read."""
     pid_p = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -42,9 +48,18 @@ def _ssd_update_kernel(
         dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
     decay = tl.exp(dt * tl.load(A_ptr + h * sA).to(tl.float32))
     g = h // heads_per_group
-    Bv = tl.load(B_ptr + b * sB_b + g * sB_g + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + b * sC_b + g * sC_g + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + b * sx_b + h * sx_h + offs_p * sx_p, mask=mask_p, other=0.0).to(tl.float32)
+    if CONV:
+        raw, cst = x_ptr + b * sx_b, cstate_ptr + b * scs_b
+        x = conv_step_silu(raw, cst, cw_ptr, cbias_ptr, h * headdim + offs_p, mask_p, cstate_len,
+                           sx_p, scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
+        Bv = conv_step_silu(raw, cst, cw_ptr, cbias_ptr, b_off + g * dstate + offs_n, mask_n,
+                            cstate_len, sx_p, scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
+        Cv = conv_step_silu(raw, cst, cw_ptr, cbias_ptr, c_off + g * dstate + offs_n, mask_n,
+                            cstate_len, sx_p, scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
+    else:
+        Bv = tl.load(B_ptr + b * sB_b + g * sB_g + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + b * sC_b + g * sC_g + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + b * sx_b + h * sx_h + offs_p * sx_p, mask=mask_p, other=0.0).to(tl.float32)
     s = tl.load(state_ptr + b * ss_b + h * ss_h + offs_p[:, None] * ss_p + offs_n[None, :] * ss_n,
                 mask=mask, other=0.0).to(tl.float32)
     s = s * decay + (dt * x)[:, None] * Bv[None, :]
@@ -59,6 +74,19 @@ def _ssd_update_kernel(
     tl.store(out_ptr + b * so_b + h * so_h + offs_p * so_p, y.to(out_ptr.dtype.element_ty), mask=mask_p)
 
 
+def _check_step(state, batch, heads, headdim, groups, dstate, dt, A, D, z, dt_bias, out_state, device):
+    check_shape("state", state, (batch, heads, headdim, dstate))
+    check_shape("dt", dt, (batch, heads))
+    check_shape("A", A, (heads,))
+    if D is not None and tuple(D.shape) not in ((heads,), (heads, headdim)):
+        raise ValueError(f"D must be [{heads}] or [{heads}, {headdim}], got {tuple(D.shape)}")
+    for name, t, shape in (("z", z, (batch, heads, headdim)), ("dt_bias", dt_bias, (heads,)),
+                           ("out_state", out_state, (batch, heads, headdim, dstate))):
+        check_float(name, t, allow_none=True)
+        check_shape(name, t, shape)
+    check_same_device(device, state=state, dt=dt, A=A, D=D, z=z, dt_bias=dt_bias, out_state=out_state)
+
+
 def ssd_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                          dt_limit=None, out_state=None):
     """One Mamba-2 decode step. Returns ``(out [B, H, P] in x.dtype, new_state [B, H, P, N])``;
@@ -71,39 +99,72 @@ def ssd_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt
     if B.dim() != 3 or B.shape[0] != batch or heads % B.shape[1]:
         raise ValueError(f"B must be [batch, groups dividing {heads} heads, dstate], got {tuple(B.shape)}")
     groups, dstate = B.shape[1], B.shape[2]
-    check_shape("state", state, (batch, heads, headdim, dstate))
-    check_shape("dt", dt, (batch, heads))
-    check_shape("A", A, (heads,))
     check_shape("C", C, (batch, groups, dstate))
-    if D is not None and tuple(D.shape) not in ((heads,), (heads, headdim)):
-        raise ValueError(f"D must be [{heads}] or [{heads}, {headdim}], got {tuple(D.shape)}")
-    for name, t, shape in (("z", z, (batch, heads, headdim)), ("dt_bias", dt_bias, (heads,)),
-                           ("out_state", out_state, (batch, heads, headdim, dstate))):
-        check_float(name, t, allow_none=True)
-        check_shape(name, t, shape)
-    check_same_device(x.device, state=state, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
-                      out_state=out_state)
-    limit = None if dt_limit is None else (float(dt_limit[0]), float(dt_limit[1]))
-    has_limit = limit is not None and limit != (0.0, math.inf)
+    _check_step(state, batch, heads, headdim, groups, dstate, dt, A, D, z, dt_bias, out_state, x.device)
+    check_same_device(x.device, B=B, C=C)
     out = new_output((batch, heads, headdim), x.dtype, x.device)
     nstate = out_state if out_state is not None else new_output(tuple(state.shape), state.dtype, x.device)
-    block_n = next_pow2(dstate)
-    block_p = max(1, min(next_pow2(headdim), 4096 // block_n))
-    d_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else tuple(D.stride()))
-    launch(
-        _ssd_update_kernel, (triton.cdiv(headdim, block_p), heads, batch), x.device,
-        state, x, dt, A, B, C, x if D is None else D, x if z is None else z,
-        x if dt_bias is None else dt_bias, out, nstate,
-        headdim, dstate, heads // groups,
-        limit[0] if has_limit else 0.0, limit[1] if has_limit else 0.0,
-        *state.stride(), *x.stride(), *dt.stride(), A.stride(0), *B.stride(), *C.stride(),
-        *d_strides, *((0, 0, 0) if z is None else z.stride()),
-        0 if dt_bias is None else dt_bias.stride(0), *out.stride(), *nstate.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, BLOCK_P=block_p, BLOCK_N=block_n,
-        num_warps=4,
-    )
+    _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, None)
     return out, nstate
 
 
-__all__ = ["ssd_state_update_fwd"]
+def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt, A, ngroups,
+                              D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
+                              out_state=None):
+    """The Mamba-2 decode step with the conv folded in: x, B, C = split(silu(conv(xBC))) are
+    computed inside the SSD kernel from ``conv_state [B, conv_dim, S]``, which is only read:
+    in place, one head's program must not overwrite the B/C conv inputs that the other heads'
+    programs still read, so the caller shifts the conv state afterwards (the gated norm's
+    ``conv_commit``, or :func:`~mamba_export.kernels.causal_conv1d.conv_state_commit_fwd`).
+    ``state [B, H, P, N]``; returns ``(out [B, H, P] in xBC.dtype, new_state)``."""
+    check_float("state", state)
+    if state.dim() != 4:
+        raise ValueError(f"state must be [batch, heads, headdim, dstate], got {tuple(state.shape)}")
+    batch, heads, headdim, dstate = state.shape
+    if ngroups < 1 or heads % ngroups:
+        raise ValueError(f"ngroups ({ngroups}) must divide the {heads} heads")
+    check_conv_step(xBC, conv_state, conv_weight, conv_bias)
+    check_shape("xBC", xBC, (batch, heads * headdim + 2 * ngroups * dstate))
+    _check_step(state, batch, heads, headdim, ngroups, dstate, dt, A, D, z, dt_bias, out_state, xBC.device)
+    out = new_output((batch, heads, headdim), xBC.dtype, xBC.device)
+    nstate = out_state if out_state is not None else new_output(tuple(state.shape), state.dtype, xBC.device)
+    _launch(state, xBC, dt, A, xBC, xBC, ngroups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out,
+            nstate, (conv_state, conv_weight, conv_bias))
+    return out, nstate
+
+
+def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, conv):
+    """One launch of the kernel. With ``conv = (conv_state, weight, bias)``, x is the conv's raw
+    input xBC and the kernel reads x, B, C from it (B and C are then ignored)."""
+    batch, heads, headdim = out.shape
+    limit = None if dt_limit is None else (float(dt_limit[0]), float(dt_limit[1]))
+    has_limit = limit is not None and limit != (0.0, math.inf)
+    block_n = next_pow2(dstate)
+    block_p = max(1, min(next_pow2(headdim), 4096 // block_n))
+    d_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else tuple(D.stride()))
+    if conv is not None:
+        cstate, cw, cb = conv
+        x_strides, bc_strides = (x.stride(0), 0, x.stride(1)), (0, 0, 0) * 2
+        conv_args = (cstate, cw, cw if cb is None else cb)
+        conv_sizes = (heads * headdim, heads * headdim + groups * dstate, cstate.shape[2])
+        conv_strides = (*cstate.stride(), *cw.stride(), 0 if cb is None else cb.stride(0))
+    else:
+        x_strides, bc_strides = tuple(x.stride()), (*B.stride(), *C.stride())
+        conv_args, conv_sizes, conv_strides = (x, x, x), (0, 0, 0), (0,) * 6
+    launch(
+        _ssd_update_kernel, (triton.cdiv(headdim, block_p), heads, batch), out.device,
+        state, x, dt, A, B, C, x if D is None else D, x if z is None else z,
+        x if dt_bias is None else dt_bias, out, nstate, *conv_args,
+        headdim, dstate, heads // groups,
+        limit[0] if has_limit else 0.0, limit[1] if has_limit else 0.0, *conv_sizes,
+        *state.stride(), *x_strides, *dt.stride(), A.stride(0), *bc_strides,
+        *d_strides, *((0, 0, 0) if z is None else z.stride()),
+        0 if dt_bias is None else dt_bias.stride(0), *out.stride(), *nstate.stride(), *conv_strides,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, BLOCK_P=block_p, BLOCK_N=block_n,
+        CONV=conv is not None, CONV_BIAS=conv is not None and conv[2] is not None,
+        WIDTH=1 if conv is None else conv[1].shape[1], num_warps=4,
+    )
+
+
+__all__ = ["ssd_state_update_fwd", "ssd_conv_state_update_fwd"]

@@ -118,6 +118,8 @@ class Mamba2Mixer(nn.Module):
     def forward(self, hidden: Tensor, conv_state: Tensor | None = None,
                 ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, L, d_model]`` -> (out ``[B, L, d_model]``, conv_state', ssm_state')."""
+        if _eager_cuda(hidden) and hidden.dtype != torch.float64:  # float64: the exact reference
+            return self._forward_kernels(hidden, conv_state, ssm_state)
         cfg = self.cfg
         batch, length = hidden.shape[0], hidden.shape[1]
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
@@ -132,12 +134,33 @@ class Mamba2Mixer(nn.Module):
             True, self._dt_limit)
         return self._finish(y.reshape(batch, length, -1), z, z0, x0), conv_state, ssm_state
 
+    def _forward_kernels(self, hidden: Tensor, conv_state: Tensor | None,
+                         ssm_state: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``forward`` with the Triton launchers called directly (eager CUDA inference): the
+        same kernels as the ops, without the op dispatch's host time, plus the fused gated norm."""
+        from .kernels.causal_conv1d import causal_conv1d_fwd
+        from .kernels.ssd_scan import ssd_scan_fwd
+
+        cfg = self.cfg
+        batch, length = hidden.shape[0], hidden.shape[1]
+        H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+        A, D, dt_bias = self._ssm_params()
+        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden))
+        xBC, conv_state = causal_conv1d_fwd(xBC.transpose(1, 2), self.conv1d.weight.squeeze(1),
+                                            self.conv1d.bias, conv_state, True)
+        x, B, C = torch.split(xBC.transpose(1, 2), [cfg.resolved_d_ssm, G * N, G * N], dim=-1)
+        y, ssm_state = ssd_scan_fwd(
+            x.reshape(batch, length, H, P), dt, A, B.reshape(batch, length, G, N),
+            C.reshape(batch, length, G, N), D, None if cfg.rmsnorm else z.reshape(batch, length, H, P),
+            dt_bias, ssm_state, True, self._dt_limit)
+        return self._norm_out(y.reshape(batch, length, -1), z, z0, x0), conv_state, ssm_state
+
     def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
              inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state');
         ``inplace`` writes the new states into the given ones and returns those (on eager CUDA
         the kernels write there directly: no copies)."""
-        if _eager_cuda(hidden):
+        if _eager_cuda(hidden) and hidden.dtype != torch.float64:  # float64: the exact reference
             return self._step_kernels(hidden, conv_state, ssm_state, inplace)
         cfg = self.cfg
         batch = hidden.shape[0]
@@ -158,36 +181,40 @@ class Mamba2Mixer(nn.Module):
     def _step_kernels(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
                       inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
         """``step`` with the Triton launchers called directly (eager CUDA; tests also run it
-        on CPU, in Triton's interpreter): in_proj, conv update, state update, gated norm,
-        out_proj, with the states written in place when ``inplace`` and A/D/dt_bias cached.
-        Decode is launch-bound, so every kernel the op path adds (state copies, -exp(A_log),
-        ~8 norm kernels, the cat of the MLP branch) matters."""
-        from .kernels.causal_conv1d import causal_conv1d_update_fwd
-        from .kernels.gated_rmsnorm import gated_rmsnorm_fwd
-        from .kernels.ssd_update import ssd_state_update_fwd
+        on CPU, in Triton's interpreter): in_proj, one kernel for conv + SSD state update, the
+        gated norm (which also shifts the conv state), out_proj; states written in place when
+        ``inplace``, A/D/dt_bias cached. Decode is launch-bound: each kernel saved counts."""
+        from .kernels.causal_conv1d import conv_state_commit_fwd
+        from .kernels.ssd_update import ssd_conv_state_update_fwd
 
         cfg = self.cfg
         batch = hidden.shape[0]
-        H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
         A, D, dt_bias = self._ssm_params()
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden))
-        xBC, new_conv = causal_conv1d_update_fwd(xBC, conv_state, self.conv1d.weight.squeeze(1),
-                                                 self.conv1d.bias, True,
-                                                 out_state=conv_state if inplace else None)
-        x, B, C = torch.split(xBC, [cfg.resolved_d_ssm, G * N, G * N], dim=-1)
-        y, new_ssm = ssd_state_update_fwd(
-            ssm_state, x.reshape(batch, H, P), dt, A, B.reshape(batch, G, N),
-            C.reshape(batch, G, N), D, None if cfg.rmsnorm else z.reshape(batch, H, P), dt_bias,
-            True, self._dt_limit, out_state=ssm_state if inplace else None)
+        y, new_ssm = ssd_conv_state_update_fwd(
+            ssm_state, xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, dt, A,
+            cfg.ngroups, D, None if cfg.rmsnorm else z.reshape(batch, cfg.nheads, cfg.headdim),
+            dt_bias, True, self._dt_limit, out_state=ssm_state if inplace else None)
         y = y.reshape(batch, -1)
+        new_conv = conv_state if inplace else torch.empty_like(conv_state)
         if not cfg.rmsnorm:
+            conv_state_commit_fwd(xBC, conv_state, new_conv)
             return self._finish(y, z, z0, x0), new_conv, new_ssm
-        norm, d_mlp = self.norm, cfg.d_mlp
+        return self._norm_out(y, z, z0, x0, conv_commit=(xBC, conv_state, new_conv)), new_conv, new_ssm
+
+    def _norm_out(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor, conv_commit=None) -> Tensor:
+        """``_finish`` with the gated norm as one Triton kernel (eager CUDA / interpreter);
+        ``conv_commit`` is passed on to it (decode)."""
+        from .kernels.gated_rmsnorm import gated_rmsnorm_fwd
+
+        if not self.cfg.rmsnorm:
+            return self._finish(y, z, z0, x0)
+        norm, d_mlp = self.norm, self.cfg.d_mlp
         # with a gated-MLP branch the norm writes the right-hand columns of out_proj's input
-        full = y.new_empty(batch, cfg.d_inner) if d_mlp else None
+        full = y.new_empty(*y.shape[:-1], self.cfg.d_inner) if d_mlp else None
         y = gated_rmsnorm_fwd(y, z, norm.weight, norm.eps, norm.group_size, norm.norm_before_gate,
-                              out=None if full is None else full[:, d_mlp:])
+                              out=None if full is None else full[..., d_mlp:], conv_commit=conv_commit)
         if d_mlp:
-            torch.mul(F.silu(z0), x0, out=full[:, :d_mlp])
+            torch.mul(F.silu(z0), x0, out=full[..., :d_mlp])
             y = full
-        return self.out_proj(y), new_conv, new_ssm
+        return self.out_proj(y)

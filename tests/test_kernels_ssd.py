@@ -222,3 +222,40 @@ def test_drop_in_chunk_scan_eager_path_matches_op():
                                       initial_states=on["initial_state"])
     out_g.sum().backward()
     assert rel_err(out_g.detach().cpu(), want_out) <= 1e-5 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,heads,headdim,groups,dstate,width,state_len,with_bias", [
+    (1, 4, 8, 2, 6, 4, 3, True), (3, 3, 5, 1, 7, 2, 4, False)])
+def test_fused_conv_state_update_equals_conv_then_update(dtype, batch, heads, headdim, groups,
+                                                         dstate, width, state_len, with_bias):
+    """``ssd_conv_state_update_fwd`` (conv folded into the SSD decode kernel, conv state only
+    read) then ``conv_state_commit_fwd`` == the conv update kernel then the SSD update kernel."""
+    from mamba_export.kernels.causal_conv1d import causal_conv1d_update_fwd, conv_state_commit_fwd
+    from mamba_export.kernels.ssd_update import ssd_conv_state_update_fwd, ssd_state_update_fwd
+
+    conv_dim = heads * headdim + 2 * groups * dstate
+    r = lambda *s: torch.randn(*s).to(DEVICE)  # noqa: E731
+    xbc, cst = r(batch, conv_dim).to(dtype), r(batch, conv_dim, state_len).to(dtype)
+    w, cb = r(conv_dim, width), r(conv_dim) if with_bias else None
+    ssm, dt, D, bias = r(batch, heads, headdim, dstate), r(batch, heads), r(heads), r(heads)
+    A = -torch.rand(heads).to(DEVICE)
+    xc, want_conv = causal_conv1d_update_fwd(xbc, cst, w, cb, True)
+    x, B, C = torch.split(xc.float(), [heads * headdim, groups * dstate, groups * dstate], dim=-1)
+    want_y, want_ssm = ssd_state_update_fwd(ssm, x.reshape(batch, heads, headdim), dt, A,
+                                            B.reshape(batch, groups, dstate), C.reshape(batch, groups, dstate),
+                                            D, None, bias, True, None)
+    before = cst.clone()
+    y, new_ssm = ssd_conv_state_update_fwd(ssm, xbc, cst, w, cb, dt, A, groups, D, None, bias, True, None,
+                                           out_state=ssm)
+    assert torch.equal(cst, before) and new_ssm is ssm  # conv state read only; ssm in place
+    assert y.dtype == dtype
+    # bf16: the unfused path rounds the conv outputs to bf16, the fused one keeps float32
+    assert rel_err(y.float().cpu(), want_y.cpu()) <= TOL[dtype]
+    assert rel_err(ssm.cpu(), want_ssm.cpu()) <= TOL[dtype]
+    assert conv_state_commit_fwd(xbc, cst, cst) is cst
+    assert torch.equal(cst, want_conv)
+    with pytest.raises(ValueError, match="xBC must have shape"):
+        ssd_conv_state_update_fwd(ssm, xbc[:, 1:], cst[:, 1:], w[1:], None, dt, A, groups)
+    with pytest.raises(ValueError, match="ngroups"):
+        ssd_conv_state_update_fwd(ssm, xbc, cst, w, cb, dt, A, heads + 1)
