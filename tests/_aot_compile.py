@@ -1,0 +1,60 @@
+"""Compile the Mamba-2 Triton kernels for sm_90 without a GPU (Triton's AOT path), in a process
+where TRITON_INTERPRET is unset. The interpreter runs a kernel's Python, not Triton's compiler:
+type and layout errors that only the compiler sees surface here, on CPU. Prints one line per
+kernel variant; exits non-zero on the first failure. Run by tests/test_aot_compile.py."""
+
+import inspect
+import sys
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from mamba_export.kernels import causal_conv1d, gated_rmsnorm, ssd_scan, ssd_update
+
+FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
+
+
+def compile_for_sm90(kernel, constexprs, pointer_type, num_warps=4, num_stages=2):
+    """Build the signature from the parameter names: ``*_ptr`` are pointers (element type from
+    ``pointer_type(name)``), the float scalars float32, every other runtime argument int32."""
+    sig = {}
+    for name in inspect.signature(kernel.fn).parameters:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + pointer_type(name)
+        else:
+            sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    names = list(sig)
+    src = ASTSource(fn=kernel.jit, signature=sig,
+                    constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    print(f"{kernel.__name__} {sorted(constexprs.items())[:3]}... ok, shared {compiled.metadata.shared}")
+
+
+def main():
+    fp32 = {"A_ptr", "D_ptr", "bias_ptr", "state_ptr", "nstate_ptr", "init_ptr", "final_ptr",
+            "cw_ptr", "cbias_ptr", "w_ptr"}
+    for dt in ("bf16", "fp16"):
+        ptr = lambda n, dt=dt: "fp32" if n in fp32 else dt  # noqa: E731
+        block_t, block_p, num_warps, num_stages = ssd_scan.default_config(1, 80)
+        compile_for_sm90(ssd_scan._ssd_scan_fwd_kernel, dict(
+            HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True, HAS_INIT=True,
+            PRECISION="tf32", DOT_DTYPE=tl.bfloat16 if dt == "bf16" else tl.float16,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=128), ptr, num_warps, num_stages)
+        for conv in (True, False):
+            compile_for_sm90(ssd_update._ssd_update_kernel, dict(
+                HAS_D=True, HAS_Z=not conv, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True,
+                BLOCK_P=32, BLOCK_N=128, CONV=conv, CONV_BIAS=conv, WIDTH=4 if conv else 1), ptr)
+        compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
+            HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=256,
+            BLOCK_S=4), ptr, num_warps=8)
+        compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
