@@ -35,11 +35,15 @@ python3 -c 'import mamba_export.kernels' 2>/dev/null || \
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)'
 if [ "$tests" = 1 ]; then
-  timeout 540 python3 -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+  # gpu-marked tests, and every kernel test file (test_kernels*.py, marked "interpret"), which
+  # runs natively on CUDA
+  timeout 540 python3 -m pytest tests -m "gpu or interpret" -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
 if [ "$kernels" = 1 ]; then
   timeout 300 python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 \
     | tee "$OUT/bench_kernels.log" | grep -v '^{' | tail -25
+  timeout 200 python3 scripts/bench_ssd.py --out "$OUT/bench_ssd.json" 2>&1 \
+    | tee "$OUT/bench_ssd.log" | grep -v '^{' | tail -16
 fi
 if [ "$e2e" = 1 ]; then
   timeout 450 python3 scripts/bench_e2e.py "${e2e_args[@]}" --out "$OUT/bench_e2e.json" 2>&1 | tee "$OUT/bench_e2e.log" | tail -20
