@@ -29,8 +29,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2,
-                      use_interpreter)
+from ._common import (check_float, check_same_device, check_shape, device_fn, kernel, launch,
+                      new_output, next_pow2, use_interpreter)
+
+
+@device_fn
+def _operand(v, in_ty: tl.constexpr, WIDEN: tl.constexpr):
+    """A matmul operand: rounded to the input dtype; widened to float32 again under WIDEN (the
+    interpreter, whose tl.dot multiplies bfloat16 bit patterns as integers)."""
+    v = v.to(in_ty)
+    if WIDEN:
+        v = v.to(tl.float32)
+    return v
 
 
 @kernel
@@ -42,9 +52,11 @@ def _ssd_scan_fwd_kernel(
     sz_b, sz_l, sz_h, sz_p, sbias, si_b, si_h, si_p, si_n,
     so_b, so_l, so_h, so_p, sf_b, sf_h, sf_p, sf_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_LIMIT: tl.constexpr, HAS_INIT: tl.constexpr, PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_LIMIT: tl.constexpr, HAS_INIT: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # plain bool constexprs in the signature (what Inductor's kernel wrapper passes through)
+    PRECISION: tl.constexpr = "ieee" if IEEE else "tf32"
     pid_p = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -92,20 +104,19 @@ def _ssd_scan_fwd_kernel(
         mask_tp = mask_t[:, None] & mask_p[None, :]
         mask_tn = mask_t[:, None] & mask_n[None, :]
         x = tl.load(x_base + t[:, None] * sx_l, mask=mask_tp, other=0.0)
-        Bc = tl.load(B_base + t[:, None] * sB_l, mask=mask_tn, other=0.0).to(DOT_DTYPE)
-        Cc = tl.load(C_base + t[:, None] * sC_l, mask=mask_tn, other=0.0).to(DOT_DTYPE)
+        Bc = _operand(tl.load(B_base + t[:, None] * sB_l, mask=mask_tn, other=0.0), x.dtype, WIDEN)
+        Cc = _operand(tl.load(C_base + t[:, None] * sC_l, mask=mask_tn, other=0.0), x.dtype, WIDEN)
         xf = x.to(tl.float32)
-        in_ty = x.dtype  # float32 intermediates are rounded to it before each matmul
 
         # within the chunk: causal, decay-weighted "attention" of C_t on B_s
         CB = tl.dot(Cc, tl.trans(Bc), input_precision=PRECISION)
         decay = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))
-        W = (CB * decay * dt[None, :]).to(in_ty).to(DOT_DTYPE)
-        y = tl.dot(W, x.to(DOT_DTYPE), input_precision=PRECISION)
+        W = _operand(CB * decay * dt[None, :], x.dtype, WIDEN)
+        y = tl.dot(W, _operand(x, x.dtype, WIDEN), input_precision=PRECISION)
         # the state entering the chunk, read by every position
-        y += tl.dot(Cc, S.to(in_ty).to(DOT_DTYPE), input_precision=PRECISION) * tl.exp(cs)[:, None]
+        y += tl.dot(Cc, _operand(S, x.dtype, WIDEN), input_precision=PRECISION) * tl.exp(cs)[:, None]
         # the state leaving it
-        xw = (xf * (tl.exp(cs_end - cs) * dt)[:, None]).to(in_ty).to(DOT_DTYPE)
+        xw = _operand(xf * (tl.exp(cs_end - cs) * dt)[:, None], x.dtype, WIDEN)
         S = S * tl.exp(cs_end) + tl.dot(tl.trans(Bc), xw, input_precision=PRECISION)
 
         if HAS_D:
@@ -117,12 +128,6 @@ def _ssd_scan_fwd_kernel(
 
     tl.store(final_ptr + b * sf_b + h * sf_h + offs_n[:, None] * sf_n + offs_p[None, :] * sf_p,
              S.to(final_ptr.dtype.element_ty), mask=mask_np)
-
-
-def _dot_dtype(x):
-    if x.dtype == torch.bfloat16 and use_interpreter(x.device):
-        return tl.float32
-    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[x.dtype]
 
 
 def default_config(batch: int, heads: int) -> tuple[int, int, int, int]:
@@ -189,8 +194,8 @@ def ssd_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=Non
         *out.stride(), *final.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, HAS_INIT=initial_state is not None,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        DOT_DTYPE=_dot_dtype(x),
+        IEEE=x.dtype == torch.float32,
+        WIDEN=x.dtype == torch.bfloat16 and use_interpreter(x.device),
         BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
     )
     return out, final

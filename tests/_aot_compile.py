@@ -7,7 +7,6 @@ import inspect
 import sys
 
 import triton
-import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -43,7 +42,7 @@ def main():
         block_t, block_p, num_warps, num_stages = ssd_scan.default_config(1, 80)
         compile_for_sm90(ssd_scan._ssd_scan_fwd_kernel, dict(
             HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True, HAS_INIT=True,
-            PRECISION="tf32", DOT_DTYPE=tl.bfloat16 if dt == "bf16" else tl.float16,
+            IEEE=False, WIDEN=False,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=128), ptr, num_warps, num_stages)
         for conv in (True, False):
             compile_for_sm90(ssd_update._ssd_update_kernel, dict(
