@@ -1,9 +1,10 @@
-"""GPU checks of the TensorRT scan plugin in one call (on the GPU machine).
+"""GPU checks of the TensorRT scan plugins in one call (on the GPU machine).
 
-Runs the ``gpu`` tests of tests/test_tensorrt.py: the AOT PTX of the scan, loaded and launched
+Runs the ``gpu`` tests of tests/test_tensorrt.py (Mamba-1 SelectiveScan) and
+tests/test_tensorrt_ssd.py (Mamba-2 SSDScan): each plugin's AOT PTX, loaded and launched
 through the CUDA driver exactly as TensorRT launches an AOT plugin, against the float64
 reference (fp32/bf16/fp16, odd shapes, both tactics); and, where ``tensorrt`` is importable,
-engines built from a tiny model's ONNX graphs against the eager model. The log goes to
+engines built from tiny models' ONNX graphs against the eager models. The log goes to
 ``$OUT/gpu_trt.log`` (or ./gpu_out).
 
 Usage: python3 scripts/gpu_trt_ptx.py [extra pytest args]
@@ -21,8 +22,9 @@ def main() -> int:
     out = Path(os.environ.get("OUT", "gpu_out"))
     out.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "pytest", str(root / "tests" / "test_tensorrt.py"), "-m", "gpu",
-           "-q", "-s", "-p", "no:cacheprovider", *sys.argv[1:]]
+    files = [str(root / "tests" / f) for f in ("test_tensorrt.py", "test_tensorrt_ssd.py")]
+    cmd = [sys.executable, "-m", "pytest", *files, "-m", "gpu", "-q", "-s", "-p", "no:cacheprovider",
+           *sys.argv[1:]]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)

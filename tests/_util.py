@@ -1,5 +1,8 @@
 """Helpers shared by the tests."""
 
+import ctypes
+
+import pytest
 import torch
 
 
@@ -34,3 +37,59 @@ def scan_inputs(batch, dim, length, dstate, groups=0, dtype=torch.float64, devic
     activations = ("u", "delta", "B", "C", "z")
     return {k: v.to(device=device, dtype=dtype if k in activations else param_dtype)
             if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+#: dynamic shared memory a kernel may use without opting in (CUDA's portable per-block limit)
+PORTABLE_SHARED_MEM = 48 * 1024
+
+
+class DriverKernel:
+    """Load PTX with the CUDA driver (cuModuleLoadData: the driver JIT-compiles it, as for a
+    TensorRT AOT plugin) and launch it with explicit grid/block/shared memory; falls back to
+    CuPy's RawModule when cuda-python is missing. A kernel needing more than 48 KiB of dynamic
+    shared memory is opted in first (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), as
+    Triton's own launcher does."""
+
+    def __init__(self, ptx: str, name: str, tmp_path, shared_mem: int = 0):
+        self.name = name
+        try:
+            from cuda.bindings import driver as cu
+        except ImportError:
+            cu = None
+        self.cu = cu
+        torch.cuda.init()
+        torch.zeros(1, device="cuda")  # the primary context is current
+        if cu is not None:
+            err, self.module = cu.cuModuleLoadData(ptx.encode() + b"\0")
+            assert err == cu.CUresult.CUDA_SUCCESS, f"cuModuleLoadData: {err}"
+            err, self.fn = cu.cuModuleGetFunction(self.module, name.encode())
+            assert err == cu.CUresult.CUDA_SUCCESS, f"cuModuleGetFunction: {err}"
+            if shared_mem > PORTABLE_SHARED_MEM:
+                attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+                err, = cu.cuFuncSetAttribute(self.fn, attr, shared_mem)
+                assert err == cu.CUresult.CUDA_SUCCESS, f"cuFuncSetAttribute({shared_mem} B): {err}"
+        else:
+            cp = pytest.importorskip("cupy")
+            path = tmp_path / f"{name}.ptx"
+            path.write_text(ptx)
+            self.fn = cp.RawModule(path=str(path)).get_function(name)
+            if shared_mem > PORTABLE_SHARED_MEM:
+                self.fn.max_dynamic_shared_size_bytes = shared_mem
+
+    def launch(self, grid, block, shared_mem, args):
+        """args: ("ptr", int) / ("i32", int) in kernel order."""
+        stream = torch.cuda.current_stream().cuda_stream
+        if self.cu is not None:
+            cu = self.cu
+            values = tuple(v for _, v in args)
+            types = tuple(ctypes.c_void_p if k == "ptr" else ctypes.c_int32 for k, _ in args)
+            err, = cu.cuLaunchKernel(self.fn, *grid, *block, shared_mem, cu.CUstream(stream),
+                                     (values, types), 0)
+            assert err == cu.CUresult.CUDA_SUCCESS, f"cuLaunchKernel: {err}"
+        else:
+            import cupy as cp
+            import numpy as np
+
+            vals = tuple(np.uint64(v) if k == "ptr" else np.int32(v) for k, v in args)
+            with cp.cuda.ExternalStream(stream):
+                self.fn(grid, block, vals, shared_mem=shared_mem)

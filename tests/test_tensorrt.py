@@ -13,7 +13,6 @@ without TensorRT, and (where TensorRT >= 10.10 is installed, on a GPU) engines e
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import inspect
 import re
@@ -22,6 +21,7 @@ import sys
 import pytest
 import torch
 
+from mamba_export.plugins import _ptx
 from mamba_export.plugins import selective_scan as plug
 from mamba_export.plugins.selective_scan import (
     KERNEL_ARGS,
@@ -31,7 +31,7 @@ from mamba_export.plugins.selective_scan import (
     launch_grid,
 )
 
-from _util import rel_err, scan_inputs
+from _util import DriverKernel, rel_err, scan_inputs
 
 pytest.importorskip("triton")
 
@@ -81,9 +81,9 @@ def test_strip_hidden_params_refuses_used_scratch():
     ptx = (".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_1\n)\n{\n"
            "\tld.param.b64 %rd1, [k_param_1];\n}\n")
     with pytest.raises(RuntimeError, match="hidden parameter"):
-        plug._strip_hidden_params(ptx, "k", 1)
+        _ptx.strip_hidden_params(ptx, "k", 1)
     unused = ptx.replace("[k_param_1]", "[k_param_0]")
-    out = plug._strip_hidden_params(unused, "k", 1)
+    out = _ptx.strip_hidden_params(unused, "k", 1)
     assert "k_param_1" not in out and "k_param_0" in out
 
 
@@ -178,50 +178,6 @@ def test_clear_errors_without_tensorrt(no_tensorrt, tmp_path):
 
 
 # ------------------------------------------------------------------------------ GPU: the PTX
-class _DriverKernel:
-    """Load PTX with the CUDA driver (cuModuleLoadData: the driver JIT-compiles it, as for a
-    TensorRT AOT plugin) and launch it with explicit grid/block/shared memory; falls back to
-    CuPy's RawModule when cuda-python is missing."""
-
-    def __init__(self, ptx: str, name: str, tmp_path):
-        self.name = name
-        try:
-            from cuda.bindings import driver as cu
-        except ImportError:
-            cu = None
-        self.cu = cu
-        torch.cuda.init()
-        torch.zeros(1, device="cuda")  # the primary context is current
-        if cu is not None:
-            err, self.module = cu.cuModuleLoadData(ptx.encode() + b"\0")
-            assert err == cu.CUresult.CUDA_SUCCESS, f"cuModuleLoadData: {err}"
-            err, self.fn = cu.cuModuleGetFunction(self.module, name.encode())
-            assert err == cu.CUresult.CUDA_SUCCESS, f"cuModuleGetFunction: {err}"
-        else:
-            cp = pytest.importorskip("cupy")
-            path = tmp_path / f"{name}.ptx"
-            path.write_text(ptx)
-            self.fn = cp.RawModule(path=str(path)).get_function(name)
-
-    def launch(self, grid, block, shared_mem, args):
-        """args: ("ptr", int) / ("i32", int) in kernel order."""
-        stream = torch.cuda.current_stream().cuda_stream
-        if self.cu is not None:
-            cu = self.cu
-            values = tuple(v for _, v in args)
-            types = tuple(ctypes.c_void_p if k == "ptr" else ctypes.c_int32 for k, _ in args)
-            err, = cu.cuLaunchKernel(self.fn, *grid, *block, shared_mem, cu.CUstream(stream),
-                                     (values, types), 0)
-            assert err == cu.CUresult.CUDA_SUCCESS, f"cuLaunchKernel: {err}"
-        else:
-            import cupy as cp
-            import numpy as np
-
-            vals = tuple(np.uint64(v) if k == "ptr" else np.int32(v) for k, v in args)
-            with cp.cuda.ExternalStream(stream):
-                self.fn(grid, block, vals, shared_mem=shared_mem)
-
-
 GPU_SHAPES = [  # (batch, dim, length, dstate): L not a multiple of BLOCK_T, D not of BLOCK_D
     (1, 37, 45, 16),
     (3, 13, 300, 5),
@@ -244,7 +200,7 @@ def test_ptx_launch_matches_reference(dtype, tmp_path):
         for batch, dim, length, dstate in GPU_SHAPES:
             ptx, name, launch = compile_selective_scan_ptx(
                 dtype, arch, dstate=dstate, block_t=cfg["block_t"], ptx_version=ptx_cap)
-            kernel = _DriverKernel(ptx, name, tmp_path)
+            kernel = DriverKernel(ptx, name, tmp_path, launch["shared_mem"])
             args = scan_inputs(batch, dim, length, dstate, dtype=tdt, device="cuda", seed=dim)
             args["initial_state"] = args["initial_state"].float()
             ins = {k: args[k].contiguous() for k in plug.INPUT_NAMES}

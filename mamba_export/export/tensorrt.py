@@ -1,18 +1,19 @@
 """TensorRT engines from the exported ONNX graphs, with the scan as an AOT plugin.
 
 ``build_engine(onnx_path, engine_path, graph=...)`` parses ``prefill.onnx`` / ``decode.onnx``
-with TensorRT's ONNX parser, maps every ``mamba_export::SelectiveScan`` node to the plugin of
-the same name (:mod:`mamba_export.plugins.selective_scan`, registered first; the parser is
-told to prefer the plugin over the node's ONNX function body), adds one optimisation profile
-for the dynamic batch and length, and serialises the engine. The plugin's implementation is
-ahead-of-time: its PTX (the project's Triton scan kernel) and launch parameters are embedded in
-the engine, so running the engine needs neither Python nor Triton nor a plugin library
-(``trtexec --loadEngine=prefill.engine`` or the C++ runtime).
+with TensorRT's ONNX parser, maps every custom scan node to the plugin of the same name
+(Mamba-1's ``mamba_export::SelectiveScan``: :mod:`mamba_export.plugins.selective_scan`;
+Mamba-2's ``mamba_export::SSDScan``: :mod:`mamba_export.plugins.ssd_scan`; both registered
+first, the parser told to prefer a plugin over the node's ONNX function body), adds one
+optimisation profile for the dynamic batch and length, and serialises the engine. The plugins'
+implementations are ahead-of-time: their PTX (the project's Triton kernels) and launch
+parameters are embedded in the engine, so running the engine needs neither Python nor Triton
+nor a plugin library (``trtexec --loadEngine=prefill.engine`` or the C++ runtime).
 
 Precision: ``"auto"`` (default) builds a strongly typed network, so every tensor keeps the
 dtype of the ONNX graph (export the model in fp16/bf16 for a half-precision engine);
 ``"fp16"`` / ``"bf16"`` build a weakly typed network with that builder flag and let TensorRT
-choose (the scan plugin offers fp32/fp16/bf16 activations, fp32 state).
+choose (the scan plugins offer fp32/fp16/bf16 activations, fp32 state).
 
 ``export_engines(artifacts_dir)`` builds both engines of an artifacts directory (which must
 already hold the ONNX graphs) and records them in its manifest (format ``"tensorrt"``).
@@ -29,8 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..plugins import selective_scan as plugin
-from ..plugins.selective_scan import TensorRTUnavailableError
+from ..plugins import _ptx
+from ..plugins import register_plugins
+from ..plugins._ptx import TensorRTUnavailableError
 from . import artifacts
 from .graphs import INPUT_NAMES
 
@@ -51,7 +53,7 @@ class TensorRTBuildError(RuntimeError):
 
 def require_tensorrt():
     """The ``tensorrt`` module; :class:`TensorRTUnavailableError` (TensorRT >= 10.10 needed)."""
-    return plugin.import_tensorrt()
+    return _ptx.import_tensorrt()
 
 
 def _range(name: str, value) -> tuple[int, int, int]:
@@ -121,8 +123,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX graph at {onnx_path}: export it first "
                                 f"(`mamba-export export --formats onnx`)")
-    plugin.register_plugin()
-    target = plugin.set_build_target(arch, ptx_version)
+    plugin_ids = register_plugins()
+    target = _ptx.set_build_target(arch, ptx_version)
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -138,8 +140,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     plugins = _plugin_layers(trt, network)
     if graph == "prefill" and not plugins:
         raise TensorRTBuildError(
-            f"{onnx_path.name}: no plugin layer in the parsed network: the "
-            f"{plugin.PLUGIN_ID} nodes were imported from their ONNX function body instead of "
+            f"{onnx_path.name}: no plugin layer in the parsed network: its scan nodes (one of "
+            f"{', '.join(plugin_ids)}) were imported from their ONNX function body instead of "
             "the plugin (this TensorRT's parser does not let a plugin override a local function)")
     profile = builder.create_optimization_profile()
     profile_info = {}
@@ -173,7 +175,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         "profile": profile_info,
         "batch": list(batch),
         "length": list(length),
-        "plugin": plugin.PLUGIN_ID,
+        "plugins": list(plugin_ids),
         "plugin_layers": len(plugins),
         "plugin_target": {"arch": target["arch"], "ptx_version": target["ptx_version"]},
         "build_seconds": round(time.perf_counter() - start, 1),

@@ -11,9 +11,9 @@ never leaves the GPU and the engines run on torch's current stream. Outputs go i
 ping-pong buffers (:mod:`mamba_export.runtime.base`). Prompts longer than the prefill engine's
 profile (or ``prefill_chunk_size``) run in chunks, which gives the same result.
 
-The scan inside the engines is the AOT plugin: its PTX is part of the engine, so this runner
-needs TensorRT's Python bindings but not ``tensorrt.plugin`` nor Triton (the plugin is
-registered only as a fallback if an engine does not deserialise without it).
+The scan inside the engines is an AOT plugin (SelectiveScan or SSDScan): its PTX is part of the
+engine, so this runner needs TensorRT's Python bindings but not ``tensorrt.plugin`` nor Triton
+(the plugins are registered only as a fallback if an engine does not deserialise without them).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..config import MambaConfig
 from ..export.artifacts import ArtifactsError, files_of, read_manifest
 from ..generate import _check_chunk
 from ..model import MambaState
+from ..plugins import register_plugins
 from ..plugins import selective_scan as plugin
 from ..plugins.selective_scan import TensorRTUnavailableError
 from .base import GraphRunner
@@ -106,7 +107,7 @@ class TensorRTRunner(GraphRunner):
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:  # e.g. an engine built with a JIT plugin: register and retry
             try:
-                plugin.register_plugin()
+                register_plugins()
             except TensorRTUnavailableError:
                 pass
             engine = self._runtime.deserialize_cuda_engine(data)
