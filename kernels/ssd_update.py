@@ -3,6 +3,8 @@
 Semantics: ``mamba_export.reference.ssd_state_update``. state ``[B, H, P, N]``, x/z
 ``[B, H, P]``, dt ``[B, H]``, A ``[H]`` (a scalar decay per head), B/C ``[B, G, N]`` (head h reads
 group ``h // (H/G)``), D ``[H]`` or ``[H, P]``, dt_bias ``[H]``, optional softplus and dt clamp.
+:func:`ssd_conv_state_update_fwd` is the same step with the causal conv folded in (the decode
+path of Mamba2Mixer on CUDA: one launch fewer per layer).
 """
 
 from __future__ import annotations
