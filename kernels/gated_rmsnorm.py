@@ -19,42 +19,45 @@ from ._common import (check_float, check_same_device, check_shape, kernel, launc
                       use_interpreter)
 
 _MAX_BLOCK = 65536  # elements of one group held by one program
+_COMMIT_BLOCK = 64  # conv channels shifted by one commit program
 
 
 @kernel
 def _gated_rmsnorm_kernel(
     x_ptr, z_ptr, w_ptr, out_ptr, raw_ptr, cst_ptr, ncst_ptr,
-    group_size, eps, conv_dim, conv_len, conv_per_program,
+    group_size, eps, n_groups, conv_dim, conv_len,
     sx_r, sx_c, sz_r, sz_c, sw, so_r, so_c, sraw_r, sraw_c, scs_r, scs_c, scs_s, sn_r, sn_c, sn_s,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr,
     COMMIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """COMMIT: also shift this row's conv state by one step (raw conv input appended), a slice
-    of ``conv_per_program`` channels per program (Mamba-2 decode: see ssd_conv_state_update_fwd)."""
+    """Programs ``(row, g < n_groups)`` normalise group g of the row. COMMIT: programs
+    ``(row, n_groups + i)`` shift BLOCK_C channels of the row's conv state by one step (raw conv
+    input appended; Mamba-2 decode, see ssd_conv_state_update_fwd): spread over their own
+    programs, the commit costs no latency on the norm's single program per row."""
     row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < group_size
-    cols = (tl.program_id(1) * group_size + offs).to(tl.int64)
-    cdt = tl.float64 if FP64 else tl.float32
-    x = tl.load(x_ptr + row * sx_r + cols * sx_c, mask=mask, other=0.0).to(cdt)
-    if HAS_Z:
-        z = tl.load(z_ptr + row * sz_r + cols * sz_c, mask=mask, other=0.0).to(cdt)
-        gate = z / (1.0 + tl.exp(-z))
-        if not NORM_BEFORE_GATE:
-            x = x * gate
-    inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / group_size + eps)
-    out = x * inv * tl.load(w_ptr + cols * sw, mask=mask, other=0.0).to(cdt)
-    if HAS_Z:
-        if NORM_BEFORE_GATE:
-            out = out * gate
-    tl.store(out_ptr + row * so_r + cols * so_c, out.to(out_ptr.dtype.element_ty), mask=mask)
-    if COMMIT:
-        start = tl.program_id(1) * conv_per_program
-        stop = tl.minimum(start + conv_per_program, conv_dim)
-        for c0 in range(start, stop, BLOCK_C):
-            ch = c0 + tl.arange(0, BLOCK_C)
+    pid = tl.program_id(1)
+    if pid >= n_groups:  # a commit program (the grid has only n_groups columns without COMMIT)
+        if COMMIT:
+            ch = (pid - n_groups) * BLOCK_C + tl.arange(0, BLOCK_C)
             conv_state_shift(raw_ptr + row * sraw_r, cst_ptr + row * scs_r, ncst_ptr + row * sn_r,
-                             ch, ch < stop, conv_len, sraw_c, scs_c, scs_s, sn_c, sn_s, BLOCK_S)
+                             ch, ch < conv_dim, conv_len, sraw_c, scs_c, scs_s, sn_c, sn_s, BLOCK_S)
+    else:
+        offs = tl.arange(0, BLOCK)
+        mask = offs < group_size
+        cols = (pid * group_size + offs).to(tl.int64)
+        cdt = tl.float64 if FP64 else tl.float32
+        x = tl.load(x_ptr + row * sx_r + cols * sx_c, mask=mask, other=0.0).to(cdt)
+        if HAS_Z:
+            z = tl.load(z_ptr + row * sz_r + cols * sz_c, mask=mask, other=0.0).to(cdt)
+            gate = z / (1.0 + tl.exp(-z))
+            if not NORM_BEFORE_GATE:
+                x = x * gate
+        inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / group_size + eps)
+        out = x * inv * tl.load(w_ptr + cols * sw, mask=mask, other=0.0).to(cdt)
+        if HAS_Z:
+            if NORM_BEFORE_GATE:
+                out = out * gate
+        tl.store(out_ptr + row * so_r + cols * so_c, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _out_rows(out, dim):
@@ -112,18 +115,19 @@ def gated_rmsnorm_fwd(x, z, weight, eps, group_size, norm_before_gate, out=None,
                              f"out_state like conv_state), got {tuple(raw.shape)}, "
                              f"{tuple(cst.shape)}, {tuple(ncst.shape)}")
         check_same_device(x.device, raw=raw, conv_state=cst, out_state=ncst)
-        conv = (raw, cst, ncst, raw.shape[1], cst.shape[2], triton.cdiv(raw.shape[1], programs))
+        conv = (raw, cst, ncst, raw.shape[1], cst.shape[2])
         conv_strides = (*raw.stride(), *cst.stride(), *ncst.stride())
+        commit_programs = triton.cdiv(raw.shape[1], _COMMIT_BLOCK)
     else:
-        conv, conv_strides = (x2, x2, o2, 0, 0, 0), (0,) * 8
+        conv, conv_strides, commit_programs = (x2, x2, o2, 0, 0), (0,) * 8, 0
     launch(
-        _gated_rmsnorm_kernel, (x2.shape[0], programs), x.device,
-        x2, z2, weight, o2, *conv[:3], group_size, float(eps), *conv[3:],
+        _gated_rmsnorm_kernel, (x2.shape[0], programs + commit_programs), x.device,
+        x2, z2, weight, o2, *conv[:3], group_size, float(eps), programs, *conv[3:],
         *x2.stride(), *(z2.stride() if z is not None else (0, 0)), weight.stride(0), *o2.stride(),
         *conv_strides,
         HAS_Z=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
         FP64=x.dtype == torch.float64, BLOCK=block, COMMIT=conv_commit is not None,
-        BLOCK_C=min(256, next_pow2(max(conv[3], 1))), BLOCK_S=next_pow2(max(conv[4], 1)),
+        BLOCK_C=_COMMIT_BLOCK, BLOCK_S=next_pow2(max(conv[4], 1)),
         num_warps=min(max(block // 256, 1), 8),
     )
     return out

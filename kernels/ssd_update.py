@@ -135,6 +135,18 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
     return out, nstate
 
 
+_MIN_PROGRAMS = 256  # decode is latency-bound: at batch 1, spread a layer over ~2 waves of SMs
+
+
+def block_p_for(batch, heads, headdim, block_n):
+    """Head channels per program: at most 4096 state elements per program, and small enough
+    that batch 1 still launches about _MIN_PROGRAMS programs (down to 8 channels)."""
+    block_p = max(1, min(next_pow2(headdim), 4096 // block_n))
+    while block_p > 8 and triton.cdiv(headdim, block_p) * heads * batch < _MIN_PROGRAMS:
+        block_p //= 2
+    return block_p
+
+
 def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, conv):
     """One launch of the kernel. With ``conv = (conv_state, weight, bias)``, x is the conv's raw
     input xBC and the kernel reads x, B, C from it (B and C are then ignored)."""
@@ -142,7 +154,7 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
     limit = None if dt_limit is None else (float(dt_limit[0]), float(dt_limit[1]))
     has_limit = limit is not None and limit != (0.0, math.inf)
     block_n = next_pow2(dstate)
-    block_p = max(1, min(next_pow2(headdim), 4096 // block_n))
+    block_p = block_p_for(batch, heads, headdim, block_n)
     d_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else tuple(D.stride()))
     if conv is not None:
         cstate, cw, cb = conv

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
-from ._dispatch import _eager_cuda, cached_params
+from ._dispatch import _eager_cuda, cached_params, decode_linear
 from .config import MambaConfig
 
 
@@ -108,12 +108,16 @@ class Mamba2Mixer(nn.Module):
         cfg = self.cfg
         return torch.split(zxbcdt, [cfg.d_mlp, cfg.d_mlp, cfg.resolved_d_ssm, cfg.conv_dim, cfg.nheads], dim=-1)
 
-    def _finish(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor) -> Tensor:
+    def _gate(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor) -> Tensor:
+        """out_proj's input: the gated norm of y, after the gated-MLP branch when there is one."""
         if self.cfg.rmsnorm:
             y = self.norm(y, z)
         if self.cfg.d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
-        return self.out_proj(y)
+        return y
+
+    def _finish(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor) -> Tensor:
+        return self.out_proj(self._gate(y, z, z0, x0))
 
     def forward(self, hidden: Tensor, conv_state: Tensor | None = None,
                 ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -190,7 +194,7 @@ class Mamba2Mixer(nn.Module):
         cfg = self.cfg
         batch = hidden.shape[0]
         A, D, dt_bias = self._ssm_params()
-        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden))
+        z0, x0, z, xBC, dt = self._split(decode_linear(hidden, self.in_proj))
         y, new_ssm = ssd_conv_state_update_fwd(
             ssm_state, xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, dt, A,
             cfg.ngroups, D, None if cfg.rmsnorm else z.reshape(batch, cfg.nheads, cfg.headdim),
@@ -199,16 +203,17 @@ class Mamba2Mixer(nn.Module):
         new_conv = conv_state if inplace else torch.empty_like(conv_state)
         if not cfg.rmsnorm:
             conv_state_commit_fwd(xBC, conv_state, new_conv)
-            return self._finish(y, z, z0, x0), new_conv, new_ssm
+            return decode_linear(self._gate(y, z, z0, x0), self.out_proj), new_conv, new_ssm
         return self._norm_out(y, z, z0, x0, conv_commit=(xBC, conv_state, new_conv)), new_conv, new_ssm
 
     def _norm_out(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor, conv_commit=None) -> Tensor:
-        """``_finish`` with the gated norm as one Triton kernel (eager CUDA / interpreter);
-        ``conv_commit`` is passed on to it (decode)."""
+        """``_finish`` with the gated norm as one Triton kernel (eager CUDA / interpreter) and,
+        for one decode row, out_proj as the Triton GEMV; ``conv_commit`` is passed on to the
+        norm (decode)."""
         from .kernels.gated_rmsnorm import gated_rmsnorm_fwd
 
         if not self.cfg.rmsnorm:
-            return self._finish(y, z, z0, x0)
+            return decode_linear(self._gate(y, z, z0, x0), self.out_proj)
         norm, d_mlp = self.norm, self.cfg.d_mlp
         # with a gated-MLP branch the norm writes the right-hand columns of out_proj's input
         full = y.new_empty(*y.shape[:-1], self.cfg.d_inner) if d_mlp else None
@@ -217,4 +222,4 @@ class Mamba2Mixer(nn.Module):
         if d_mlp:
             torch.mul(F.silu(z0), x0, out=full[..., :d_mlp])
             y = full
-        return self.out_proj(y)
+        return decode_linear(y, self.out_proj)

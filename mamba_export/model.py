@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
-from ._dispatch import _eager_cuda, cached_params
+from ._dispatch import _eager_cuda, cached_params, decode_linear
 from .config import MambaConfig
 from .generate import GenerationMixin
 from .mamba2 import Mamba2Mixer
@@ -125,20 +125,21 @@ class MambaMixer(nn.Module):
 
         ``inplace`` writes the new states into ``conv_state`` / ``ssm_state`` and returns them
         (on eager CUDA the kernels write there directly: no copies)."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
         weight = self.conv1d.weight.squeeze(1)
         A, D, dt_bias = self._ssm_params()
-        if _eager_cuda(x):  # kernels called directly: in-place states, dt_proj fused
+        if _eager_cuda(hidden):  # kernels called directly: in-place states, dt_proj fused
             from .kernels.causal_conv1d import causal_conv1d_update_fwd
             from .kernels.state_update import selective_state_update_fwd
 
+            x, z = decode_linear(hidden, self.in_proj).chunk(2, dim=-1)
             x, new_conv = causal_conv1d_update_fwd(x, conv_state, weight, self.conv1d.bias, True,
                                                    out_state=conv_state if inplace else None)
-            dt_low, B, C = self._split_x_dbl(self.x_proj(x))
+            dt_low, B, C = self._split_x_dbl(decode_linear(x, self.x_proj))
             y, new_ssm = selective_state_update_fwd(
                 ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
                 out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight)
-            return self.out_proj(y), new_conv, new_ssm
+            return decode_linear(y, self.out_proj), new_conv, new_ssm
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x, new_conv = torch.ops.mamba_export.causal_conv1d_update(
             x, conv_state, weight, self.conv1d.bias, True)
         dt_low, B, C = self._split_x_dbl(self.x_proj(x))
@@ -352,4 +353,5 @@ class MambaLM(GenerationMixin, nn.Module):
         hidden = self.backbone.final_norm(hidden, residual)
         next_state = MambaState(state.conv, state.ssm) if inplace else \
             MambaState(torch.stack(convs), torch.stack(ssms))
-        return self.lm_head(hidden), next_state
+        logits = decode_linear(hidden, self.lm_head) if _eager_cuda(hidden) else self.lm_head(hidden)
+        return logits, next_state

@@ -1,4 +1,4 @@
-"""Compile the Mamba-2 Triton kernels for sm_90 without a GPU (Triton's AOT path), in a process
+"""Compile the Mamba-2 and decode Triton kernels for sm_90 without a GPU (Triton's AOT path), in a process
 where TRITON_INTERPRET is unset. The interpreter runs a kernel's Python, not Triton's compiler:
 type and layout errors that only the compiler sees surface here, on CPU. Prints one line per
 kernel variant; exits non-zero on the first failure. Run by tests/test_aot_compile.py."""
@@ -10,7 +10,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mamba_export.kernels import causal_conv1d, gated_rmsnorm, ssd_scan, ssd_update
+from mamba_export.kernels import causal_conv1d, decode_linear, gated_rmsnorm, ssd_scan, ssd_update
 
 FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
 
@@ -49,8 +49,12 @@ def main():
                 HAS_D=True, HAS_Z=not conv, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True,
                 BLOCK_P=32, BLOCK_N=128, CONV=conv, CONV_BIAS=conv, WIDTH=4 if conv else 1), ptr)
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
-            HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=256,
+            HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
+        for dot in (False, True):
+            compile_for_sm90(decode_linear._decode_linear_kernel, dict(
+                HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, BLOCK_M=16 if dot else 1,
+                BLOCK_N=32 if dot else 16, BLOCK_K=256), lambda n, dt=dt: dt)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
     return 0
 

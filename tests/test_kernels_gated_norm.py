@@ -118,11 +118,18 @@ MIXERS = {
 }
 
 
-@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+# path vs path, both rounding to bf16 between kernels over three steps (the interpreter by
+# truncation, ~2x the error of rounding): the bf16 bound is looser than against float64
+BF16_STEP_BOUND = 1e-2 if DEVICE == "cuda" else 2e-2
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, BF16_STEP_BOUND)])
 @pytest.mark.parametrize("extra", MIXERS.values(), ids=MIXERS.keys())
-def test_direct_launch_step_equals_op_step(dtype, bound, extra):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_direct_launch_step_equals_op_step(dtype, bound, extra, batch):
     """``_step_kernels`` (what ``step`` runs on eager CUDA) vs ``step``'s op path, functional and
-    in place, over a few steps (A/D/dt_bias then come from the cache)."""
+    in place, over a few steps (A/D/dt_bias then come from the cache). Batch 1 takes the Triton
+    GEMV for in_proj/out_proj (float32 sums in another order than F.linear: not bitwise)."""
     cfg = MambaConfig(layer="Mamba2", d_model=32, d_state=6, headdim=8, ngroups=2, **extra)
     torch.manual_seed(1)
     mixer = Mamba2Mixer(cfg, dtype=dtype).to(DEVICE)
@@ -131,7 +138,6 @@ def test_direct_launch_step_equals_op_step(dtype, bound, extra):
             p.copy_(torch.randn_like(p) * 0.3)
         mixer.reset_ssm_parameters()
         mixer.norm.weight.normal_() if cfg.rmsnorm else None
-    batch = 2
     conv = torch.randn(batch, cfg.conv_dim, cfg.d_conv - 1, device=DEVICE).to(dtype)
     ssm = torch.randn(batch, cfg.nheads, cfg.headdim, cfg.d_state, device=DEVICE)
     conv_f, ssm_f = conv.clone(), ssm.clone()     # the fused path, functional
@@ -150,8 +156,9 @@ def test_direct_launch_step_equals_op_step(dtype, bound, extra):
             # the fused kernel keeps the conv outputs in float32 where the op path rounds them
             # to the model dtype: equal states in float32, within rounding in bf16 (the conv
             # state holds raw inputs, the same on both paths until they diverge)
-            assert torch.equal(conv_f, conv)
-            assert torch.equal(ssm_f, ssm) if dtype == torch.float32 else rel_err(ssm_f.cpu(), ssm.cpu()) <= bound
+            exact = dtype == torch.float32 and batch > 1
+            assert torch.equal(conv_f, conv) if exact else rel_err(conv_f.cpu(), conv.cpu()) <= bound
+            assert torch.equal(ssm_f, ssm) if exact else rel_err(ssm_f.cpu(), ssm.cpu()) <= bound
             assert rel_err(got.cpu(), want.cpu()) <= bound
 
 

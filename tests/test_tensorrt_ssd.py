@@ -217,6 +217,8 @@ INTERP_TOL = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 1e-2}  # interpreter
 
 
 @pytest.mark.interpret  # keeps TRITON_INTERPRET=1 where conftest set it (Triton imported so)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU stand-in for test_ptx_launch_matches_reference, "
+                    "which launches the real PTX on a GPU (Triton 3.6's interpreter fails on this wrapper)")
 @pytest.mark.parametrize("dtype", plug.TYPES)
 def test_wrapper_in_interpreter_matches_reference(dtype):
     """The TensorRT-order wrapper (the PTX's source) under Triton's interpreter, called with the
@@ -380,7 +382,7 @@ def test_ptx_launch_matches_reference(dtype, tmp_path):
         kernel.launch(grid, launch["block"], launch["shared_mem"], kargs)
         torch.cuda.synchronize()
         want_y, want_h = reference(node, B, C)
-        e_y, e_h = rel_err(outs["y"], want_y), rel_err(outs["final_state"], want_h)
+        e_y, e_h = rel_err(outs["y"].cpu(), want_y), rel_err(outs["final_state"].cpu(), want_h)
         key = f"t{tactic} {shape} P{'?' if known_headdim is None else ''} smem {launch['shared_mem']}"
         worst[key] = (f"{e_y:.2e}", f"{e_h:.2e}")
         assert e_y <= GPU_TOL[dtype] and e_h <= GPU_TOL[dtype], (dtype, key, e_y, e_h)

@@ -1,0 +1,80 @@
+"""The decode GEMV/GEMM kernel (kernels/decode_linear.py) against float64 ``x @ W.T + b``; in
+Triton's interpreter on CPU, natively on CUDA. Outputs are poisoned (NaN) before the kernel runs;
+errors are ||out - ref|| / ||ref|| on the same rounded inputs: fp32 <= 1e-5, fp16/bf16 <= 5e-3
+(1e-2 for bf16 in the interpreter, which rounds float32 -> bfloat16 by truncation)."""
+
+import pytest
+import torch
+from _util import rel_err
+
+from mamba_export.kernels import _common
+from mamba_export.kernels.decode_linear import MAX_ROWS, decode_linear_fwd
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 5e-3 if DEVICE == "cuda" else 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(_common, "POISON", True)
+
+
+def operands(rows, features, k, dtype, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, k, generator=g).to(dtype)
+    w = (torch.randn(features, k, generator=g) * k ** -0.5).to(dtype)
+    b = torch.randn(features, generator=g).to(dtype) if bias else None
+    return x, w, b
+
+
+def reference(x, w, b):
+    out = x.double() @ w.double().T
+    return out if b is None else out + b.double()
+
+
+# rows: 1 (the GEMV the model uses), a few, the maximum; features / K not multiples of any block
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows,features,k", [(1, 37, 100), (1, 300, 48), (3, 21, 130), (MAX_ROWS, 67, 257)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_float64(dtype, rows, features, k, bias):
+    x, w, b = (t if t is None else t.to(DEVICE) for t in operands(rows, features, k, dtype, bias))
+    out = decode_linear_fwd(x, w, b)
+    assert out.shape == (rows, features) and out.dtype == dtype
+    assert rel_err(out.cpu(), reference(x.cpu(), w.cpu(), None if b is None else b.cpu())) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("config", [(4, 128, 8), (8, 64, 4), (32, 256, 2)])
+def test_every_block_config(config):
+    x, w, b = (t.to(DEVICE) for t in operands(1, 45, 301, torch.float16))
+    assert rel_err(decode_linear_fwd(x, w, b, config=config).cpu(),
+                   reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[torch.float16]
+
+
+def test_strided_inputs_and_output_view():
+    """x a column slice of a wider buffer, the weight transposed storage, out a column view."""
+    x, w, b = operands(2, 30, 40, torch.float32)
+    wide = torch.randn(2, 90)
+    wide[:, 10:50] = x
+    wt = w.T.contiguous().T  # same values, column-major
+    full = torch.full((2, 50), 7.0)
+    got = decode_linear_fwd(wide[:, 10:50].to(DEVICE), wt.to(DEVICE), b.to(DEVICE),
+                            out=full.to(DEVICE)[:, 5:35])
+    assert rel_err(got.cpu(), reference(x, w, b)) <= 1e-5
+
+
+def test_bad_inputs_raise_value_errors():
+    x, w, b = operands(2, 8, 12, torch.float32)
+    with pytest.raises(ValueError, match="same K"):
+        decode_linear_fwd(x, w[:, :5])
+    with pytest.raises(ValueError, match="1..16 rows"):
+        decode_linear_fwd(torch.randn(17, 12), w)
+    with pytest.raises(ValueError, match="dtype"):
+        decode_linear_fwd(x, w.half())
+    with pytest.raises(ValueError, match="bias must have shape"):
+        decode_linear_fwd(x, w, b[:3])
+    with pytest.raises(ValueError, match="out must have shape"):
+        decode_linear_fwd(x, w, out=torch.empty(2, 9))
+    with pytest.raises(ValueError, match="float64"):
+        decode_linear_fwd(x.double(), w.double())
+    with pytest.raises(ValueError, match="must be float32"):
+        decode_linear_fwd(x.int(), w)
