@@ -22,24 +22,34 @@ MAX_ROWS = 16
 
 @kernel
 def _decode_linear_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, sx_m, sx_k, sw_n, sw_k, so_m, so_n,
+    x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, k_per_split,
+    sx_m, sx_k, sw_n, sw_k, so_m, so_n,
     HAS_BIAS: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One program: BLOCK_N output features for all M rows, the whole K. DOT=False (one row):
-    elementwise products summed once at the end; DOT=True: tensor-core tiles of BLOCK_M rows.
-    IEEE: full float32 products (float32 weights); WIDEN: float32 operands (the interpreter)."""
-    offs_n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
+    slice of K. DOT=False (one row): elementwise products summed once at the end; DOT=True:
+    tensor-core tiles of BLOCK_M rows. IEEE: full float32 products (float32 weights); WIDEN:
+    float32 operands (the interpreter).
+
+    SPLIT > 1 (one row, few features, long K, e.g. Mamba-1's x_proj): the slices' float32 sums
+    go to the workspace ``ws [SPLIT, N]``; the last program of a feature block to finish (a
+    counter per block, atomics with acquire/release order) adds them up, writes the output and
+    resets the counter to 0 for the next call."""
+    pid_n = tl.program_id(0)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     mask_n, mask_m = offs_n < N, offs_m < M
+    k_start = tl.program_id(1) * k_per_split
+    k_stop = tl.minimum(k_start + k_per_split, K)
     if DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     else:
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_stop, BLOCK_K):
         ks = k0 + offs_k
-        mask_k = ks < K
+        mask_k = ks < k_stop
         w = tl.load(w_ptr + offs_n[:, None] * sw_n + ks[None, :] * sw_k,
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if DOT:
@@ -58,24 +68,57 @@ def _decode_linear_kernel(
         out = acc
     else:
         out = tl.sum(acc2, axis=1)[None, :]
-    if HAS_BIAS:
-        out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + offs_m[:, None] * so_m + offs_n[None, :] * so_n,
-             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    if SPLIT > 1:
+        tl.store(ws_ptr + tl.program_id(1) * N + offs_n[None, :], out, mask=mask_n[None, :])
+        if tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
+            out = tl.zeros((1, BLOCK_N), tl.float32)
+            for s in range(SPLIT):  # .cg: read the other programs' sums from L2, not L1
+                out += tl.load(ws_ptr + s * N + offs_n[None, :], mask=mask_n[None, :], other=0.0,
+                               cache_modifier=".cg")
+            if HAS_BIAS:
+                out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptr + offs_n[None, :] * so_n, out.to(out_ptr.dtype.element_ty),
+                     mask=mask_n[None, :])
+            tl.atomic_xchg(cnt_ptr + pid_n, 0)
+    else:
+        if HAS_BIAS:
+            out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs_m[:, None] * so_m + offs_n[None, :] * so_n,
+                 out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-def default_config(rows: int, features: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps). One row: (4, 128, 8) was the fastest or within a few
-    percent of it at the decode projections of the H100 sweep (scripts/bench_decode_linear.py
-    --sweep): thin slices of the weight over many programs. More rows: tensor-core tiles of 32
-    features, which the sweep found only level with cuBLAS (the model keeps cuBLAS there)."""
+_TARGET_PROGRAMS = 512  # one row: split K until about this many programs stream the weight
+
+
+def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, SPLIT). One row: (4, 128, 8) was the fastest or within a
+    few percent of it at the decode projections of the H100 sweep (scripts/bench_decode_linear.py
+    --sweep): thin slices of the weight over many programs; K is split when the features alone
+    give too few programs (x_proj). More rows: tensor-core tiles of 32 features, which the sweep
+    found only level with cuBLAS (the model keeps cuBLAS there)."""
     if rows == 1:
-        return (4, 128, 8)
-    return (32, 128, 4) if features >= 2048 else (16, 128, 4)
+        block_n, block_k = 4, 128
+        split = min(max(_TARGET_PROGRAMS // triton.cdiv(features, block_n), 1), triton.cdiv(k, 2 * block_k))
+        return block_n, block_k, 8, split
+    return (32, 128, 4, 1) if features >= 2048 else (16, 128, 4, 1)
+
+
+_workspaces: dict = {}
+
+
+def _split_workspace(device, features: int, blocks: int, split: int):
+    """The float32 partial sums and the zeroed per-block counters of a split launch, kept per
+    (device, shape) for the process: CUDA graphs capture their addresses, and the kernel leaves
+    the counters at 0. Calls on one stream run in turn, so layers of one shape share them."""
+    key = (str(device), features, blocks, split)
+    if key not in _workspaces:
+        _workspaces[key] = (torch.empty(split, features, dtype=torch.float32, device=device),
+                            torch.zeros(blocks, dtype=torch.int32, device=device))
+    return _workspaces[key]
 
 
 def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                      out: torch.Tensor | None = None, config: tuple[int, int, int] | None = None):
+                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None):
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
     written into ``out`` when given (any strides)."""
     check_float("x", x)
@@ -98,15 +141,23 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError("decode_linear_fwd: float64 is not supported; use F.linear")
     if out is None:
         out = new_output((rows, features), x.dtype, x.device)
-    block_n, block_k, warps = config or default_config(rows, features)
+    block_n, block_k, warps, split = config or default_config(rows, features, k)
     dot = rows > 1
+    if dot:
+        block_n, split = max(block_n, 16), 1
+    if split < 1 or block_n < 1 or block_k < 1:
+        raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT), got {config}")
+    k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
+    split = triton.cdiv(k, k_per_split)  # no empty slices
+    blocks = triton.cdiv(features, block_n)
+    ws, counters = _split_workspace(x.device, features, blocks, split) if split > 1 else (out, out)
     launch(
-        _decode_linear_kernel, (triton.cdiv(features, block_n),), x.device,
-        x, weight, weight if bias is None else bias, out, rows, features, k,
+        _decode_linear_kernel, (blocks, split), x.device,
+        x, weight, weight if bias is None else bias, out, ws, counters, rows, features, k, k_per_split,
         *x.stride(), *weight.stride(), *out.stride(),
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
-        WIDEN=use_interpreter(x.device), BLOCK_M=MAX_ROWS if dot else 1,
-        BLOCK_N=max(block_n, 16) if dot else block_n, BLOCK_K=block_k, num_warps=warps,
+        WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else 1,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )
     return out
 

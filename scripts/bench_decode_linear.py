@@ -6,7 +6,8 @@ Each shape is a projection of a preset (in_proj, x_proj, dt_proj, out_proj, lm_h
 rows, fp16. Timing as in a decode step: one CUDA graph of calls over distinct weight copies
 (>= 256 MB in all, so weights come from HBM as they do when 24+ layers run in turn), replayed;
 time per call = median replay / copies. Every Triton config is first checked against float64
-(relative error <= 5e-3). The floor is the weight's bytes at the measured copy bandwidth.
+(relative error <= 5e-3); "default" is the launcher's own choice (default_config), "best" the
+fastest of the sweep. The floor is the weight's bytes at the measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ SHAPES = [
     ("m1-2.8b in_proj", 10240, 2560), ("m1-2.8b x_proj", 192, 5120), ("2.8b out_proj", 2560, 5120),
     ("m2-2.7b in_proj", 10576, 2560),
 ]
-SWEEP = {1: list(itertools.product((4, 8, 16, 32), (128, 256, 512), (2, 4, 8))),
-         16: list(itertools.product((16, 32, 64), (64, 128, 256), (4, 8)))}
+# (BLOCK_N, BLOCK_K, num_warps, SPLIT)
+SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))),
+         16: list(itertools.product((16, 32, 64), (64, 128, 256), (4, 8), (1,)))}
 
 
 def graph_ms_per_call(fn, copies: int, reps: int = 15) -> float:
@@ -73,7 +75,7 @@ def main() -> int:
     bw = copy_bandwidth()
     rows_out = []
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s")
-    print(f"{'shape':18s} {'M':>3s} {'floor':>7s} {'cuBLAS':>7s} {'triton':>7s}  config (ms per call)")
+    print(f"{'shape':18s} {'M':>3s} {'floor':>7s} {'cuBLAS':>7s} {'default':>7s} {'best':>7s}  config (ms per call)")
     for name, n, k in SHAPES:
         size = n * k * 2
         copies = max(8, min(512, (256 << 20) // size))
@@ -83,8 +85,9 @@ def main() -> int:
             outs = torch.empty(copies, m, n, device="cuda", dtype=torch.float16)
             want = x.double() @ ws[0].double().T
             cublas = graph_ms_per_call(lambda i: torch.matmul(x, ws[i].T, out=outs[i]), copies)
-            configs = SWEEP[m] if args.sweep else [dl.default_config(m, n)]
-            best = None
+            default = dl.default_config(m, n, k)
+            configs = [default] + [c for c in SWEEP[m] if c != default] if args.sweep else [default]
+            best, default_ms = None, None
             for cfg in configs:
                 outs.fill_(float("nan"))
                 try:
@@ -98,13 +101,18 @@ def main() -> int:
                     continue
                 t = graph_ms_per_call(lambda i: dl.decode_linear_fwd(x, ws[i], out=outs[i], config=cfg),
                                       copies)
+                if cfg == default:
+                    default_ms = t
                 if best is None or t < best[0]:
                     best = (t, cfg, err)
             floor = size / bw * 1e3
             rows_out.append(dict(shape=name, N=n, K=k, M=m, floor_ms=floor, cublas_ms=cublas,
-                                 triton_ms=best and best[0], config=best and best[1], rel_err=best and best[2]))
+                                 default_config=default, default_ms=default_ms,
+                                 best_ms=best and best[0], best_config=best and best[1],
+                                 rel_err=best and best[2]))
+            dflt = f"{default_ms:7.4f}" if default_ms else "   -   "
             tri = f"{best[0]:7.4f}  {best[1]}" if best else "   -   "
-            print(f"{name:18s} {m:3d} {floor:7.4f} {cublas:7.4f} {tri}", flush=True)
+            print(f"{name:18s} {m:3d} {floor:7.4f} {cublas:7.4f} {dflt} {tri}", flush=True)
     if args.out:
         meta = dict(date=datetime.date.today().isoformat(), gpu=torch.cuda.get_device_name(),
                     torch=torch.__version__, copy_bw=bw, sweep=args.sweep)

@@ -43,11 +43,30 @@ def test_matches_float64(dtype, rows, features, k, bias):
     assert rel_err(out.cpu(), reference(x.cpu(), w.cpu(), None if b is None else b.cpu())) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("config", [(4, 128, 8), (8, 64, 4), (32, 256, 2)])
+# (BLOCK_N, BLOCK_K, num_warps, SPLIT): K split in 3 (the last slice short) and 5 (capped: K has
+# only 3 blocks of 128), one slice, wide blocks
+@pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (8, 64, 4, 1), (32, 256, 2, 1)])
 def test_every_block_config(config):
     x, w, b = (t.to(DEVICE) for t in operands(1, 45, 301, torch.float16))
     assert rel_err(decode_linear_fwd(x, w, b, config=config).cpu(),
                    reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[torch.float16]
+
+
+def test_split_k_is_repeatable_and_picked_for_few_features():
+    """Split K: the per-block counters return to 0, so calls in a row (and other weights of the
+    shape, sharing the workspace) give the same numbers; the default splits a long, narrow
+    projection (Mamba-1's x_proj) and leaves a wide one whole."""
+    from mamba_export.kernels.decode_linear import default_config
+
+    assert default_config(1, 80, 1536)[3] > 1 and default_config(1, 10240, 2560)[3] == 1
+    x, w, b = (t.to(DEVICE) for t in operands(1, 20, 700, torch.float32))
+    first = decode_linear_fwd(x, w, b, config=(4, 64, 4, 4))
+    for seed in (1, 2):
+        w2 = operands(1, 20, 700, torch.float32, seed=seed)[1].to(DEVICE)
+        assert rel_err(decode_linear_fwd(x, w2, b, config=(4, 64, 4, 4)).cpu(),
+                       reference(x.cpu(), w2.cpu(), b.cpu())) <= 1e-5
+    assert torch.equal(decode_linear_fwd(x, w, b, config=(4, 64, 4, 4)), first)
+    assert rel_err(first.cpu(), reference(x.cpu(), w.cpu(), b.cpu())) <= 1e-5
 
 
 def test_strided_inputs_and_output_view():
@@ -78,3 +97,5 @@ def test_bad_inputs_raise_value_errors():
         decode_linear_fwd(x.double(), w.double())
     with pytest.raises(ValueError, match="must be float32"):
         decode_linear_fwd(x.int(), w)
+    with pytest.raises(ValueError, match="config must be positive"):
+        decode_linear_fwd(x[:1], w, config=(4, 128, 8, 0))
