@@ -87,19 +87,17 @@ def _decode_linear_kernel(
                  out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-_TARGET_PROGRAMS = 512  # one row: split K until about this many programs stream the weight
-
-
 def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, SPLIT). One row: (4, 128, 8) was the fastest or within a
     few percent of it at the decode projections of the H100 sweep (scripts/bench_decode_linear.py
-    --sweep): thin slices of the weight over many programs; K is split when the features alone
-    give too few programs (x_proj). More rows: tensor-core tiles of 32 features, which the sweep
-    found only level with cuBLAS (the model keeps cuBLAS there)."""
+    --sweep): thin slices of the weight over many programs. More rows: tensor-core tiles of 32
+    features, which the sweep found only level with cuBLAS (the model keeps cuBLAS there).
+
+    SPLIT stays 1 by default: split K (for narrow projections such as Mamba-1's x_proj, whose
+    features alone give few programs) is tested against float64 but has not been timed on a GPU
+    yet; the sweep times it (``--sweep``) before it becomes a default."""
     if rows == 1:
-        block_n, block_k = 4, 128
-        split = min(max(_TARGET_PROGRAMS // triton.cdiv(features, block_n), 1), triton.cdiv(k, 2 * block_k))
-        return block_n, block_k, 8, split
+        return 4, 128, 8, 1
     return (32, 128, 4, 1) if features >= 2048 else (16, 128, 4, 1)
 
 

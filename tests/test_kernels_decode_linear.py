@@ -52,13 +52,9 @@ def test_every_block_config(config):
                    reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[torch.float16]
 
 
-def test_split_k_is_repeatable_and_picked_for_few_features():
+def test_split_k_is_repeatable():
     """Split K: the per-block counters return to 0, so calls in a row (and other weights of the
-    shape, sharing the workspace) give the same numbers; the default splits a long, narrow
-    projection (Mamba-1's x_proj) and leaves a wide one whole."""
-    from mamba_export.kernels.decode_linear import default_config
-
-    assert default_config(1, 80, 1536)[3] > 1 and default_config(1, 10240, 2560)[3] == 1
+    shape, sharing the workspace) give the same numbers."""
     x, w, b = (t.to(DEVICE) for t in operands(1, 20, 700, torch.float32))
     first = decode_linear_fwd(x, w, b, config=(4, 64, 4, 4))
     for seed in (1, 2):
