@@ -137,7 +137,9 @@ def default_config(batch: int, heads: int) -> tuple[int, int, int, int]:
     return (64, 64 if batch * heads >= 64 else 32, 4, 2)
 
 
-def _check_config(config) -> None:
+def check_config(config) -> None:
+    """Refuse a (BLOCK_T, BLOCK_P, num_warps, num_stages) that Triton is known to miscompile
+    (the launcher and the TensorRT plugin's tactics both go through here)."""
     block_t, block_p, num_warps, num_stages = config
     if num_stages < 2 and block_t > block_p:
         # seen on the H100 with Triton 3.6: wrong results or an illegal address (bench_ssd sweep)
@@ -175,7 +177,7 @@ def ssd_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=Non
     has_limit = limit is not None and limit != (0.0, math.inf)
 
     config = tuple(config) if config else default_config(batch, heads)
-    _check_config(config)
+    check_config(config)
     block_t, block_p, num_warps, num_stages = config
     block_p = max(16, min(block_p, next_pow2(headdim)))  # tl.dot needs every dim >= 16
     block_n = max(16, next_pow2(dstate))
@@ -201,4 +203,4 @@ def ssd_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=Non
     return out, final
 
 
-__all__ = ["ssd_scan_fwd", "default_config"]
+__all__ = ["ssd_scan_fwd", "default_config", "check_config"]

@@ -122,42 +122,40 @@ class Mamba2Mixer(nn.Module):
     def forward(self, hidden: Tensor, conv_state: Tensor | None = None,
                 ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, L, d_model]`` -> (out ``[B, L, d_model]``, conv_state', ssm_state')."""
-        if _eager_cuda(hidden) and hidden.dtype != torch.float64:  # float64: the exact reference
-            return self._forward_kernels(hidden, conv_state, ssm_state)
+        kernels = _eager_cuda(hidden) and hidden.dtype != torch.float64  # float64: the exact reference
+        return self._forward(hidden, conv_state, ssm_state, kernels)
+
+    def _forward(self, hidden: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None,
+                 kernels: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``forward`` through the ops (what compile / export / training see) or, ``kernels``,
+        with the Triton launchers called directly (eager CUDA inference; tests also run it on
+        CPU in the interpreter): the same kernels without the op dispatch's host time, plus the
+        one-kernel gated norm."""
         cfg = self.cfg
         batch, length = hidden.shape[0], hidden.shape[1]
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
-        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden))
-        xBC, conv_state = torch.ops.mamba_export.causal_conv1d(
-            xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, True)
-        x, B, C = torch.split(xBC.transpose(1, 2), [cfg.resolved_d_ssm, G * N, G * N], dim=-1)
-        y, ssm_state = torch.ops.mamba_export.ssd_scan(
-            x.reshape(batch, length, H, P), dt, self._A(), B.reshape(batch, length, G, N),
-            C.reshape(batch, length, G, N), cfg.chunk_size, self._D(),
-            None if cfg.rmsnorm else z.reshape(batch, length, H, P), self.dt_bias, ssm_state,
-            True, self._dt_limit)
-        return self._finish(y.reshape(batch, length, -1), z, z0, x0), conv_state, ssm_state
+        if kernels:
+            from .kernels.causal_conv1d import causal_conv1d_fwd as conv
+            from .kernels.ssd_scan import ssd_scan_fwd
 
-    def _forward_kernels(self, hidden: Tensor, conv_state: Tensor | None,
-                         ssm_state: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """``forward`` with the Triton launchers called directly (eager CUDA inference): the
-        same kernels as the ops, without the op dispatch's host time, plus the fused gated norm."""
-        from .kernels.causal_conv1d import causal_conv1d_fwd
-        from .kernels.ssd_scan import ssd_scan_fwd
-
-        cfg = self.cfg
-        batch, length = hidden.shape[0], hidden.shape[1]
-        H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
-        A, D, dt_bias = self._ssm_params()
+            A, D, dt_bias = self._ssm_params()
+            scan = lambda x, dt, B, C, z, h0: ssd_scan_fwd(  # noqa: E731
+                x, dt, A, B, C, D, z, dt_bias, h0, True, self._dt_limit)
+            finish = self._norm_out
+        else:
+            conv = torch.ops.mamba_export.causal_conv1d
+            scan = lambda x, dt, B, C, z, h0: torch.ops.mamba_export.ssd_scan(  # noqa: E731
+                x, dt, self._A(), B, C, cfg.chunk_size, self._D(), z, self.dt_bias, h0, True,
+                self._dt_limit)
+            finish = self._finish
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden))
-        xBC, conv_state = causal_conv1d_fwd(xBC.transpose(1, 2), self.conv1d.weight.squeeze(1),
-                                            self.conv1d.bias, conv_state, True)
+        xBC, conv_state = conv(xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                               conv_state, True)
         x, B, C = torch.split(xBC.transpose(1, 2), [cfg.resolved_d_ssm, G * N, G * N], dim=-1)
-        y, ssm_state = ssd_scan_fwd(
-            x.reshape(batch, length, H, P), dt, A, B.reshape(batch, length, G, N),
-            C.reshape(batch, length, G, N), D, None if cfg.rmsnorm else z.reshape(batch, length, H, P),
-            dt_bias, ssm_state, True, self._dt_limit)
-        return self._norm_out(y.reshape(batch, length, -1), z, z0, x0), conv_state, ssm_state
+        y, ssm_state = scan(x.reshape(batch, length, H, P), dt, B.reshape(batch, length, G, N),
+                            C.reshape(batch, length, G, N),
+                            None if cfg.rmsnorm else z.reshape(batch, length, H, P), ssm_state)
+        return finish(y.reshape(batch, length, -1), z, z0, x0), conv_state, ssm_state
 
     def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
              inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:

@@ -155,7 +155,7 @@ def tactic_config(tactic: int) -> Tuple[int, int, int, int]:
     from mamba_export.kernels import ssd_scan as k
 
     config = k.default_config(*TACTICS[tactic])
-    k._check_config(config)
+    k.check_config(config)
     return config
 
 

@@ -44,6 +44,9 @@ if [ "$kernels" = 1 ]; then
     | tee "$OUT/bench_kernels.log" | grep -v '^{' | tail -25
   timeout 200 python3 scripts/bench_ssd.py --out "$OUT/bench_ssd.json" 2>&1 \
     | tee "$OUT/bench_ssd.log" | grep -v '^{' | tail -16
+  # decode projections: cuBLAS vs the GEMV, every config incl. split K (~2 min)
+  timeout 240 python3 scripts/bench_decode_linear.py --sweep --out "$OUT/bench_decode_linear.json" 2>&1 \
+    | tee "$OUT/bench_decode_linear.log" | grep -v rejected | tail -22
 fi
 if [ "$e2e" = 1 ]; then
   timeout 450 python3 scripts/bench_e2e.py "${e2e_args[@]}" --out "$OUT/bench_e2e.json" 2>&1 | tee "$OUT/bench_e2e.log" | tail -20

@@ -178,7 +178,7 @@ def test_ssd_state_update_kernel_rejects_bad_shapes():
 @pytest.mark.parametrize("extra", [dict(), dict(d_ssm=48, norm_before_gate=True, D_has_hdim=True,
                                                 dt_limit=(0.01, 0.5)), dict(rmsnorm=False)])
 def test_direct_launch_prefill_equals_reference(dtype, bound, extra):
-    """``Mamba2Mixer._forward_kernels`` (what prefill runs on eager CUDA: conv, SSD scan and
+    """``Mamba2Mixer._forward(..., kernels=True)`` (what prefill runs on eager CUDA: conv, SSD scan and
     gated-norm kernels) against the mixer's forward in float64 (the reference ops)."""
     from mamba_export.config import MambaConfig
     from mamba_export.mamba2 import Mamba2Mixer
@@ -198,7 +198,7 @@ def test_direct_launch_prefill_equals_reference(dtype, bound, extra):
         want = mixer(hidden, conv, ssm)
         mixer_d = mixer.to(DEVICE, dtype)
         on = lambda t, dt=dtype: t.to(DEVICE, dt)  # noqa: E731
-        got = mixer_d._forward_kernels(on(hidden), on(conv), on(ssm, torch.float32))
+        got = mixer_d._forward(on(hidden), on(conv), on(ssm, torch.float32), kernels=True)
     for g, w, b in zip(got, want, (bound, bound, 1e-5 if dtype == torch.float32 else bound)):
         assert rel_err(g.cpu(), w) <= b
 
