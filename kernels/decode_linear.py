@@ -3,8 +3,8 @@
 Why: at decode, every projection reads its whole weight to produce one row (or a few) per
 sequence. cuBLAS picks GEMM tiles meant for many rows; a kernel that splits only the output
 features over programs and streams the weight once keeps more of the GPU's memory bandwidth busy
-for these shapes. The model uses it where scripts/bench_decode_linear.py measured it faster
-(``use_for``).
+for these shapes. The model uses it where scripts/bench_decode_linear.py measured it faster than
+cuBLAS: one row (``mamba_export._dispatch.decode_linear``).
 
 Semantics: ``torch.nn.functional.linear`` with float32 accumulation; the output has x's dtype.
 """
