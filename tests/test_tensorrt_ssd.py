@@ -30,7 +30,7 @@ from mamba_export.plugins.ssd_scan import (
     launch_grid,
 )
 
-from _util import DriverKernel, rel_err
+from _util import DriverKernel, check_engines_match_eager, rel_err
 
 pytest.importorskip("triton")
 
@@ -395,32 +395,8 @@ def test_engines_match_eager_mamba2(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT >= 10.10 (pip install tensorrt) is not installed")
     pytest.importorskip("onnxscript")
     import mamba_export as me
-    from mamba_export.export import artifacts
-    from mamba_export.export.onnx import export_onnx
-    from mamba_export.export.tensorrt import export_engines
-    from mamba_export.runtime.tensorrt import TensorRTRunner
 
     torch.manual_seed(0)
     cfg = me.MambaConfig(layer="Mamba2", d_model=64, n_layer=2, vocab_size=64, d_state=16,
                          d_conv=4, headdim=16, ngroups=2)
-    model = me.MambaLM(cfg).eval()
-    d = tmp_path / "art"
-    d.mkdir()
-    model.save_pretrained(d / "model", format="mamba_ssm")
-    manifest = artifacts.new_manifest(model)
-    for g in ("prefill", "decode"):
-        info = export_onnx(model, g, d / f"{g}.onnx")
-        artifacts.add_file(manifest, d, f"{g}.onnx", g, "onnx", **info)
-    artifacts.write_manifest(manifest, d)
-    export_engines(d, batch=(1, 2, 4), length=(1, 16, 64))
-    runner = TensorRTRunner.from_artifacts(d)
-    model = model.cuda()
-    ids = torch.randint(0, cfg.vocab_size, (2, 23), device="cuda")
-    with torch.no_grad():
-        want_logits, want_state = model.prefill(ids, model.new_state(2))
-        got_logits, got_state = runner.prefill(ids, runner.new_state(2))
-        assert rel_err(got_logits, want_logits) < 1e-4
-        assert rel_err(got_state.ssm, want_state.ssm) < 1e-4
-    a = model.generate(ids, max_new_tokens=8)
-    b = runner.generate(ids, max_new_tokens=8, cuda_graph=True)
-    assert torch.equal(a.cpu(), b.cpu())
+    check_engines_match_eager(me.MambaLM(cfg).eval(), tmp_path, format="mamba_ssm")
