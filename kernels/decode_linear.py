@@ -32,8 +32,8 @@ def _decode_linear_kernel(
     tensor-core tiles of BLOCK_M rows. IEEE: full float32 products (float32 weights); WIDEN:
     float32 operands (the interpreter).
 
-    SPLIT > 1 (one row, few features, long K, e.g. Mamba-1's x_proj): the slices' float32 sums
-    go to the workspace ``ws [SPLIT, N]``; the last program of a feature block to finish (a
+    SPLIT > 1 (few features, long K, e.g. Mamba-1's x_proj): the slices' float32 sums go to
+    the workspace ``ws [SPLIT, M, N]``; the last program of a feature block to finish (a
     counter per block, atomics with acquire/release order) adds them up, writes the output and
     resets the counter to 0 for the next call."""
     pid_n = tl.program_id(0)
@@ -68,23 +68,22 @@ def _decode_linear_kernel(
         out = acc
     else:
         out = tl.sum(acc2, axis=1)[None, :]
-    if SPLIT > 1:
-        tl.store(ws_ptr + tl.program_id(1) * N + offs_n[None, :], out, mask=mask_n[None, :])
-        if tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
-            out = tl.zeros((1, BLOCK_N), tl.float32)
+    tile = mask_m[:, None] & mask_n[None, :]
+    done = True
+    if SPLIT > 1:  # ws [SPLIT, M, N]
+        rows_cols = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + tl.program_id(1) * M * N + rows_cols, out, mask=tile)
+        done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1
+        if done:
+            out = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
             for s in range(SPLIT):  # .cg: read the other programs' sums from L2, not L1
-                out += tl.load(ws_ptr + s * N + offs_n[None, :], mask=mask_n[None, :], other=0.0,
-                               cache_modifier=".cg")
-            if HAS_BIAS:
-                out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptr + offs_n[None, :] * so_n, out.to(out_ptr.dtype.element_ty),
-                     mask=mask_n[None, :])
+                out += tl.load(ws_ptr + s * M * N + rows_cols, mask=tile, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(cnt_ptr + pid_n, 0)
-    else:
+    if done:
         if HAS_BIAS:
             out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(out_ptr + offs_m[:, None] * so_m + offs_n[None, :] * so_n,
-                 out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+                 out.to(out_ptr.dtype.element_ty), mask=tile)
 
 
 def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int]:
@@ -94,8 +93,8 @@ def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int
     features, which the sweep found only level with cuBLAS (the model keeps cuBLAS there).
 
     SPLIT stays 1 by default: split K (for narrow projections such as Mamba-1's x_proj, whose
-    features alone give few programs) is tested against float64 but has not been timed on a GPU
-    yet; the sweep times it (``--sweep``) before it becomes a default."""
+    features alone give few programs, at one row or several) is tested against float64 but has
+    not been timed on a GPU yet; the sweep times it (``--sweep``) before it becomes a default."""
     if rows == 1:
         return 4, 128, 8, 1
     return (32, 128, 4, 1) if features >= 2048 else (16, 128, 4, 1)
@@ -104,13 +103,13 @@ def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int
 _workspaces: dict = {}
 
 
-def _split_workspace(device, features: int, blocks: int, split: int):
+def _split_workspace(device, rows: int, features: int, blocks: int, split: int):
     """The float32 partial sums and the zeroed per-block counters of a split launch, kept per
     (device, shape) for the process: CUDA graphs capture their addresses, and the kernel leaves
     the counters at 0. Calls on one stream run in turn, so layers of one shape share them."""
-    key = (str(device), features, blocks, split)
+    key = (str(device), rows, features, blocks, split)
     if key not in _workspaces:
-        _workspaces[key] = (torch.empty(split, features, dtype=torch.float32, device=device),
+        _workspaces[key] = (torch.empty(split, rows, features, dtype=torch.float32, device=device),
                             torch.zeros(blocks, dtype=torch.int32, device=device))
     return _workspaces[key]
 
@@ -142,13 +141,13 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     block_n, block_k, warps, split = config or default_config(rows, features, k)
     dot = rows > 1
     if dot:
-        block_n, split = max(block_n, 16), 1
+        block_n = max(block_n, 16)
     if split < 1 or block_n < 1 or block_k < 1:
         raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT), got {config}")
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)  # no empty slices
     blocks = triton.cdiv(features, block_n)
-    ws, counters = _split_workspace(x.device, features, blocks, split) if split > 1 else (out, out)
+    ws, counters = _split_workspace(x.device, rows, features, blocks, split) if split > 1 else (out, out)
     launch(
         _decode_linear_kernel, (blocks, split), x.device,
         x, weight, weight if bias is None else bias, out, ws, counters, rows, features, k, k_per_split,

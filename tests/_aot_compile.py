@@ -51,7 +51,7 @@ def main():
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
-        for dot, split in ((False, 1), (False, 6), (True, 1)):
+        for dot, split in ((False, 1), (False, 6), (True, 1), (True, 4)):
             compile_for_sm90(decode_linear._decode_linear_kernel, dict(
                 HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=16 if dot else 1,
                 BLOCK_N=32 if dot else 4, BLOCK_K=128), lambda n, dt=dt: "fp32" if n == "ws_ptr" else

@@ -46,8 +46,9 @@ def test_matches_float64(dtype, rows, features, k, bias):
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT): K split in 3 (the last slice short) and 5 (capped: K has
 # only 3 blocks of 128), one slice, wide blocks
 @pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (8, 64, 4, 1), (32, 256, 2, 1)])
-def test_every_block_config(config):
-    x, w, b = (t.to(DEVICE) for t in operands(1, 45, 301, torch.float16))
+@pytest.mark.parametrize("rows", [1, 5])
+def test_every_block_config(config, rows):
+    x, w, b = (t.to(DEVICE) for t in operands(rows, 45, 301, torch.float16))
     assert rel_err(decode_linear_fwd(x, w, b, config=config).cpu(),
                    reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[torch.float16]
 
@@ -55,10 +56,10 @@ def test_every_block_config(config):
 def test_split_k_is_repeatable():
     """Split K: the per-block counters return to 0, so calls in a row (and other weights of the
     shape, sharing the workspace) give the same numbers."""
-    x, w, b = (t.to(DEVICE) for t in operands(1, 20, 700, torch.float32))
+    x, w, b = (t.to(DEVICE) for t in operands(3, 20, 700, torch.float32))
     first = decode_linear_fwd(x, w, b, config=(4, 64, 4, 4))
     for seed in (1, 2):
-        w2 = operands(1, 20, 700, torch.float32, seed=seed)[1].to(DEVICE)
+        w2 = operands(3, 20, 700, torch.float32, seed=seed)[1].to(DEVICE)
         assert rel_err(decode_linear_fwd(x, w2, b, config=(4, 64, 4, 4)).cpu(),
                        reference(x.cpu(), w2.cpu(), b.cpu())) <= 1e-5
     assert torch.equal(decode_linear_fwd(x, w, b, config=(4, 64, 4, 4)), first)
