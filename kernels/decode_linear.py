@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_float, check_same_device, check_shape, kernel, launch, new_output, use_interpreter
+from ._common import (check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2,
+                      use_interpreter)
 
 MAX_ROWS = 16
 
@@ -28,9 +29,10 @@ def _decode_linear_kernel(
     SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
-    slice of K. DOT=False (one row): elementwise products summed once at the end; DOT=True:
-    tensor-core tiles of BLOCK_M rows. IEEE: full float32 products (float32 weights); WIDEN:
-    float32 operands (the interpreter).
+    slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
+    BLOCK_K] accumulator; several: [BLOCK_M, BLOCK_N, BLOCK_K], which allows feature blocks
+    narrower than a tensor-core tile); DOT=True: tensor-core tiles of BLOCK_M rows. IEEE: full
+    float32 products (float32 weights); WIDEN: float32 operands (the interpreter).
 
     SPLIT > 1 (few features, long K, e.g. Mamba-1's x_proj): the slices' float32 sums go to
     the workspace ``ws [SPLIT, M, N]``; the last program of a feature block to finish (a
@@ -45,8 +47,10 @@ def _decode_linear_kernel(
     k_stop = tl.minimum(k_start + k_per_split, K)
     if DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    else:
+    elif BLOCK_M == 1:
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    else:
+        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(k_start, k_stop, BLOCK_K):
         ks = k0 + offs_k
         mask_k = ks < k_stop
@@ -61,13 +65,19 @@ def _decode_linear_kernel(
                 acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
-        else:
+        elif BLOCK_M == 1:
             x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
             acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        else:
+            x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
+                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     if DOT:
         out = acc
-    else:
+    elif BLOCK_M == 1:
         out = tl.sum(acc2, axis=1)[None, :]
+    else:
+        out = tl.sum(acc3, axis=2)
     tile = mask_m[:, None] & mask_n[None, :]
     done = True
     if SPLIT > 1:  # ws [SPLIT, M, N]
@@ -90,7 +100,8 @@ def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int
     """(BLOCK_N, BLOCK_K, num_warps, SPLIT). One row: (4, 128, 8) was the fastest or within a
     few percent of it at the decode projections of the H100 sweep (scripts/bench_decode_linear.py
     --sweep): thin slices of the weight over many programs. More rows: tensor-core tiles of 32
-    features, which the sweep found only level with cuBLAS (the model keeps cuBLAS there).
+    features, which the sweep found only level with cuBLAS (the model keeps cuBLAS there);
+    BLOCK_N < 16 with several rows takes the elementwise path (swept, not yet timed).
 
     SPLIT stays 1 by default: split K (for narrow projections such as Mamba-1's x_proj, whose
     features alone give few programs, at one row or several) is tested against float64 but has
@@ -139,9 +150,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if out is None:
         out = new_output((rows, features), x.dtype, x.device)
     block_n, block_k, warps, split = config or default_config(rows, features, k)
-    dot = rows > 1
-    if dot:
-        block_n = max(block_n, 16)
+    dot = rows > 1 and block_n >= 16  # tensor-core tiles need 16 features; narrower: elementwise
     if split < 1 or block_n < 1 or block_k < 1:
         raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT), got {config}")
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
@@ -153,7 +162,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         x, weight, weight if bias is None else bias, out, ws, counters, rows, features, k, k_per_split,
         *x.stride(), *weight.stride(), *out.stride(),
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
-        WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else 1,
+        WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )
     return out

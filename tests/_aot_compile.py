@@ -51,9 +51,9 @@ def main():
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
-        for dot, split in ((False, 1), (False, 6), (True, 1), (True, 4)):
+        for dot, split, rows in ((False, 1, 1), (False, 6, 1), (True, 1, 16), (True, 4, 16), (False, 2, 16)):
             compile_for_sm90(decode_linear._decode_linear_kernel, dict(
-                HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=16 if dot else 1,
+                HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=rows,
                 BLOCK_N=32 if dot else 4, BLOCK_K=128), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)

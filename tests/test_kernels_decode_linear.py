@@ -45,8 +45,10 @@ def test_matches_float64(dtype, rows, features, k, bias):
 
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT): K split in 3 (the last slice short) and 5 (capped: K has
 # only 3 blocks of 128), one slice, wide blocks
-@pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (8, 64, 4, 1), (32, 256, 2, 1)])
-@pytest.mark.parametrize("rows", [1, 5])
+# several rows: BLOCK_N < 16 takes the elementwise [M, N, K] path, >= 16 the tensor-core tiles
+@pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (8, 64, 4, 1), (32, 256, 2, 1),
+                                    (16, 64, 4, 2)])
+@pytest.mark.parametrize("rows", [1, 5, 16])
 def test_every_block_config(config, rows):
     x, w, b = (t.to(DEVICE) for t in operands(rows, 45, 301, torch.float16))
     assert rel_err(decode_linear_fwd(x, w, b, config=config).cpu(),
