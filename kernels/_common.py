@@ -20,6 +20,8 @@ import os
 
 import torch
 import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from triton.runtime.jit import JITFunction
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -72,8 +74,43 @@ def device_fn(fn) -> JITFunction:
     return _DeviceFunction(fn)
 
 
+@device_fn
+def pdl_start(PDL: tl.constexpr):
+    """The first statement of a kernel that :func:`launch` may start with PDL: wait for the
+    previous kernel (its writes visible, nothing of ours read or written before), then let the
+    next kernel's programs start (they wait in turn). Nothing at all without PDL."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
 def use_interpreter(device: torch.device) -> bool:
     return device.type != "cuda" or interpret_requested()
+
+
+# ---------------------------------------------------------------------------------------------
+# programmatic dependent launch (PDL)
+# ---------------------------------------------------------------------------------------------
+# A decode step is a chain of small kernels, each paying a few microseconds of launch latency
+# inside the CUDA graph. With PDL (sm_90+), a kernel launched with ``launch_pdl`` may start while
+# the previous one runs: its programs wait at ``griddepcontrol.wait`` until the previous grid has
+# finished and its writes are visible. Opt-in (MAMBA_EXPORT_PDL=1) until timed on a GPU.
+
+_PDL_CAPABLE: dict[int, bool] = {}
+
+
+def pdl_requested() -> bool:
+    return os.environ.get("MAMBA_EXPORT_PDL", "0") == "1"
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """PDL for an eager compiled launch on ``device``: requested, and the GPU is sm_90 or newer."""
+    if not pdl_requested() or use_interpreter(device):
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _PDL_CAPABLE:
+        _PDL_CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _PDL_CAPABLE[index]
 
 
 def _tracing(args) -> bool:
@@ -90,7 +127,10 @@ def _tracing(args) -> bool:
 
 
 def launch(k: DualKernel, grid, device: torch.device, *args, num_warps: int = 4,
-           num_stages: int | None = None, **kwargs):
+           num_stages: int | None = None, pdl: bool = False, **kwargs):
+    """Run kernel ``k`` compiled (CUDA) or interpreted. ``pdl``: the kernel takes a ``PDL``
+    constexpr and starts with :func:`pdl_start`; eager compiled launches then use programmatic
+    dependent launch where :func:`pdl_enabled` (traced launches never do)."""
     if any(g == 0 for g in grid):
         return
     if use_interpreter(device):
@@ -104,6 +144,8 @@ def launch(k: DualKernel, grid, device: torch.device, *args, num_warps: int = 4,
     else:
         # eager: call the compiled kernel directly; wrap_triton's eager path goes through the
         # higher-order-op dispatcher and costs ~0.5 ms of host time per launch (measured on H100)
+        if pdl and pdl_enabled(device):
+            kwargs.update(PDL=True, launch_pdl=True)
         k.jit[grid](*args, num_warps=num_warps, **kwargs)
 
 

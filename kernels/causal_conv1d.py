@@ -17,6 +17,7 @@ from ._common import (
     launch,
     new_output,
     next_pow2,
+    pdl_start,
     use_interpreter,
 )
 
@@ -97,8 +98,9 @@ def _conv_update_kernel(
     sbias,
     sn_b, sn_d, sn_s,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, WIDTH: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_start(PDL)
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
@@ -180,7 +182,8 @@ def conv_state_shift(raw_ptr, state_ptr, nstate_ptr, ch, mask, state_len,
 @kernel
 def _conv_commit_kernel(raw_ptr, state_ptr, nstate_ptr, dim, state_len, s_raw_b, s_raw_c,
                         s_st_b, s_st_c, s_st_s, sn_b, sn_c, sn_s,
-                        BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+                        BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_start(PDL)
     b = tl.program_id(1).to(tl.int64)
     ch = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     conv_state_shift(raw_ptr + b * s_raw_b, state_ptr + b * s_st_b, nstate_ptr + b * sn_b, ch,
@@ -205,7 +208,7 @@ def conv_state_commit_fwd(raw, conv_state, out_state=None):
     block_d = 4 if use_interpreter(raw.device) else 256
     launch(_conv_commit_kernel, (triton.cdiv(dim, block_d), batch), raw.device,
            raw, conv_state, nstate, dim, state_len, *raw.stride(), *conv_state.stride(), *nstate.stride(),
-           BLOCK_D=block_d, BLOCK_S=next_pow2(max(state_len, 1)), num_warps=4)
+           BLOCK_D=block_d, BLOCK_S=next_pow2(max(state_len, 1)), num_warps=4, pdl=True)
     return nstate
 
 
@@ -318,7 +321,7 @@ def causal_conv1d_update_fwd(x, conv_state, weight, bias=None, silu=False, out_s
         bias.stride(0) if bias is not None else 0,
         nstate.stride(0), nstate.stride(1), nstate.stride(2),
         HAS_BIAS=bias is not None, SILU=bool(silu), WIDTH=width,
-        BLOCK_S=next_pow2(max(state_len, 1)), BLOCK_D=block_d, num_warps=4,
+        BLOCK_S=next_pow2(max(state_len, 1)), BLOCK_D=block_d, num_warps=4, pdl=True,
     )
     return out, nstate
 

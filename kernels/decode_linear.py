@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._common import (check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2,
-                      use_interpreter)
+                      pdl_start, use_interpreter)
 
 MAX_ROWS = 16
 
@@ -27,6 +27,7 @@ def _decode_linear_kernel(
     sx_m, sx_k, sw_n, sw_k, so_m, so_n,
     HAS_BIAS: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -38,6 +39,7 @@ def _decode_linear_kernel(
     the workspace ``ws [SPLIT, M, N]``; the last program of a feature block to finish (a
     counter per block, atomics with acquire/release order) adds them up, writes the output and
     resets the counter to 0 for the next call."""
+    pdl_start(PDL)
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -163,7 +165,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         *x.stride(), *weight.stride(), *out.stride(),
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, pdl=True,
     )
     return out
 

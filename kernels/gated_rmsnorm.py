@@ -16,7 +16,7 @@ import triton.language as tl
 
 from .causal_conv1d import conv_state_shift
 from ._common import (check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2,
-                      use_interpreter)
+                      pdl_start, use_interpreter)
 
 _MAX_BLOCK = 65536  # elements of one group held by one program
 _COMMIT_BLOCK = 64  # conv channels shifted by one commit program
@@ -28,12 +28,13 @@ def _gated_rmsnorm_kernel(
     group_size, eps, n_groups, conv_dim, conv_len,
     sx_r, sx_c, sz_r, sz_c, sw, so_r, so_c, sraw_r, sraw_c, scs_r, scs_c, scs_s, sn_r, sn_c, sn_s,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr,
-    COMMIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    COMMIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Programs ``(row, g < n_groups)`` normalise group g of the row. COMMIT: programs
     ``(row, n_groups + i)`` shift BLOCK_C channels of the row's conv state by one step (raw conv
     input appended; Mamba-2 decode, see ssd_conv_state_update_fwd): spread over their own
     programs, the commit costs no latency on the norm's single program per row."""
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     if pid >= n_groups:  # a commit program (the grid has only n_groups columns without COMMIT)
@@ -128,7 +129,7 @@ def gated_rmsnorm_fwd(x, z, weight, eps, group_size, norm_before_gate, out=None,
         HAS_Z=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
         FP64=x.dtype == torch.float64, BLOCK=block, COMMIT=conv_commit is not None,
         BLOCK_C=_COMMIT_BLOCK, BLOCK_S=next_pow2(max(conv[4], 1)),
-        num_warps=min(max(block // 256, 1), 8),
+        num_warps=min(max(block // 256, 1), 8), pdl=True,
     )
     return out
 

@@ -12,13 +12,16 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import pdl_enabled, pdl_start
+
 
 @triton.jit
 def _add_rmsnorm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     n_cols, x_stride, res_stride, out_stride, res_out_stride, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -52,9 +55,10 @@ def add_rmsnorm_fwd(x: torch.Tensor, residual: torch.Tensor | None, weight: torc
     res_dtype = torch.float32 if residual_in_fp32 else (x.dtype if residual is None else residual.dtype)
     res_out = torch.empty(rows, d, device=x.device, dtype=res_dtype)
     block = triton.next_power_of_2(d)
+    pdl = dict(PDL=True, launch_pdl=True) if pdl_enabled(x.device) else {}
     _add_rmsnorm_kernel[(rows,)](
         x2, x2 if res2 is None else res2, weight, out, res_out,
         d, x2.stride(0), 0 if res2 is None else res2.stride(0), out.stride(0), res_out.stride(0), eps,
-        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=4 if block <= 2048 else 8,
+        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=4 if block <= 2048 else 8, **pdl,
     )
     return out.view(x.shape[:-1] + (d,)), res_out.view(x.shape[:-1] + (d,))

@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from .causal_conv1d import check_conv_step, conv_step_silu
-from ._common import check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2
+from ._common import (check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2,
+                      pdl_start)
 
 
 @kernel
@@ -28,11 +29,12 @@ def _ssd_update_kernel(
     so_b, so_h, so_p, sn_b, sn_h, sn_p, sn_n, scs_b, scs_c, scs_s, scw_c, scw_k, scbias,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LIMIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+    CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """CONV: x_ptr is the conv's raw input row ``xBC [B, conv_dim]`` (x, then B and C at
     channel offsets b_off / c_off); x, B and C are silu(conv) computed here from the conv state,
     which is only read."""
+    pdl_start(PDL)
     pid_p = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -177,7 +179,7 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, BLOCK_P=block_p, BLOCK_N=block_n,
         CONV=conv is not None, CONV_BIAS=conv is not None and conv[2] is not None,
-        WIDTH=1 if conv is None else conv[1].shape[1], num_warps=4,
+        WIDTH=1 if conv is None else conv[1].shape[1], num_warps=4, pdl=True,
     )
 
 

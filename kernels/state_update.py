@@ -18,6 +18,7 @@ from ._common import (
     launch,
     new_output,
     next_pow2,
+    pdl_start,
     use_interpreter,
 )
 
@@ -37,7 +38,9 @@ def _state_update_kernel(
     sn_b, sn_d, sn_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_start(PDL)
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
@@ -157,7 +160,7 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         nstate.stride(0), nstate.stride(1), nstate.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), DT_PROJ=dt_proj_weight is not None, BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_R=next_pow2(max(dt_rank, 1)), num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_R=next_pow2(max(dt_rank, 1)), num_warps=num_warps, pdl=True,
     )
     return out, nstate
 

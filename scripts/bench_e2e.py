@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import statistics
 import sys
 import time
@@ -138,6 +139,8 @@ def main() -> int:
     p.add_argument("--skip-compile", action="store_true")
     p.add_argument("--profile", action="store_true", help="kernel breakdown of prefill and decode steps")
     p.add_argument("--presets", default=None, help="comma-separated preset names")
+    p.add_argument("--pdl", action="store_true",
+                   help="also time decode with MAMBA_EXPORT_PDL=1 (programmatic dependent launch)")
     args = p.parse_args()
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
@@ -163,6 +166,12 @@ def main() -> int:
         for batch in (1, 16):
             row[f"b{batch}_ms"] = decode_ms(model, batch, 128, tokens)
             log(f"{name} decode b{batch}: {row[f'b{batch}_ms']:.3f} ms/token (floor {floor:.3f})")
+        if args.pdl:
+            os.environ["MAMBA_EXPORT_PDL"] = "1"  # read at each launch: the next capture uses PDL
+            for batch in (1, 16):
+                row[f"b{batch}_pdl_ms"] = decode_ms(model, batch, 128, tokens)
+                log(f"{name} decode b{batch} with PDL: {row[f'b{batch}_pdl_ms']:.3f} ms/token")
+            os.environ["MAMBA_EXPORT_PDL"] = "0"
         if not args.skip_compile and name in ("mamba-130m", "mamba-2.8b"):
             # Inductor's code for the step, captured in our own CUDA graph (static state buffers).
             compiled = compile_model(model)
@@ -201,6 +210,9 @@ def main() -> int:
         cpre = f"{r['compiled_prefill_2048_ms']:.2f}" if "compiled_prefill_2048_ms" in r else "-"
         print(f"{r['model']:<12} {r['b1_ms']:>10.3f} {r['b16_ms']:>11.3f} {comp:>12} {r['floor_ms']:>9.3f} "
               f"{cpre:>22}")
+    for r in results["decode"]:
+        if "b1_pdl_ms" in r:
+            print(f"{r['model']:<12} with PDL: b1 {r['b1_pdl_ms']:.3f}, b16 {r['b16_pdl_ms']:.3f} ms/token")
     for r in results["prefill"]:
         print(f"prefill {r['model']} {r['batch']}x{r['length']}: {r['ms']:.2f} ms eager, "
               f"{r['cuda_graph_ms']:.2f} ms CUDA graph")

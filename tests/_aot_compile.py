@@ -20,12 +20,14 @@ def compile_for_sm90(kernel, constexprs, pointer_type, num_warps=4, num_stages=2
     ``pointer_type(name)``), the float scalars float32, every other runtime argument int32."""
     sig = {}
     for name in inspect.signature(kernel.fn).parameters:
-        if name in constexprs:
+        if name in constexprs or name == "PDL":
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = "*" + pointer_type(name)
         else:
             sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    if "PDL" in sig:  # launched without PDL unless the case asks
+        constexprs = {"PDL": False, **constexprs}
     names = list(sig)
     src = ASTSource(fn=kernel.jit, signature=sig,
                     constexprs={(names.index(k),): v for k, v in constexprs.items()})
@@ -51,10 +53,11 @@ def main():
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
-        for dot, split, rows in ((False, 1, 1), (False, 6, 1), (True, 1, 16), (True, 4, 16), (False, 2, 16)):
+        for dot, split, rows, pdl in ((False, 1, 1, True), (False, 6, 1, False), (True, 1, 16, False),
+                                      (True, 4, 16, False), (False, 2, 16, False)):
             compile_for_sm90(decode_linear._decode_linear_kernel, dict(
                 HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=rows,
-                BLOCK_N=32 if dot else 4, BLOCK_K=128), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
+                BLOCK_N=32 if dot else 4, BLOCK_K=128, PDL=pdl), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
     return 0
