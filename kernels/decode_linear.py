@@ -19,6 +19,10 @@ from ._common import (check_float, check_same_device, check_shape, kernel, launc
                       pdl_start, use_interpreter)
 
 MAX_ROWS = 16
+# The model (mamba_export._dispatch.decode_linear) sends projections of up to this many rows
+# here and the rest to cuBLAS: 1 from the H100 sweep (docs/BENCHMARKS.md); benchmarks may raise
+# it (scripts/bench_e2e.py --linear-rows) to time the multi-row paths inside the decode step.
+MODEL_ROWS = 1
 
 
 @kernel
@@ -170,4 +174,4 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out
 
 
-__all__ = ["decode_linear_fwd", "default_config", "MAX_ROWS"]
+__all__ = ["decode_linear_fwd", "default_config", "MAX_ROWS", "MODEL_ROWS"]

@@ -48,12 +48,14 @@ def cached_params(owner: nn.Module, params: tuple[Tensor, ...],
 
 
 def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer(x)`` in a decode step that already took the kernel path: one row (batch 1) goes
-    to the Triton GEMV of kernels/decode_linear.py, which streams the weight faster than cuBLAS
-    at every decode projection measured (docs/BENCHMARKS.md); more rows keep cuBLAS, which the
-    same measurement found as fast or faster there."""
-    if x.dim() == 2 and x.shape[0] == 1 and x.dtype != torch.float64 and x.dtype == layer.weight.dtype:
-        from .kernels.decode_linear import decode_linear_fwd
+    """``layer(x)`` in a decode step that already took the kernel path: up to
+    ``decode_linear.MODEL_ROWS`` rows (1: batch 1) go to the Triton GEMV of
+    kernels/decode_linear.py, which streams the weight faster than cuBLAS at every one-row decode
+    projection measured (docs/BENCHMARKS.md); more rows keep cuBLAS, which the same measurement
+    found as fast or faster there."""
+    from .kernels import decode_linear as dl
 
-        return decode_linear_fwd(x, layer.weight, layer.bias)
+    if x.dim() == 2 and x.shape[0] <= dl.MODEL_ROWS and x.dtype != torch.float64 and \
+            x.dtype == layer.weight.dtype:
+        return dl.decode_linear_fwd(x, layer.weight, layer.bias)
     return layer(x)

@@ -139,15 +139,24 @@ def main() -> int:
     p.add_argument("--skip-compile", action="store_true")
     p.add_argument("--profile", action="store_true", help="kernel breakdown of prefill and decode steps")
     p.add_argument("--presets", default=None, help="comma-separated preset names")
+    p.add_argument("--linear-rows", type=int, default=None,
+                   help="decode projections of up to this many rows on the Triton kernel (default: "
+                        "kernels/decode_linear.MODEL_ROWS)")
     p.add_argument("--pdl", action="store_true",
                    help="also time decode with MAMBA_EXPORT_PDL=1 (programmatic dependent launch)")
     args = p.parse_args()
+    if args.linear_rows is not None:
+        from mamba_export.kernels import decode_linear
+
+        decode_linear.MODEL_ROWS = args.linear_rows
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
     log(f"{dev}: device-to-device copy {bw / 1e12:.2f} TB/s")
     results = {"device": dev, "torch": torch.__version__, "copy_TBps": bw / 1e12,
                "date": time.strftime("%Y-%m-%d"), "decode": [], "prefill": [], "long": []}
+    if args.linear_rows is not None:
+        results["linear_rows"] = args.linear_rows
     try:
         import triton
         results["triton"] = triton.__version__

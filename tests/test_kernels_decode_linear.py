@@ -112,3 +112,29 @@ def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
     assert rel_err(decode_linear_fwd(x, w, b), reference(x, w, b)) <= 1e-5
     monkeypatch.setenv("MAMBA_EXPORT_PDL", "0")
     assert not pdl_enabled(torch.device("cuda", 0))
+
+
+@pytest.mark.parametrize("model_rows,calls", [(1, 0), (16, 2)])
+def test_model_routes_up_to_model_rows(monkeypatch, model_rows, calls):
+    """The Mamba-2 decode step (kernel path) sends its projections here for up to MODEL_ROWS rows
+    (in_proj and out_proj at batch 3 when raised to 16, none at the default 1) and gives the op
+    path's numbers either way."""
+    from mamba_export import MambaConfig
+    from mamba_export.kernels import decode_linear as dl
+    from mamba_export.mamba2 import Mamba2Mixer
+
+    monkeypatch.setattr(dl, "MODEL_ROWS", model_rows)
+    seen = []
+    real = dl.decode_linear_fwd
+    monkeypatch.setattr(dl, "decode_linear_fwd", lambda *a, **k: seen.append(a[0].shape) or real(*a, **k))
+    cfg = MambaConfig(layer="Mamba2", d_model=32, d_state=6, headdim=8, ngroups=2)
+    torch.manual_seed(1)
+    mixer = Mamba2Mixer(cfg).to(DEVICE)
+    h = torch.randn(3, cfg.d_model, device=DEVICE)
+    conv = torch.randn(3, cfg.conv_dim, cfg.d_conv - 1, device=DEVICE)
+    ssm = torch.randn(3, cfg.nheads, cfg.headdim, cfg.d_state, device=DEVICE)
+    want = mixer.step(h, conv.clone(), ssm.clone())[0].detach()  # grad on: the op path, also on CUDA
+    with torch.no_grad():
+        got = mixer._step_kernels(h, conv.clone(), ssm.clone(), False)[0]
+    assert len(seen) == calls
+    assert rel_err(got.cpu(), want.cpu()) <= 1e-5
