@@ -74,16 +74,6 @@ def device_fn(fn) -> JITFunction:
     return _DeviceFunction(fn)
 
 
-@device_fn
-def pdl_start(PDL: tl.constexpr):
-    """The first statement of a kernel that :func:`launch` may start with PDL: wait for the
-    previous kernel (its writes visible, nothing of ours read or written before), then let the
-    next kernel's programs start (they wait in turn). Nothing at all without PDL."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
-
-
 def use_interpreter(device: torch.device) -> bool:
     return device.type != "cuda" or interpret_requested()
 
@@ -111,6 +101,16 @@ def pdl_enabled(device: torch.device) -> bool:
     if index not in _PDL_CAPABLE:
         _PDL_CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 9
     return _PDL_CAPABLE[index]
+
+
+@device_fn
+def pdl_start(PDL: tl.constexpr):
+    """The first statement of a kernel that :func:`launch` may start with PDL: wait for the
+    previous kernel (its writes visible, nothing of ours read or written before), then let the
+    next kernel's programs start (they wait in turn). Nothing at all without PDL."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 def _tracing(args) -> bool:
