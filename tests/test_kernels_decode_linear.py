@@ -130,6 +130,10 @@ def test_model_routes_up_to_model_rows(monkeypatch, model_rows, calls):
     cfg = MambaConfig(layer="Mamba2", d_model=32, d_state=6, headdim=8, ngroups=2)
     torch.manual_seed(1)
     mixer = Mamba2Mixer(cfg).to(DEVICE)
+    with torch.no_grad():  # the mixer alone leaves initialisation to MambaLM
+        for p in mixer.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        mixer.reset_ssm_parameters()
     h = torch.randn(3, cfg.d_model, device=DEVICE)
     conv = torch.randn(3, cfg.conv_dim, cfg.d_conv - 1, device=DEVICE)
     ssm = torch.randn(3, cfg.nheads, cfg.headdim, cfg.d_state, device=DEVICE)
