@@ -89,6 +89,8 @@ def _decode_linear_kernel(
     if SPLIT > 1:  # ws [SPLIT, M, N]
         rows_cols = offs_m[:, None] * N + offs_n[None, :]
         tl.store(ws_ptr + tl.program_id(1) * M * N + rows_cols, out, mask=tile)
+        # every thread's partial sums stored before the (single-thread) release of the counter
+        tl.debug_barrier()
         done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1
         if done:
             out = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
