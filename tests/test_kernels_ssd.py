@@ -259,3 +259,41 @@ def test_fused_conv_state_update_equals_conv_then_update(dtype, batch, heads, he
         ssd_conv_state_update_fwd(ssm, xbc[:, 1:], cst[:, 1:], w[1:], None, dt, A, groups)
     with pytest.raises(ValueError, match="ngroups"):
         ssd_conv_state_update_fwd(ssm, xbc, cst, w, cb, dt, A, heads + 1)
+
+
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 1, 2, 5, 7, 1, False, None),
+                                  (2, 37, 4, 16, 16, 2, True, (0.01, 0.5)),
+                                  (1, 70, 3, 20, 5, 3, False, None)])
+def test_ssd_scan_op_gradients_match_float64(dtype, case):
+    """Gradients of ``torch.ops.mamba_export.ssd_scan`` for every input (through its registered
+    backward, on the test device) against float64 autograd of the per-timestep reference loop on
+    the same rounded inputs, with random output and final-state cotangents; L = 1, L not a
+    multiple of the chunk, G > 1, D per channel, dt_limit. Bounds as for the outputs."""
+    batch, length, heads, headdim, dstate, groups, d_per_p, limit = case
+    kw = ssd_inputs(batch, length, heads, headdim, dstate, groups, dtype, d_per_p, seed=7)
+    g = torch.Generator().manual_seed(8)
+    # out is in the input dtype, so its gradient is too: the cotangent the backward sees is
+    # d_out rounded to that dtype, which the float64 side gets as well
+    d_out = torch.randn(batch, length, heads, headdim, generator=g).to(dtype).float()
+    d_final = torch.randn(batch, heads, headdim, dstate, generator=g)
+
+    def grads(inputs, device, cot_dtype, run):
+        leaves = {k: v.to(device).clone().requires_grad_(True) for k, v in inputs.items()}
+        out, final = run(leaves)
+        loss = (out.to(cot_dtype) * d_out.to(device, cot_dtype)).sum() + \
+            (final.to(cot_dtype) * d_final.to(device, cot_dtype)).sum()
+        return dict(zip(GRAD_NAMES, torch.autograd.grad(loss, [leaves[k] for k in GRAD_NAMES])))
+
+    got = grads(kw, DEVICE, torch.float32, lambda a: torch.ops.mamba_export.ssd_scan(
+        a["x"], a["dt"], a["A"], a["B"], a["C"], 16, a["D"], a["z"], a["dt_bias"], a["initial_state"],
+        True, limit))
+    want = grads({k: v.double() for k, v in kw.items()}, "cpu", torch.float64, lambda a: ref.ssd_scan_loop(
+        a["x"], a["dt"], a["A"], a["B"], a["C"], D=a["D"], z=a["z"], dt_bias=a["dt_bias"],
+        initial_state=a["initial_state"], dt_softplus=True, dt_limit=limit))
+    for name in GRAD_NAMES:
+        assert got[name].dtype == kw[name].dtype, name
+        assert rel_err(got[name].cpu(), want[name]) <= TOL[dtype], (name, rel_err(got[name].cpu(), want[name]))
