@@ -138,6 +138,7 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
 
 
 _MIN_PROGRAMS = 256  # decode is latency-bound: at batch 1, spread a layer over ~2 waves of SMs
+NUM_WARPS = 4  # per program (scripts/bench_ssd_update.py sweeps it with block_p_for)
 
 
 def block_p_for(batch, heads, headdim, block_n):
@@ -179,7 +180,7 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, BLOCK_P=block_p, BLOCK_N=block_n,
         CONV=conv is not None, CONV_BIAS=conv is not None and conv[2] is not None,
-        WIDTH=1 if conv is None else conv[1].shape[1], num_warps=4, pdl=True,
+        WIDTH=1 if conv is None else conv[1].shape[1], num_warps=NUM_WARPS, pdl=True,
     )
 
 
