@@ -192,9 +192,128 @@ def _scan_fwd_kernel(
     tl.store(hlast_ptr + row[:, None] * DSTATE + offs_n[None, :], h, mask=mask_dn)
 
 
+# ---------------------------------------------------------------------------------------------
+# sequential-in-time forward (seq and split kernels): [BLOCK_T, BLOCK_N, BLOCK_D] tiles
+# ---------------------------------------------------------------------------------------------
+
+
 @device_fn
-def _take_last(a, b):
-    return b
+def _seq_channel_block(
+    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, pid_d, b64,
+    dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
+    sD, sbias, sz_b, sz_d,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BC_ROW: tl.constexpr, DSTATE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The program's channel block of sequence ``b64``: offsets and masks, the row pointers of
+    u/dt/z/out, B and C (BC_ROW: one group for the whole block, a scalar base; else a pointer per
+    channel), and the per-channel parameters (dt bias, D, A in log2 units)."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < DSTATE
+    d64 = offs_d.to(tl.int64)
+    u_rows = u_ptr + b64 * su_b + d64 * su_d
+    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
+    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
+    out_rows = out_ptr + (b64 * dim + d64) * length
+    if BC_ROW:
+        grp = (pid_d * BLOCK_D) // ch_per_group
+        B_ptrs = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
+        C_ptrs = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
+    else:
+        grp = (offs_d // ch_per_group).to(tl.int64)
+        B_ptrs = B_ptr + b64 * sB_b + grp * sB_g
+        C_ptrs = C_ptr + b64 * sC_b + grp * sC_g
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * sA_n + offs_d[None, :] * sA_d, mask=mask_nd,
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    return (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows,
+            B_ptrs, C_ptrs, bias, Dv, A2)
+
+
+@device_fn
+def _seq_chunk_tiles(
+    u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t, offs_t, offs_n, mask, mask_tn, mask_d,
+    su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
+    LOAD_Z: tl.constexpr, LOAD_C: tl.constexpr, BC_ROW: tl.constexpr,
+):
+    """The tiles of the chunk starting at step ``t`` (int64): u, dt, z [BLOCK_T, BLOCK_D]; B, C
+    [BLOCK_T, BLOCK_N] (BC_ROW) or [BLOCK_T, BLOCK_N, BLOCK_D]. z and C only when asked (else
+    placeholders that are never read)."""
+    u = tl.load(u_rows[None, :] + t * su_l + (offs_t * su_l)[:, None], mask=mask, other=0.0)
+    dt = tl.load(dt_rows[None, :] + t * sdt_l + (offs_t * sdt_l)[:, None], mask=mask, other=0.0)
+    z = u
+    if LOAD_Z:
+        z = tl.load(z_rows[None, :] + t * sz_l + (offs_t * sz_l)[:, None], mask=mask, other=0.0)
+    if BC_ROW:
+        Bt = tl.load(B_ptrs + (t + offs_t)[:, None] * sB_l + offs_n[None, :] * sB_n,
+                     mask=mask_tn, other=0.0)
+        Ct = Bt
+        if LOAD_C:
+            Ct = tl.load(C_ptrs + (t + offs_t)[:, None] * sC_l + offs_n[None, :] * sC_n,
+                         mask=mask_tn, other=0.0)
+    else:
+        m3 = mask_tn[:, :, None] & mask_d[None, None, :]
+        Bt = tl.load(B_ptrs[None, None, :] + (t + offs_t)[:, None, None] * sB_l
+                     + (offs_n * sB_n)[None, :, None], mask=m3, other=0.0)
+        Ct = Bt
+        if LOAD_C:
+            Ct = tl.load(C_ptrs[None, None, :] + (t + offs_t)[:, None, None] * sC_l
+                         + (offs_n * sC_n)[None, :, None], mask=m3, other=0.0)
+    return u, dt, z, Bt, Ct
+
+
+@device_fn
+def _seq_chunk_states(u, dt, Bt, h, bias, A2, mask, first, is_last,
+                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BC_ROW: tl.constexpr):
+    """One chunk of the recurrence from the carried state ``h [BLOCK_N, BLOCK_D]``: the states
+    after every step ``hs [BLOCK_T, BLOCK_N, BLOCK_D]``, the state after the last step, and the
+    chunk's float32 u and discretised dt (0 at masked steps: decay 1, drive 0, state carried).
+
+    Time is in-thread (the tile layout's order), so the associative scan is a sequential FFMA
+    chain (its decay products are dead code) and the last step is a register pick plus one add."""
+    uf = u.to(tl.float32)
+    dtf = dt.to(tl.float32)
+    if HAS_BIAS:
+        dtf = dtf + bias[None, :]
+    if SOFTPLUS:
+        dtf = tl.where(dtf <= 20.0, tl.log(1.0 + tl.exp(dtf)), dtf)
+    dtf = tl.where(mask, dtf, 0.0)
+    dtu = dtf * uf
+    if BC_ROW:
+        Bf = Bt.to(tl.float32)[:, :, None]
+    else:
+        Bf = Bt.to(tl.float32)
+    a = tl.exp2(dtf[:, None, :] * A2[None, :, :])
+    drive = dtu[:, None, :] * Bf
+    drive = tl.where(first, drive + a * h[None, :, :], drive)
+    _, hs = tl.associative_scan((a, drive), axis=0, combine_fn=_affine_combine)
+    h = tl.sum(tl.where(is_last, hs, 0.0), axis=0)
+    return hs, h, uf, dtf
+
+
+@device_fn
+def _seq_chunk_out(hs, Ct, uf, z, Dv, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                   BC_ROW: tl.constexpr):
+    """The chunk's outputs y [BLOCK_T, BLOCK_D] = C . h (+ D u) (* silu(z)), in float32."""
+    if BC_ROW:
+        Cf = Ct.to(tl.float32)[:, :, None]
+    else:
+        Cf = Ct.to(tl.float32)
+    y = tl.sum(hs * Cf, axis=1)
+    if HAS_D:
+        y += Dv[None, :] * uf
+    if HAS_Z:
+        zf = z.to(tl.float32)
+        y = y * (zf * tl.sigmoid(zf))
+    return y
 
 
 @kernel
@@ -220,36 +339,14 @@ def _scan_fwd_seq_kernel(
     BLOCK_T steps is an in-thread sequential scan (one FFMA per element on the critical path; the
     scan's decay products are dead code and removed), the y contraction over N is in-thread adds
     plus log2(lanes on N) shuffle rounds, and no shuffle scan is needed. One warp per program."""
-    pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < dim
-    offs_t = tl.arange(0, BLOCK_T)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < DSTATE
     b64 = pid_b.to(tl.int64)
-    d64 = offs_d.to(tl.int64)
-    zero64 = b64 * 0
-
-    u_rows = u_ptr + b64 * su_b + d64 * su_d
-    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
-    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
-    out_rows = out_ptr + (b64 * dim + d64) * length
-    if BC_ROW:
-        grp = (pid_d * BLOCK_D) // ch_per_group
-        B_base = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
-        C_base = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
-    else:
-        grp = (offs_d // ch_per_group).to(tl.int64)
-        B_rows = B_ptr + b64 * sB_b + grp * sB_g
-        C_rows = C_ptr + b64 * sC_b + grp * sC_g
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    A2 = tl.load(A_ptr + offs_n[:, None] * sA_n + offs_d[None, :] * sA_d, mask=mask_nd,
-                 other=0.0).to(tl.float32) * 1.4426950408889634
+    (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows, B_ptrs,
+     C_ptrs, bias, Dv, A2) = _seq_channel_block(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, tl.program_id(0), b64,
+        dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
+        sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_T)
     if HAS_H0:
         h = tl.load(h0_ptr + b64 * sh0_b + d64[None, :] * sh0_d + offs_n[:, None] * sh0_n,
                     mask=mask_nd, other=0.0).to(tl.float32)
@@ -260,88 +357,30 @@ def _scan_fwd_seq_kernel(
 
     # software prefetch: the tiles of chunk c + 1 are loaded before chunk c is computed, so the
     # loads' latency hides behind a chunk of arithmetic (few warps per SM at small batch)
-    t0 = zero64
+    t0 = b64 * 0  # int64: chunk offsets along L in 64 bits
     mask_t = offs_t < length
     mask = mask_t[:, None] & mask_d[None, :]
-    mask_tn = mask_t[:, None] & mask_n[None, :]
-    u = tl.load(u_rows[None, :] + (offs_t * su_l)[:, None], mask=mask, other=0.0)
-    dt = tl.load(dt_rows[None, :] + (offs_t * sdt_l)[:, None], mask=mask, other=0.0)
-    if HAS_Z:
-        z = tl.load(z_rows[None, :] + (offs_t * sz_l)[:, None], mask=mask, other=0.0)
-    if BC_ROW:
-        Bt = tl.load(B_base + offs_t[:, None] * sB_l + offs_n[None, :] * sB_n, mask=mask_tn,
-                     other=0.0)
-        Ct = tl.load(C_base + offs_t[:, None] * sC_l + offs_n[None, :] * sC_n, mask=mask_tn,
-                     other=0.0)
-    else:
-        m3 = mask_tn[:, :, None] & mask_d[None, None, :]
-        Bt = tl.load(B_rows[None, None, :] + offs_t[:, None, None] * sB_l
-                     + (offs_n * sB_n)[None, :, None], mask=m3, other=0.0)
-        Ct = tl.load(C_rows[None, None, :] + offs_t[:, None, None] * sC_l
-                     + (offs_n * sC_n)[None, :, None], mask=m3, other=0.0)
-
+    u, dt, z, Bt, Ct = _seq_chunk_tiles(
+        u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t0, offs_t, offs_n, mask,
+        mask_t[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
+        HAS_Z, True, BC_ROW)
     for c in range(n_chunks):
         # next chunk's tiles (fully masked past the end: no memory traffic)
         t1 = t0 + BLOCK_T
         mask_t1 = ((c + 1) * BLOCK_T + offs_t) < length
         mask1 = mask_t1[:, None] & mask_d[None, :]
-        mask_tn1 = mask_t1[:, None] & mask_n[None, :]
-        u_nx = tl.load(u_rows[None, :] + t1 * su_l + (offs_t * su_l)[:, None], mask=mask1,
-                       other=0.0)
-        dt_nx = tl.load(dt_rows[None, :] + t1 * sdt_l + (offs_t * sdt_l)[:, None], mask=mask1,
-                        other=0.0)
-        if HAS_Z:
-            z_nx = tl.load(z_rows[None, :] + t1 * sz_l + (offs_t * sz_l)[:, None], mask=mask1,
-                           other=0.0)
-        if BC_ROW:
-            B_nx = tl.load(B_base + (t1 + offs_t)[:, None] * sB_l + offs_n[None, :] * sB_n,
-                           mask=mask_tn1, other=0.0)
-            C_nx = tl.load(C_base + (t1 + offs_t)[:, None] * sC_l + offs_n[None, :] * sC_n,
-                           mask=mask_tn1, other=0.0)
-        else:
-            m31 = mask_tn1[:, :, None] & mask_d[None, None, :]
-            B_nx = tl.load(B_rows[None, None, :] + (t1 + offs_t)[:, None, None] * sB_l
-                           + (offs_n * sB_n)[None, :, None], mask=m31, other=0.0)
-            C_nx = tl.load(C_rows[None, None, :] + (t1 + offs_t)[:, None, None] * sC_l
-                           + (offs_n * sC_n)[None, :, None], mask=m31, other=0.0)
-
-        uf = u.to(tl.float32)
-        dtf = dt.to(tl.float32)
-        if HAS_BIAS:
-            dtf = dtf + bias[None, :]
-        if SOFTPLUS:
-            dtf = tl.where(dtf <= 20.0, tl.log(1.0 + tl.exp(dtf)), dtf)
-        dtf = tl.where(mask, dtf, 0.0)  # masked steps: decay 1, drive 0 (state carried)
-        dtu = dtf * uf
-        if BC_ROW:
-            Bf = Bt.to(tl.float32)[:, :, None]
-            Cf = Ct.to(tl.float32)[:, :, None]
-        else:
-            Bf = Bt.to(tl.float32)
-            Cf = Ct.to(tl.float32)
-        a = tl.exp2(dtf[:, None, :] * A2[None, :, :])
-        drive = dtu[:, None, :] * Bf
-        drive = tl.where(first, drive + a * h[None, :, :], drive)
-        _, hs = tl.associative_scan((a, drive), axis=0, combine_fn=_affine_combine)
-        # state after the chunk's last step (masked steps carry it): the T axis is in-thread,
-        # so this masked sum is a register pick plus one add
-        h = tl.sum(tl.where(is_last, hs, 0.0), axis=0)
-        y = tl.sum(hs * Cf, axis=1)
-        if HAS_D:
-            y += Dv[None, :] * uf
-        if HAS_Z:
-            zf = z.to(tl.float32)
-            y = y * (zf * tl.sigmoid(zf))
+        u_nx, dt_nx, z_nx, B_nx, C_nx = _seq_chunk_tiles(
+            u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t1, offs_t, offs_n, mask1,
+            mask_t1[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
+            HAS_Z, True, BC_ROW)
+        hs, h, uf, dtf = _seq_chunk_states(u, dt, Bt, h, bias, A2, mask, first, is_last,
+                                           HAS_BIAS, SOFTPLUS, BC_ROW)
+        y = _seq_chunk_out(hs, Ct, uf, z, Dv, HAS_D, HAS_Z, BC_ROW)
         tl.store(out_rows[None, :] + t0 + offs_t[:, None], y.to(out_ptr.dtype.element_ty),
                  mask=mask)
         t0 = t1
         mask = mask1
-        u = u_nx
-        dt = dt_nx
-        if HAS_Z:
-            z = z_nx
-        Bt = B_nx
-        Ct = C_nx
+        u, dt, z, Bt, Ct = u_nx, dt_nx, z_nx, B_nx, C_nx
 
     tl.store(hlast_ptr + (b64 * dim + d64)[None, :] * DSTATE + offs_n[:, None], h, mask=mask_nd)
 
@@ -375,37 +414,14 @@ def _scan_fwd_split_kernel(
     Otherwise (pass 2, every segment): the segment's true start state is chained from h0 over
     the earlier segments, h <- exp(A * dtsum_j) * h + hseg_j (j < s, a few loads), then the
     segment is scanned from it writing outputs; the last segment stores the final state."""
-    pid_d = tl.program_id(0)
     pid_s = tl.program_id(1)
-    pid_b = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < dim
+    b64 = tl.program_id(2).to(tl.int64)
+    (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows, B_ptrs,
+     C_ptrs, bias, Dv, A2) = _seq_channel_block(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, tl.program_id(0), b64,
+        dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
+        sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_T)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < DSTATE
-    b64 = pid_b.to(tl.int64)
-    d64 = offs_d.to(tl.int64)
-    zero64 = b64 * 0
-
-    u_rows = u_ptr + b64 * su_b + d64 * su_d
-    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
-    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
-    out_rows = out_ptr + (b64 * dim + d64) * length
-    if BC_ROW:
-        grp = (pid_d * BLOCK_D) // ch_per_group
-        B_base = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
-        C_base = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
-    else:
-        grp = (offs_d // ch_per_group).to(tl.int64)
-        B_rows = B_ptr + b64 * sB_b + grp * sB_g
-        C_rows = C_ptr + b64 * sC_b + grp * sC_g
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    A2 = tl.load(A_ptr + offs_n[:, None] * sA_n + offs_d[None, :] * sA_d, mask=mask_nd,
-                 other=0.0).to(tl.float32) * 1.4426950408889634
     # per-segment scratch rows: [B, n_seg - 1, N, D] and [B, n_seg - 1, D]
     seg_nd = offs_n[:, None] * dim + offs_d[None, :]
     hseg_b = hseg_ptr + b64 * (n_seg - 1) * DSTATE * dim
@@ -432,93 +448,30 @@ def _scan_fwd_split_kernel(
     t0 = seg_t0
     mask_t = (t0 + offs_t) < seg_end
     mask = mask_t[:, None] & mask_d[None, :]
-    mask_tn = mask_t[:, None] & mask_n[None, :]
-    u = tl.load(u_rows[None, :] + t0 * su_l + (offs_t * su_l)[:, None], mask=mask, other=0.0)
-    dt = tl.load(dt_rows[None, :] + t0 * sdt_l + (offs_t * sdt_l)[:, None], mask=mask, other=0.0)
-    if HAS_Z and not STATES_ONLY:
-        z = tl.load(z_rows[None, :] + t0 * sz_l + (offs_t * sz_l)[:, None], mask=mask, other=0.0)
-    if BC_ROW:
-        Bt = tl.load(B_base + (t0 + offs_t)[:, None] * sB_l + offs_n[None, :] * sB_n,
-                     mask=mask_tn, other=0.0)
-        if not STATES_ONLY:
-            Ct = tl.load(C_base + (t0 + offs_t)[:, None] * sC_l + offs_n[None, :] * sC_n,
-                         mask=mask_tn, other=0.0)
-    else:
-        m3 = mask_tn[:, :, None] & mask_d[None, None, :]
-        Bt = tl.load(B_rows[None, None, :] + (t0 + offs_t)[:, None, None] * sB_l
-                     + (offs_n * sB_n)[None, :, None], mask=m3, other=0.0)
-        if not STATES_ONLY:
-            Ct = tl.load(C_rows[None, None, :] + (t0 + offs_t)[:, None, None] * sC_l
-                         + (offs_n * sC_n)[None, :, None], mask=m3, other=0.0)
-
+    u, dt, z, Bt, Ct = _seq_chunk_tiles(
+        u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t0, offs_t, offs_n, mask,
+        mask_t[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
+        HAS_Z and not STATES_ONLY, not STATES_ONLY, BC_ROW)
     for c in range(n_my):
         # software prefetch of the next chunk (as in the seq kernel)
         t1 = t0 + BLOCK_T
         mask_t1 = (t1 + offs_t) < seg_end
         mask1 = mask_t1[:, None] & mask_d[None, :]
-        mask_tn1 = mask_t1[:, None] & mask_n[None, :]
-        u_nx = tl.load(u_rows[None, :] + t1 * su_l + (offs_t * su_l)[:, None], mask=mask1,
-                       other=0.0)
-        dt_nx = tl.load(dt_rows[None, :] + t1 * sdt_l + (offs_t * sdt_l)[:, None], mask=mask1,
-                        other=0.0)
-        if HAS_Z and not STATES_ONLY:
-            z_nx = tl.load(z_rows[None, :] + t1 * sz_l + (offs_t * sz_l)[:, None], mask=mask1,
-                           other=0.0)
-        if BC_ROW:
-            B_nx = tl.load(B_base + (t1 + offs_t)[:, None] * sB_l + offs_n[None, :] * sB_n,
-                           mask=mask_tn1, other=0.0)
-            if not STATES_ONLY:
-                C_nx = tl.load(C_base + (t1 + offs_t)[:, None] * sC_l + offs_n[None, :] * sC_n,
-                               mask=mask_tn1, other=0.0)
-        else:
-            m31 = mask_tn1[:, :, None] & mask_d[None, None, :]
-            B_nx = tl.load(B_rows[None, None, :] + (t1 + offs_t)[:, None, None] * sB_l
-                           + (offs_n * sB_n)[None, :, None], mask=m31, other=0.0)
-            if not STATES_ONLY:
-                C_nx = tl.load(C_rows[None, None, :] + (t1 + offs_t)[:, None, None] * sC_l
-                               + (offs_n * sC_n)[None, :, None], mask=m31, other=0.0)
-
-        uf = u.to(tl.float32)
-        dtf = dt.to(tl.float32)
-        if HAS_BIAS:
-            dtf = dtf + bias[None, :]
-        if SOFTPLUS:
-            dtf = tl.where(dtf <= 20.0, tl.log(1.0 + tl.exp(dtf)), dtf)
-        dtf = tl.where(mask, dtf, 0.0)
-        dtu = dtf * uf
-        if BC_ROW:
-            Bf = Bt.to(tl.float32)[:, :, None]
-        else:
-            Bf = Bt.to(tl.float32)
-        a = tl.exp2(dtf[:, None, :] * A2[None, :, :])
-        drive = dtu[:, None, :] * Bf
-        drive = tl.where(first, drive + a * h[None, :, :], drive)
-        _, hs = tl.associative_scan((a, drive), axis=0, combine_fn=_affine_combine)
-        h = tl.sum(tl.where(is_last, hs, 0.0), axis=0)
+        u_nx, dt_nx, z_nx, B_nx, C_nx = _seq_chunk_tiles(
+            u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t1, offs_t, offs_n, mask1,
+            mask_t1[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
+            HAS_Z and not STATES_ONLY, not STATES_ONLY, BC_ROW)
+        hs, h, uf, dtf = _seq_chunk_states(u, dt, Bt, h, bias, A2, mask, first, is_last,
+                                           HAS_BIAS, SOFTPLUS, BC_ROW)
         if STATES_ONLY:
             dsum += dtf
         else:
-            if BC_ROW:
-                Cf = Ct.to(tl.float32)[:, :, None]
-            else:
-                Cf = Ct.to(tl.float32)
-            y = tl.sum(hs * Cf, axis=1)
-            if HAS_D:
-                y += Dv[None, :] * uf
-            if HAS_Z:
-                zf = z.to(tl.float32)
-                y = y * (zf * tl.sigmoid(zf))
+            y = _seq_chunk_out(hs, Ct, uf, z, Dv, HAS_D, HAS_Z, BC_ROW)
             tl.store(out_rows[None, :] + t0 + offs_t[:, None], y.to(out_ptr.dtype.element_ty),
                      mask=mask)
         t0 = t1
         mask = mask1
-        u = u_nx
-        dt = dt_nx
-        Bt = B_nx
-        if not STATES_ONLY:
-            if HAS_Z:
-                z = z_nx
-            Ct = C_nx
+        u, dt, z, Bt, Ct = u_nx, dt_nx, z_nx, B_nx, C_nx
 
     if STATES_ONLY:
         tl.store(hseg_b + pid_s * DSTATE * dim + seg_nd, h, mask=mask_nd)
