@@ -52,6 +52,48 @@ def _affine_combine(a1, b1, a2, b2):
     return a1 * a2, b1 * a2 + b2
 
 
+@device_fn
+def _channel_block(
+    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, pid_d, b64,
+    dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
+    sD, sbias, sz_b, sz_d,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BC_ROW: tl.constexpr, DSTATE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The program's channel block of sequence ``b64`` (every scan kernel): offsets and masks,
+    the row pointers of u/dt/z/out, B and C (BC_ROW: one group for the whole block, a scalar base;
+    else a pointer per channel), and the per-channel parameters (dt bias, D, A [N, D] in log2
+    units). What a kernel does not use is dead code and compiles away."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < DSTATE
+    d64 = offs_d.to(tl.int64)
+    u_rows = u_ptr + b64 * su_b + d64 * su_d
+    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
+    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
+    out_rows = out_ptr + (b64 * dim + d64) * length
+    if BC_ROW:
+        grp = (pid_d * BLOCK_D) // ch_per_group
+        B_ptrs = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
+        C_ptrs = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
+    else:
+        grp = (offs_d // ch_per_group).to(tl.int64)
+        B_ptrs = B_ptr + b64 * sB_b + grp * sB_g
+        C_ptrs = C_ptr + b64 * sC_b + grp * sC_g
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * sA_n + offs_d[None, :] * sA_d, mask=mask_nd,
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    return (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows,
+            B_ptrs, C_ptrs, bias, Dv, A2)
+
+
 @kernel
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
@@ -70,39 +112,19 @@ def _scan_fwd_kernel(
     BC_ROW: tl.constexpr, DSTATE: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, LAST_LEVELS: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < dim
+    b64 = tl.program_id(1).to(tl.int64)
+    (offs_d, mask_d, offs_n, mask_n, _nd, d64, u_rows, dt_rows, z_rows, out_rows, B_base, C_base,
+     bias, Dv, _A2) = _channel_block(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, tl.program_id(0), b64,
+        dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
+        sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
+    B_rows, C_rows = B_base, C_base  # per-channel pointers when not BC_ROW
     offs_t = tl.arange(0, BLOCK_T)
-    offs_n = tl.arange(0, BLOCK_N)
     # B/C rows shared by the block's channels are loaded as [BLOCK_D, BLOCK_T] tiles of
     # repeated addresses: same layout as u (no layout conversion), repeats hit L1
     bc_off = (offs_d * 0)[:, None] + (offs_t * sB_l)[None, :]
     bc_off_c = (offs_d * 0)[:, None] + (offs_t * sC_l)[None, :]
-    mask_n = offs_n < DSTATE
-    b64 = pid_b.to(tl.int64)
-    d64 = offs_d.to(tl.int64)
     zero64 = b64 * 0  # int64 scalar: chunk offsets along L in 64 bits
-
-    u_rows = u_ptr + b64 * su_b + d64 * su_d
-    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
-    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
-    out_rows = out_ptr + (b64 * dim + d64) * length
-    if BC_ROW:
-        grp = (pid_d * BLOCK_D) // ch_per_group
-        B_base = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
-        C_base = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
-    else:
-        grp = (offs_d // ch_per_group).to(tl.int64)
-        B_rows = B_ptr + b64 * sB_b + grp * sB_g
-        C_rows = C_ptr + b64 * sC_b + grp * sC_g
-
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
-
     mask_dn = mask_d[:, None] & mask_n[None, :]
     if HAS_H0:
         h = tl.load(h0_ptr + b64 * sh0_b + d64[:, None] * sh0_d + offs_n[None, :] * sh0_n,
@@ -195,47 +217,6 @@ def _scan_fwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # sequential-in-time forward (seq and split kernels): [BLOCK_T, BLOCK_N, BLOCK_D] tiles
 # ---------------------------------------------------------------------------------------------
-
-
-@device_fn
-def _seq_channel_block(
-    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, pid_d, b64,
-    dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
-    sD, sbias, sz_b, sz_d,
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BC_ROW: tl.constexpr, DSTATE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """The program's channel block of sequence ``b64``: offsets and masks, the row pointers of
-    u/dt/z/out, B and C (BC_ROW: one group for the whole block, a scalar base; else a pointer per
-    channel), and the per-channel parameters (dt bias, D, A in log2 units)."""
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < dim
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < DSTATE
-    d64 = offs_d.to(tl.int64)
-    u_rows = u_ptr + b64 * su_b + d64 * su_d
-    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
-    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
-    out_rows = out_ptr + (b64 * dim + d64) * length
-    if BC_ROW:
-        grp = (pid_d * BLOCK_D) // ch_per_group
-        B_ptrs = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
-        C_ptrs = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
-    else:
-        grp = (offs_d // ch_per_group).to(tl.int64)
-        B_ptrs = B_ptr + b64 * sB_b + grp * sB_g
-        C_ptrs = C_ptr + b64 * sC_b + grp * sC_g
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    A2 = tl.load(A_ptr + offs_n[:, None] * sA_n + offs_d[None, :] * sA_d, mask=mask_nd,
-                 other=0.0).to(tl.float32) * 1.4426950408889634
-    return (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows,
-            B_ptrs, C_ptrs, bias, Dv, A2)
 
 
 @device_fn
@@ -342,7 +323,7 @@ def _scan_fwd_seq_kernel(
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
     (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows, B_ptrs,
-     C_ptrs, bias, Dv, A2) = _seq_channel_block(
+     C_ptrs, bias, Dv, A2) = _channel_block(
         u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, tl.program_id(0), b64,
         dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
         sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
@@ -417,7 +398,7 @@ def _scan_fwd_split_kernel(
     pid_s = tl.program_id(1)
     b64 = tl.program_id(2).to(tl.int64)
     (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows, B_ptrs,
-     C_ptrs, bias, Dv, A2) = _seq_channel_block(
+     C_ptrs, bias, Dv, A2) = _channel_block(
         u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, tl.program_id(0), b64,
         dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
         sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
@@ -502,43 +483,30 @@ def _scan_bwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < dim
+    b64 = tl.program_id(1).to(tl.int64)
+    (offs_d, mask_d, offs_n, mask_n, _nd, d64, u_rows, dt_rows, z_rows, _out, B_base, C_base,
+     bias, Dv, _A2) = _channel_block(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, u_ptr, pid_d, b64,
+        dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
+        sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
+    B_rows, C_rows = B_base, C_base  # per-channel pointers when not BC_ROW
     offs_t = tl.arange(0, BLOCK_T)
-    offs_n = tl.arange(0, BLOCK_N)
     # B/C rows shared by the block's channels are loaded as [BLOCK_D, BLOCK_T] tiles of
     # repeated addresses: same layout as u (no layout conversion), repeats hit L1
     bc_off = (offs_d * 0)[:, None] + (offs_t * sB_l)[None, :]
     bc_off_c = (offs_d * 0)[:, None] + (offs_t * sC_l)[None, :]
-    mask_n = offs_n < DSTATE
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    b64 = pid_b.to(tl.int64)
-    d64 = offs_d.to(tl.int64)
     zero64 = b64 * 0  # int64 scalar: chunk offsets along L in 64 bits
     row = b64 * dim + d64  # [BLOCK_D] row index of contiguous [B, D, ...] tensors
-
-    u_rows = u_ptr + b64 * su_b + d64 * su_d
-    dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
-    z_rows = z_ptr + b64 * sz_b + d64 * sz_d
     do_rows = dout_ptr + b64 * sdo_b + d64 * sdo_d
+    # dB / dC: float32 [B, G, N, L], one row per group (BC_ROW) or per channel
     if BC_ROW:
         grp = (pid_d * BLOCK_D) // ch_per_group
-        B_base = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
-        C_base = C_ptr + b64 * sC_b + grp.to(tl.int64) * sC_g
-        gB_base = dB_ptr + ((b64 * groups + grp) * DSTATE) * length
-        gC_base = dC_ptr + ((b64 * groups + grp) * DSTATE) * length
     else:
         grp = (offs_d // ch_per_group).to(tl.int64)
-        B_rows = B_ptr + b64 * sB_b + grp * sB_g
-        C_rows = C_ptr + b64 * sC_b + grp * sC_g
-        gB_rows = dB_ptr + ((b64 * groups + grp) * DSTATE) * length
-        gC_rows = dC_ptr + ((b64 * groups + grp) * DSTATE) * length
-
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    gB_base = dB_ptr + ((b64 * groups + grp) * DSTATE) * length
+    gC_base = dC_ptr + ((b64 * groups + grp) * DSTATE) * length
+    gB_rows, gC_rows = gB_base, gC_base
 
     if HAS_DLAST:
         gc = tl.load(dlast_ptr + b64 * sdl_b + d64[:, None] * sdl_d + offs_n[None, :] * sdl_n,
