@@ -252,21 +252,33 @@ def _seq_chunk_tiles(
 
 
 @device_fn
-def _seq_chunk_states(u, dt, Bt, h, bias, A2, mask, first, is_last,
-                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BC_ROW: tl.constexpr):
-    """One chunk of the recurrence from the carried state ``h [BLOCK_N, BLOCK_D]``: the states
-    after every step ``hs [BLOCK_T, BLOCK_N, BLOCK_D]``, the state after the last step, and the
-    chunk's float32 u and discretised dt (0 at masked steps: decay 1, drive 0, state carried).
+def _seq_discretize(dt, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A chunk's dt [BLOCK_T, BLOCK_D] in float32, bias added, softplus applied, 0 at masked
+    steps (decay 1, drive 0: the state is carried).
 
-    Time is in-thread (the tile layout's order), so the associative scan is a sequential FFMA
-    chain (its decay products are dead code) and the last step is a register pick plus one add."""
-    uf = u.to(tl.float32)
+    The kernels call this on the prefetched tile at the end of the previous iteration and carry
+    the result into the next: the loop-carried value keeps the load layout, where each thread
+    computes softplus once per (t, d). Computed inside the chunk body instead, Triton 3.6 moves
+    the layout conversion up to the bf16 load and evaluates softplus in the 3-D tile's layout,
+    4x replicated over the state lanes: 1455 vs 926 SASS instructions per chunk (sm_90,
+    BLOCK_T 16, docs/kernel_notes.md v10)."""
     dtf = dt.to(tl.float32)
     if HAS_BIAS:
         dtf = dtf + bias[None, :]
     if SOFTPLUS:
         dtf = tl.where(dtf <= 20.0, tl.log(1.0 + tl.exp(dtf)), dtf)
-    dtf = tl.where(mask, dtf, 0.0)
+    return tl.where(mask, dtf, 0.0)
+
+
+@device_fn
+def _seq_chunk_states(u, dtf, Bt, h, A2, first, is_last, BC_ROW: tl.constexpr):
+    """One chunk of the recurrence from the carried state ``h [BLOCK_N, BLOCK_D]`` and the
+    chunk's discretised dt (:func:`_seq_discretize`): the states after every step ``hs
+    [BLOCK_T, BLOCK_N, BLOCK_D]``, the state after the last step, and the chunk's float32 u.
+
+    Time is in-thread (the tile layout's order), so the associative scan is a sequential FFMA
+    chain (its decay products are dead code) and the last step is a register pick plus one add."""
+    uf = u.to(tl.float32)
     dtu = dtf * uf
     if BC_ROW:
         Bf = Bt.to(tl.float32)[:, :, None]
@@ -277,7 +289,7 @@ def _seq_chunk_states(u, dt, Bt, h, bias, A2, mask, first, is_last,
     drive = tl.where(first, drive + a * h[None, :, :], drive)
     _, hs = tl.associative_scan((a, drive), axis=0, combine_fn=_affine_combine)
     h = tl.sum(tl.where(is_last, hs, 0.0), axis=0)
-    return hs, h, uf, dtf
+    return hs, h, uf
 
 
 @device_fn
@@ -345,6 +357,7 @@ def _scan_fwd_seq_kernel(
         u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t0, offs_t, offs_n, mask,
         mask_t[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
         HAS_Z, True, BC_ROW)
+    dtf = _seq_discretize(dt, bias, mask, HAS_BIAS, SOFTPLUS)
     for c in range(n_chunks):
         # next chunk's tiles (fully masked past the end: no memory traffic)
         t1 = t0 + BLOCK_T
@@ -354,14 +367,14 @@ def _scan_fwd_seq_kernel(
             u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t1, offs_t, offs_n, mask1,
             mask_t1[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
             HAS_Z, True, BC_ROW)
-        hs, h, uf, dtf = _seq_chunk_states(u, dt, Bt, h, bias, A2, mask, first, is_last,
-                                           HAS_BIAS, SOFTPLUS, BC_ROW)
+        hs, h, uf = _seq_chunk_states(u, dtf, Bt, h, A2, first, is_last, BC_ROW)
         y = _seq_chunk_out(hs, Ct, uf, z, Dv, HAS_D, HAS_Z, BC_ROW)
         tl.store(out_rows[None, :] + t0 + offs_t[:, None], y.to(out_ptr.dtype.element_ty),
                  mask=mask)
         t0 = t1
         mask = mask1
-        u, dt, z, Bt, Ct = u_nx, dt_nx, z_nx, B_nx, C_nx
+        u, z, Bt, Ct = u_nx, z_nx, B_nx, C_nx
+        dtf = _seq_discretize(dt_nx, bias, mask1, HAS_BIAS, SOFTPLUS)  # next chunk's (see there)
 
     tl.store(hlast_ptr + (b64 * dim + d64)[None, :] * DSTATE + offs_n[:, None], h, mask=mask_nd)
 
@@ -433,6 +446,7 @@ def _scan_fwd_split_kernel(
         u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t0, offs_t, offs_n, mask,
         mask_t[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
         HAS_Z and not STATES_ONLY, not STATES_ONLY, BC_ROW)
+    dtf = _seq_discretize(dt, bias, mask, HAS_BIAS, SOFTPLUS)
     for c in range(n_my):
         # software prefetch of the next chunk (as in the seq kernel)
         t1 = t0 + BLOCK_T
@@ -442,8 +456,7 @@ def _scan_fwd_split_kernel(
             u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t1, offs_t, offs_n, mask1,
             mask_t1[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
             HAS_Z and not STATES_ONLY, not STATES_ONLY, BC_ROW)
-        hs, h, uf, dtf = _seq_chunk_states(u, dt, Bt, h, bias, A2, mask, first, is_last,
-                                           HAS_BIAS, SOFTPLUS, BC_ROW)
+        hs, h, uf = _seq_chunk_states(u, dtf, Bt, h, A2, first, is_last, BC_ROW)
         if STATES_ONLY:
             dsum += dtf
         else:
@@ -452,7 +465,8 @@ def _scan_fwd_split_kernel(
                      mask=mask)
         t0 = t1
         mask = mask1
-        u, dt, z, Bt, Ct = u_nx, dt_nx, z_nx, B_nx, C_nx
+        u, z, Bt, Ct = u_nx, z_nx, B_nx, C_nx
+        dtf = _seq_discretize(dt_nx, bias, mask1, HAS_BIAS, SOFTPLUS)  # next chunk's (see there)
 
     if STATES_ONLY:
         tl.store(hseg_b + pid_s * DSTATE * dim + seg_nd, h, mask=mask_nd)
