@@ -260,8 +260,8 @@ def _seq_discretize(dt, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constex
     the result into the next: the loop-carried value keeps the load layout, where each thread
     computes softplus once per (t, d). Computed inside the chunk body instead, Triton 3.6 moves
     the layout conversion up to the bf16 load and evaluates softplus in the 3-D tile's layout,
-    4x replicated over the state lanes: 1455 vs 926 SASS instructions per chunk (sm_90,
-    BLOCK_T 16, docs/kernel_notes.md v10)."""
+    4x replicated over the state lanes: 1234 vs 809 SASS instructions per chunk (sm_90, bf16,
+    BLOCK_T 16, the runtime's specialisation; docs/kernel_notes.md v10)."""
     dtf = dt.to(tl.float32)
     if HAS_BIAS:
         dtf = dtf + bias[None, :]
