@@ -1,5 +1,5 @@
-"""Compile the Mamba-2 and decode Triton kernels for sm_90 without a GPU (Triton's AOT path), in a process
-where TRITON_INTERPRET is unset. The interpreter runs a kernel's Python, not Triton's compiler:
+"""Compile the Mamba-2, decode and selective-scan Triton kernels for sm_90 without a GPU (Triton's
+AOT path), in a process where TRITON_INTERPRET is unset. The interpreter runs a kernel's Python, not Triton's compiler:
 type and layout errors that only the compiler sees surface here, on CPU. Prints one line per
 kernel variant; exits non-zero on the first failure. Run by tests/test_aot_compile.py."""
 
@@ -10,7 +10,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mamba_export.kernels import causal_conv1d, decode_linear, gated_rmsnorm, ssd_scan, ssd_update
+from mamba_export.kernels import causal_conv1d, decode_linear, gated_rmsnorm, selective_scan, ssd_scan, ssd_update
 
 FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
 
@@ -60,6 +60,21 @@ def main():
                 BLOCK_N=32 if dot else 4, BLOCK_K=128, PDL=pdl), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
+    # Mamba-1 selective scan: the forward kernels at their GPU defaults (seq, split's two passes,
+    # chunk) and the backward, bf16 activations, float32 state, parameters and scratch
+    act = {"u_ptr", "dt_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
+    ptr = lambda n: "bf16" if n in act else "fp32"  # noqa: E731
+    scan = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BC_ROW=True, DSTATE=16,
+                BLOCK_N=16)
+    ss = selective_scan
+    compile_for_sm90(ss._scan_fwd_seq_kernel, dict(scan, HAS_H0=True, BLOCK_D=8, BLOCK_T=16), ptr,
+                     num_warps=1)
+    for states_only in (True, False):
+        compile_for_sm90(ss._scan_fwd_split_kernel, dict(scan, HAS_H0=True, STATES_ONLY=states_only,
+                                                         BLOCK_D=8, BLOCK_T=16), ptr, num_warps=1)
+    compile_for_sm90(ss._scan_fwd_kernel, dict(scan, HAS_H0=True, WRITE_OUT=True, STORE_CHUNKS=False,
+                                               BLOCK_D=4, BLOCK_T=256, LAST_LEVELS=3), ptr, num_warps=2)
+    compile_for_sm90(ss._scan_bwd_kernel, dict(scan, HAS_DLAST=True, BLOCK_D=8, BLOCK_T=64), ptr)
     return 0
 
 
