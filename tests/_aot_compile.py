@@ -1,7 +1,8 @@
 """Compile the Mamba-2, decode and selective-scan Triton kernels for sm_90 without a GPU (Triton's
-AOT path), in a process where TRITON_INTERPRET is unset. The interpreter runs a kernel's Python, not Triton's compiler:
-type and layout errors that only the compiler sees surface here, on CPU. Prints one line per
-kernel variant; exits non-zero on the first failure. Run by tests/test_aot_compile.py."""
+AOT path), in a process where TRITON_INTERPRET is unset. The interpreter runs a kernel's Python,
+not Triton's compiler: type and layout errors that only the compiler sees surface here, on CPU.
+Prints one line per kernel variant; exits non-zero on the first failure. Run by
+tests/test_aot_compile.py."""
 
 import inspect
 import sys
