@@ -212,21 +212,24 @@ def conv_state_commit_fwd(raw, conv_state, out_state=None):
     return nstate
 
 
-def check_conv_step(raw, conv_state, weight, bias, out_state=None) -> int:
-    """Validate a decode-step conv (raw ``[B, D]``, state ``[B, D, S]``); returns the width."""
-    check_float("conv input", raw)
-    if raw.dim() != 2:
-        raise ValueError(f"the conv input must be [batch, dim], got shape {tuple(raw.shape)}")
-    batch, dim = raw.shape
+def check_conv_step(x, conv_state, weight, bias, out_state=None, name="x") -> int:
+    """Validate a decode-step conv (input ``name`` ``[B, D]``, state ``[B, D, S]``, optional
+    ``out_state`` like the state); returns the width."""
+    check_float(name, x)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be [batch, dim], got shape {tuple(x.shape)}")
+    batch, dim = x.shape
     width = _check_weight(weight, bias, dim)
     check_float("conv_state", conv_state)
-    if conv_state.dim() != 3 or tuple(conv_state.shape[:2]) != (batch, dim) or \
-            conv_state.shape[2] < width - 1:
-        raise ValueError(f"conv_state must be [batch={batch}, dim={dim}, S >= {width - 1}], "
+    if conv_state.dim() != 3 or tuple(conv_state.shape[:2]) != (batch, dim):
+        raise ValueError(f"conv_state must be [batch={batch}, dim={dim}, S], "
                          f"got shape {tuple(conv_state.shape)}")
-    check_float("out conv state", out_state, allow_none=True)
-    check_shape("out conv state", out_state, tuple(conv_state.shape))
-    check_same_device(raw.device, conv_state=conv_state, weight=weight, bias=bias, out_state=out_state)
+    if conv_state.shape[2] < width - 1:
+        raise ValueError(f"conv_state holds {conv_state.shape[2]} steps; the conv needs at least "
+                         f"width - 1 = {width - 1}")
+    check_float("out_state", out_state, allow_none=True)
+    check_shape("out_state", out_state, tuple(conv_state.shape))
+    check_same_device(x.device, conv_state=conv_state, weight=weight, bias=bias, out_state=out_state)
     return width
 
 
@@ -287,24 +290,8 @@ def causal_conv1d_update_fwd(x, conv_state, weight, bias=None, silu=False, out_s
     (old shifted left by one, x appended) goes into ``out_state`` when given (it may be
     ``conv_state`` itself: in-place), else into a new tensor of x's dtype.
     """
-    check_float("x", x)
-    if x.dim() != 2:
-        raise ValueError(f"x must be [batch, dim], got shape {tuple(x.shape)}")
-    batch, dim = x.shape
-    width = _check_weight(weight, bias, dim)
-    check_float("conv_state", conv_state)
-    if conv_state.dim() != 3 or tuple(conv_state.shape[:2]) != (batch, dim):
-        raise ValueError(f"conv_state must be [batch={batch}, dim={dim}, S], "
-                         f"got shape {tuple(conv_state.shape)}")
-    state_len = conv_state.shape[2]
-    if state_len < width - 1:
-        raise ValueError(f"conv_state holds {state_len} steps; the conv needs at least "
-                         f"width - 1 = {width - 1}")
-    if out_state is not None:
-        check_float("out_state", out_state)
-        check_shape("out_state", out_state, tuple(conv_state.shape))
-    check_same_device(x.device, conv_state=conv_state, weight=weight, bias=bias,
-                      out_state=out_state)
+    width = check_conv_step(x, conv_state, weight, bias, out_state)
+    (batch, dim), state_len = x.shape, conv_state.shape[2]
     device = x.device
     out = new_output((batch, dim), x.dtype, device)
     nstate = out_state if out_state is not None else new_output(tuple(conv_state.shape),

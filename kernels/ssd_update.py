@@ -127,7 +127,7 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
     batch, heads, headdim, dstate = state.shape
     if ngroups < 1 or heads % ngroups:
         raise ValueError(f"ngroups ({ngroups}) must divide the {heads} heads")
-    check_conv_step(xBC, conv_state, conv_weight, conv_bias)
+    check_conv_step(xBC, conv_state, conv_weight, conv_bias, name="xBC")
     check_shape("xBC", xBC, (batch, heads * headdim + 2 * ngroups * dstate))
     _check_step(state, batch, heads, headdim, ngroups, dstate, dt, A, D, z, dt_bias, out_state, xBC.device)
     out = new_output((batch, heads, headdim), xBC.dtype, xBC.device)
