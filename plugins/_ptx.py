@@ -14,6 +14,10 @@ from typing import List, Tuple
 
 MIN_TENSORRT = (10, 10)
 
+#: the plugins' namespace (the ONNX nodes' domain) and the dtype names they support for ``T``
+PLUGIN_NAMESPACE = "mamba_export"
+TYPES = ("float32", "float16", "bfloat16")
+
 #: dtype name -> Triton's pointer element name, and -> TensorRT's type string (autotune)
 TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 TRT_TYPE_STR = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16"}

@@ -45,13 +45,10 @@ from ._ptx import (  # re-exported from here too (their home before the SSD plug
     set_build_target,
 )
 
-PLUGIN_NAMESPACE = "mamba_export"
+PLUGIN_NAMESPACE, TYPES = _ptx.PLUGIN_NAMESPACE, _ptx.TYPES
 PLUGIN_NAME = "SelectiveScan"
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 PLUGIN_VERSION = "1"
-
-#: dtype names the plugin supports for ``T``
-TYPES = ("float32", "float16", "bfloat16")
 
 #: The plugin's (and the ONNX node's) signature in plain Python: (name, dtype, shape) where dtype
 #: is "T" (one of TYPES, the same for all "T" entries) or a fixed dtype, and shape names symbolic

@@ -42,12 +42,10 @@ from typing import Tuple
 from . import _ptx
 from ._ptx import TensorRTUnavailableError
 
-PLUGIN_NAMESPACE = "mamba_export"
+PLUGIN_NAMESPACE, TYPES = _ptx.PLUGIN_NAMESPACE, _ptx.TYPES
 PLUGIN_NAME = "SSDScan"
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 PLUGIN_VERSION = "1"
-
-TYPES = ("float32", "float16", "bfloat16")
 
 #: The plugin's (and the ONNX node's) signature: (name, dtype, shape), dtype "T" (one of TYPES,
 #: the same for every "T" entry) or fixed; shapes name symbolic dimensions.
