@@ -22,6 +22,8 @@ import torch
 
 from mamba_export.kernels import decode_linear as dl
 
+from bench_kernels import copy_bandwidth  # scripts/ is on sys.path when this file runs
+
 # (name, N, K): the decode projections of mamba-130m, mamba2-130m, mamba-2.8b, mamba2-2.7b
 SHAPES = [
     ("m1-130m in_proj", 3072, 768), ("m1-130m x_proj", 80, 1536), ("m1-130m dt_proj", 1536, 48),
@@ -56,13 +58,6 @@ def graph_ms_per_call(fn, copies: int, reps: int = 15) -> float:
         b.synchronize()
         times.append(a.elapsed_time(b))
     return sorted(times[2:])[reps // 2] / copies
-
-
-def copy_bandwidth() -> float:
-    n = 1 << 30
-    src, dst = (torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2))
-    fn = lambda _: dst.copy_(src)  # noqa: E731
-    return 2 * n / (graph_ms_per_call(fn, 4) * 1e-3)
 
 
 def main() -> int:

@@ -27,11 +27,9 @@ from mamba_export import reference as ref
 from mamba_export.kernels import ssd_scan as ks
 from mamba_export.ops import mamba_chunk_scan_combined
 
+from bench_kernels import bench, copy_bandwidth  # noqa: E402  (scripts/ is on sys.path when run)
+
 TF32_FLOPS = 495e12
-
-
-def bench(fn, warmup=25, rep=100):
-    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
 def inputs(batch, length, heads, headdim, dstate, groups, dtype=torch.bfloat16, seed=0):
@@ -52,11 +50,6 @@ def floors(batch, length, heads, headdim, dstate, groups, elt, bw, block_t=64):
     flops = 2 * batch * heads * length * (block_t * dstate + block_t * headdim + 2 * dstate * headdim)
     return bytes_ / bw * 1e3, flops / TF32_FLOPS * 1e3
 
-
-def copy_bandwidth():
-    n = 1 << 30
-    src, dst = (torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2))
-    return 2 * n / (bench(lambda: dst.copy_(src)) * 1e-3)
 
 
 def time_shape(shape, record, bw, target_ms):

@@ -23,8 +23,8 @@ from mamba_export import MambaConfig
 from mamba_export import reference as ref
 from mamba_export.kernels import ssd_update as su
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
-from bench_decode_linear import copy_bandwidth, graph_ms_per_call  # noqa: E402
+from bench_decode_linear import graph_ms_per_call  # scripts/ is on sys.path when this file runs
+from bench_kernels import copy_bandwidth
 
 CONFIGS = [(bp, w) for bp in (8, 16, 32, 64) for w in (2, 4, 8)]
 
