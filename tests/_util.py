@@ -94,6 +94,15 @@ class DriverKernel:
             with cp.cuda.ExternalStream(stream):
                 self.fn(grid, block, vals, shared_mem=shared_mem)
 
+    def launch_plugin(self, launch, grid, tensors, scalars):
+        """Launch as TensorRT launches an AOT plugin kernel: arguments in ``launch["args"]``
+        order (tensors as pointers, the plugin's extra scalars as int32), with the plugin's block
+        and shared memory; waits for the kernel."""
+        args = [("i32", scalars[n]) if n in scalars else ("ptr", tensors[n].data_ptr())
+                for n in launch["args"]]
+        self.launch(grid, launch["block"], launch["shared_mem"], args)
+        torch.cuda.synchronize()
+
 
 def check_engines_match_eager(model, tmp_path, **save_kwargs):
     """Export ``model``'s ONNX graphs into an artifacts dir, build TensorRT engines from them and

@@ -207,12 +207,8 @@ def test_ptx_launch_matches_reference(dtype, tmp_path):
             out = torch.full((batch, dim, length), float("nan"), dtype=tdt, device="cuda")
             last = torch.full((batch, dim, dstate), float("nan"), dtype=torch.float32, device="cuda")
             outs = {"out": out, "last_state": last}
-            scalars = {"dim": dim, "length": length}
-            kargs = [("ptr", ins[n].data_ptr()) if n in ins else ("ptr", outs[n].data_ptr())
-                     if n in outs else ("i32", scalars[n]) for n in launch["args"]]
-            grid = launch_grid(launch, batch, dim)
-            kernel.launch(grid, launch["block"], launch["shared_mem"], kargs)
-            torch.cuda.synchronize()
+            kernel.launch_plugin(launch, launch_grid(launch, batch, dim), {**ins, **outs},
+                                 {"dim": dim, "length": length})
             ref = ref_scan(**{k: (v.double() if isinstance(v, torch.Tensor) else v)
                               for k, v in args.items()})
             e_out, e_last = rel_err(out, ref[0]), rel_err(last, ref[1])

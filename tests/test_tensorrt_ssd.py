@@ -375,12 +375,8 @@ def test_ptx_launch_matches_reference(dtype, tmp_path):
         kernel = DriverKernel(ptx, name, tmp_path, launch["shared_mem"])
         node, B, C = ssd_node_inputs(*shape, tdt, device="cuda", seed=100 + i)
         outs = poisoned_outputs(node)
-        scalars = {"length": length, "heads": heads, "headdim": headdim}
-        kargs = [("i32", scalars[n]) if n in scalars else ("ptr", {**node, **outs}[n].data_ptr())
-                 for n in launch["args"]]
-        grid = launch_grid(launch, batch, heads, headdim)
-        kernel.launch(grid, launch["block"], launch["shared_mem"], kargs)
-        torch.cuda.synchronize()
+        kernel.launch_plugin(launch, launch_grid(launch, batch, heads, headdim), {**node, **outs},
+                             {"length": length, "heads": heads, "headdim": headdim})
         want_y, want_h = reference(node, B, C)
         e_y, e_h = rel_err(outs["y"].cpu(), want_y), rel_err(outs["final_state"].cpu(), want_h)
         key = f"t{tactic} {shape} P{'?' if known_headdim is None else ''} smem {launch['shared_mem']}"
