@@ -84,18 +84,16 @@ def use_interpreter(device: torch.device) -> bool:
 # A decode step is a chain of small kernels, each paying a few microseconds of launch latency
 # inside the CUDA graph. With PDL (sm_90+), a kernel launched with ``launch_pdl`` may start while
 # the previous one runs: its programs wait at ``griddepcontrol.wait`` until the previous grid has
-# finished and its writes are visible. Opt-in (MAMBA_EXPORT_PDL=1) until timed on a GPU.
-
+# finished and its writes are visible. Opt-in (MAMBA_EXPORT_PDL=1, read once at import; set
+# ``PDL`` to switch it at run time) until timed on a GPU. Read here, not per launch: it is on
+# every launch's path.
+PDL = os.environ.get("MAMBA_EXPORT_PDL", "0") == "1"
 _PDL_CAPABLE: dict[int, bool] = {}
-
-
-def pdl_requested() -> bool:
-    return os.environ.get("MAMBA_EXPORT_PDL", "0") == "1"
 
 
 def pdl_enabled(device: torch.device) -> bool:
     """PDL for an eager compiled launch on ``device``: requested, and the GPU is sm_90 or newer."""
-    if not pdl_requested() or use_interpreter(device):
+    if not PDL or use_interpreter(device):
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _PDL_CAPABLE:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 import mamba_export as me
 from mamba_export.compiled import compile_model
 from mamba_export.generate import CudaGraphStep
+from mamba_export.kernels import _common as kernel_common
 
 
 def log(msg: str) -> None:
@@ -143,7 +143,7 @@ def main() -> int:
                    help="decode projections of up to this many rows on the Triton kernel (default: "
                         "kernels/decode_linear.MODEL_ROWS)")
     p.add_argument("--pdl", action="store_true",
-                   help="also time decode with MAMBA_EXPORT_PDL=1 (programmatic dependent launch)")
+                   help="also time decode with programmatic dependent launch (as MAMBA_EXPORT_PDL=1)")
     args = p.parse_args()
     if args.linear_rows is not None:
         from mamba_export.kernels import decode_linear
@@ -176,11 +176,11 @@ def main() -> int:
             row[f"b{batch}_ms"] = decode_ms(model, batch, 128, tokens)
             log(f"{name} decode b{batch}: {row[f'b{batch}_ms']:.3f} ms/token (floor {floor:.3f})")
         if args.pdl:
-            os.environ["MAMBA_EXPORT_PDL"] = "1"  # read at each launch: the next capture uses PDL
+            kernel_common.PDL = True  # read at each launch: the next capture uses PDL
             for batch in (1, 16):
                 row[f"b{batch}_pdl_ms"] = decode_ms(model, batch, 128, tokens)
                 log(f"{name} decode b{batch} with PDL: {row[f'b{batch}_pdl_ms']:.3f} ms/token")
-            os.environ["MAMBA_EXPORT_PDL"] = "0"
+            kernel_common.PDL = False
         if not args.skip_compile and name in ("mamba-130m", "mamba-2.8b"):
             # Inductor's code for the step, captured in our own CUDA graph (static state buffers).
             compiled = compile_model(model)

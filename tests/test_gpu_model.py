@@ -11,9 +11,11 @@ pytestmark = pytest.mark.gpu
 CFG = dict(d_model=72, n_layer=3, vocab_size=203, d_state=16, d_conv=4)
 
 
-def _pair(dtype):
-    torch.manual_seed(3)
-    ref = me.MambaLM(me.MambaConfig(**CFG), dtype=torch.float64).eval()
+def _pair(dtype, cfg=None, seed=3):
+    """A float64 CPU model and a CUDA copy in ``dtype`` with the same weights (the reference
+    then holds the weights rounded to ``dtype``); Mamba-1 at CFG unless ``cfg`` is given."""
+    torch.manual_seed(seed)
+    ref = me.MambaLM(cfg or me.MambaConfig(**CFG), dtype=torch.float64).eval()
     gpu = me.MambaLM(ref.config, device="cuda", dtype=dtype, initialize=False).eval()
     gpu.load_state_dict(ref.state_dict())
     if dtype != torch.float32:  # the reference sees the same rounded weights
@@ -73,14 +75,9 @@ def test_fused_add_rmsnorm_matches_torch():
 
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_mamba2_on_cuda_matches_float64(dtype, bound):
-    torch.manual_seed(5)
     cfg = me.MambaConfig(layer="Mamba2", d_model=64, n_layer=2, vocab_size=97, d_state=16,
                          headdim=16, ngroups=2, chunk_size=8)
-    ref = me.MambaLM(cfg, dtype=torch.float64).eval()
-    gpu = me.MambaLM(cfg, device="cuda", dtype=dtype, initialize=False).eval()
-    gpu.load_state_dict(ref.state_dict())
-    if dtype != torch.float32:
-        ref.load_state_dict({k: v.to(dtype).double() for k, v in gpu.state_dict().items()})
+    ref, gpu = _pair(dtype, cfg, seed=5)
     ids = torch.randint(0, 97, (2, 21))
     with torch.no_grad():
         want = ref(ids)
@@ -102,14 +99,9 @@ def test_mamba2_direct_launch_step_matches_op_step_and_forward(dtype, bound, ext
     step(inplace=True) == step(inplace=False) exactly, ~ the op path, ~ forward in float64."""
     from mamba_export import mamba2
 
-    torch.manual_seed(6)
     cfg = me.MambaConfig(layer="Mamba2", d_model=64, n_layer=2, vocab_size=97, d_state=16,
                          headdim=16, ngroups=2, chunk_size=8, **extra)
-    ref = me.MambaLM(cfg, dtype=torch.float64).eval()
-    gpu = me.MambaLM(cfg, device="cuda", dtype=dtype, initialize=False).eval()
-    gpu.load_state_dict(ref.state_dict())
-    if dtype != torch.float32:
-        ref.load_state_dict({k: v.to(dtype).double() for k, v in gpu.state_dict().items()})
+    ref, gpu = _pair(dtype, cfg, seed=6)
     ids = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
         want = ref(ids)
@@ -133,9 +125,9 @@ def test_mamba2_direct_launch_step_matches_op_step_and_forward(dtype, bound, ext
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 @pytest.mark.parametrize("batch", [1, 4])
 def test_pdl_decode_equals_plain_launches(layer, batch, monkeypatch):
-    """MAMBA_EXPORT_PDL=1 (programmatic dependent launch of the decode kernels, on sm_90+):
-    the same kernels on the same inputs, so eager steps and CUDA-graph generation give the
-    same numbers bit for bit as plain launches (a missing wait would show as a difference)."""
+    """``_common.PDL`` (MAMBA_EXPORT_PDL=1: programmatic dependent launch of the decode kernels,
+    sm_90+): the same kernels on the same inputs, so eager steps and CUDA-graph generation give
+    the same numbers bit for bit as plain launches (a missing wait would show as a difference)."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs sm_90 or newer")
     extra = dict(layer="Mamba2", headdim=16, ngroups=2, d_model=64) if layer == "Mamba2" else {}
@@ -154,8 +146,10 @@ def test_pdl_decode_equals_plain_launches(layer, batch, monkeypatch):
         model._graphs.clear()
         return torch.stack(steps), graphed
 
-    monkeypatch.setenv("MAMBA_EXPORT_PDL", "0")
+    from mamba_export.kernels import _common
+
+    monkeypatch.setattr(_common, "PDL", False)
     plain = run()
-    monkeypatch.setenv("MAMBA_EXPORT_PDL", "1")
+    monkeypatch.setattr(_common, "PDL", True)
     pdl = run()
     assert torch.equal(plain[0], pdl[0]) and torch.equal(plain[1], pdl[1])

@@ -101,16 +101,16 @@ def test_bad_inputs_raise_value_errors():
 
 
 def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
-    """MAMBA_EXPORT_PDL=1 asks for programmatic dependent launch; interpreted (CPU) launches and
-    traced ones ignore it, and the kernels give the same numbers (the GPU test compares PDL and
-    plain launches bit for bit: tests/test_gpu_model.py)."""
+    """``_common.PDL`` (MAMBA_EXPORT_PDL=1 at import) asks for programmatic dependent launch;
+    interpreted (CPU) and traced launches ignore it, and the kernels give the same numbers (the GPU
+    test compares PDL and plain launches bit for bit: tests/test_gpu_model.py)."""
     from mamba_export.kernels._common import pdl_enabled
 
-    monkeypatch.setenv("MAMBA_EXPORT_PDL", "1")
+    monkeypatch.setattr(_common, "PDL", True)
     assert not pdl_enabled(torch.device("cpu"))
     x, w, b = operands(1, 20, 70, torch.float32)
     assert rel_err(decode_linear_fwd(x, w, b), reference(x, w, b)) <= 1e-5
-    monkeypatch.setenv("MAMBA_EXPORT_PDL", "0")
+    monkeypatch.setattr(_common, "PDL", False)
     assert not pdl_enabled(torch.device("cuda", 0))
 
 
