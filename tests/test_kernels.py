@@ -2,8 +2,11 @@
 
 Without CUDA every kernel runs in Triton's interpreter at small odd shapes (the launchers route
 CPU tensors to the interpreter whatever ``TRITON_INTERPRET`` says; the variable is also set here,
-before triton is imported, for code that decides at decoration time). Tests marked ``gpu`` run
-the compiled kernels on fresh random inputs at larger sizes and are skipped without CUDA.
+before triton is imported, for code that decides at decoration time). With CUDA the same small
+odd-shape tests run the compiled kernels (tensors default to the GPU): the interpreter is CI's
+job, and Triton 3.6's interpreter cannot run the scan loops under NumPy >= 2.4 (``range`` over an
+int argument, which it holds as a 1-element array). Tests marked ``gpu`` run the compiled kernels
+on fresh random inputs at larger sizes and are skipped without CUDA.
 
 Every launcher output is poisoned (NaN) before the kernels run, so an unwritten element fails.
 Errors are ||out - ref|| / ||ref|| against the reference evaluated in float64 on float64 copies of
@@ -34,11 +37,14 @@ from mamba_export.kernels.state_update import selective_state_update_fwd  # noqa
 
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 5e-3}
 HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     monkeypatch.setattr(_common, "POISON", True)
+    with torch.device(DEVICE):  # tensors made without a device go where the kernels compile
+        yield
 
 
 def rel(out, expected):
@@ -54,14 +60,14 @@ def f64(t):
     return None if t is None else t.detach().double()
 
 
-def make_scan_inputs(batch, dim, length, dstate, groups=None, dtype=torch.float32, device="cpu",
+def make_scan_inputs(batch, dim, length, dstate, groups=None, dtype=torch.float32, device=DEVICE,
                      options=True, layout="contiguous"):
     """Random scan inputs. layout='model': u, delta, z are views of an [B, L, *] buffer (time
     stride != 1, channel stride 1) and B/C are transposed slices, as in the Mamba block."""
     g = torch.Generator(device="cpu").manual_seed(torch.randint(0, 2**31, ()).item())
 
     def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device)
+        return (torch.randn(*shape, generator=g, device="cpu") * scale).to(device)
 
     bc_shape = (batch, dstate, length) if groups is None else (batch, groups, dstate, length)
     if layout == "model":
@@ -110,8 +116,9 @@ def check_scan_bwd(kw, tol, with_dlast=True):
            for k, v in kw.items()}
     out, last = ref.selective_scan(**ins)
     g = torch.Generator().manual_seed(1)
-    dout = torch.randn(out.shape, generator=g).to(kw["u"].device).to(kw["u"].dtype)
-    dlast = torch.randn(last.shape, generator=g).to(kw["u"].device) if with_dlast else None
+    dout = torch.randn(out.shape, generator=g, device="cpu").to(kw["u"].device).to(kw["u"].dtype)
+    dlast = (torch.randn(last.shape, generator=g, device="cpu").to(kw["u"].device)
+             if with_dlast else None)
     loss = (out * dout.double()).sum()
     if with_dlast:
         loss = loss + (last * dlast.double()).sum()
@@ -287,7 +294,7 @@ def test_scan_validation():
 # ---------------------------------------------------------------------------------------------
 
 
-def make_update_inputs(batch, dim, dstate, groups=None, dtype=torch.float32, device="cpu"):
+def make_update_inputs(batch, dim, dstate, groups=None, dtype=torch.float32, device=DEVICE):
     r = lambda *s: torch.randn(*s, device=device)  # noqa: E731
     bc = (batch, dstate) if groups is None else (batch, groups, dstate)
     return dict(state=r(batch, dim, dstate), x=r(batch, dim).to(dtype),
@@ -351,7 +358,7 @@ def test_state_update_validation():
 # ---------------------------------------------------------------------------------------------
 
 
-def conv_inputs(batch, dim, length, width, dtype=torch.float32, layout="contiguous", device="cpu"):
+def conv_inputs(batch, dim, length, width, dtype=torch.float32, layout="contiguous", device=DEVICE):
     if layout == "model":
         x = torch.randn(batch, length, 2 * dim, device=device).to(dtype)[..., :dim].transpose(1, 2)
     else:
