@@ -131,6 +131,8 @@ def launch(k: DualKernel, grid, device: torch.device, *args, num_warps: int = 4,
     dependent launch where :func:`pdl_enabled` (traced launches never do)."""
     if any(g == 0 for g in grid):
         return
+    if pdl:  # always passed: Inductor's wrap_triton launcher does not fill in constexpr defaults
+        kwargs["PDL"] = False
     if use_interpreter(device):
         k.interp[grid](*args, **kwargs)
         return

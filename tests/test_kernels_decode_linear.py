@@ -108,7 +108,7 @@ def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
 
     monkeypatch.setattr(_common, "PDL", True)
     assert not pdl_enabled(torch.device("cpu"))
-    x, w, b = operands(1, 20, 70, torch.float32)
+    x, w, b = (t.to(DEVICE) for t in operands(1, 20, 70, torch.float32))
     assert rel_err(decode_linear_fwd(x, w, b), reference(x, w, b)) <= 1e-5
     monkeypatch.setattr(_common, "PDL", False)
     assert not pdl_enabled(torch.device("cuda", 0))
