@@ -53,26 +53,34 @@ def _affine_combine(a1, b1, a2, b2):
 
 
 @device_fn
-def _channel_block(
-    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, pid_d, b64,
-    dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
-    sD, sbias, sz_b, sz_d,
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BC_ROW: tl.constexpr, DSTATE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """The program's channel block of sequence ``b64`` (every scan kernel): offsets and masks,
-    the row pointers of u/dt/z/out, B and C (BC_ROW: one group for the whole block, a scalar base;
-    else a pointer per channel), and the per-channel parameters (dt bias, D, A [N, D] in log2
-    units). What a kernel does not use is dead code and compiles away."""
+def _channel_offsets(pid_d, dim, DSTATE: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+    """The program's channel block (every scan kernel): channel and state offsets and masks
+    (mask_nd is [BLOCK_N, BLOCK_D]), and the channel offsets in int64. Integers only, so store
+    addresses may derive from them (see _channel_inputs)."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < DSTATE
-    d64 = offs_d.to(tl.int64)
+    return offs_d, mask_d, offs_n, mask_n, mask_n[:, None] & mask_d[None, :], offs_d.to(tl.int64)
+
+
+@device_fn
+def _channel_inputs(
+    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
+    offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
+    sC_b, sC_g, sD, sbias, sz_b, sz_d,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BC_ROW: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The block's input rows (u, dt, z; B and C: one group for the whole block when BC_ROW, a
+    scalar base, else a pointer per channel) and per-channel parameters (dt bias, D, A [N, D] in
+    log2 units). For loads only: torch's mutation analysis (how torch.compile learns which
+    tensors a wrap_triton kernel writes) counts every pointer passed to a device function as
+    written once a store address derives from the function's results; Inductor then copies
+    those inputs around the kernel (tests/test_inductor_mutations.py)."""
     u_rows = u_ptr + b64 * su_b + d64 * su_d
     dt_rows = dt_ptr + b64 * sdt_b + d64 * sdt_d
     z_rows = z_ptr + b64 * sz_b + d64 * sz_d
-    out_rows = out_ptr + (b64 * dim + d64) * length
     if BC_ROW:
         grp = (pid_d * BLOCK_D) // ch_per_group
         B_ptrs = B_ptr + b64 * sB_b + grp.to(tl.int64) * sB_g
@@ -87,11 +95,9 @@ def _channel_block(
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
-    mask_nd = mask_n[:, None] & mask_d[None, :]
     A2 = tl.load(A_ptr + offs_n[:, None] * sA_n + offs_d[None, :] * sA_d, mask=mask_nd,
                  other=0.0).to(tl.float32) * 1.4426950408889634
-    return (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows,
-            B_ptrs, C_ptrs, bias, Dv, A2)
+    return u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, bias, Dv, A2
 
 
 @kernel
@@ -112,12 +118,15 @@ def _scan_fwd_kernel(
     BC_ROW: tl.constexpr, DSTATE: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, LAST_LEVELS: tl.constexpr,
 ):
+    pid_d = tl.program_id(0)
     b64 = tl.program_id(1).to(tl.int64)
-    (offs_d, mask_d, offs_n, mask_n, _nd, d64, u_rows, dt_rows, z_rows, out_rows, B_base, C_base,
-     bias, Dv, _A2) = _channel_block(
-        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, tl.program_id(0), b64,
-        dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
-        sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
+    offs_d, mask_d, offs_n, mask_n, mask_nd, d64 = _channel_offsets(pid_d, dim, DSTATE, BLOCK_N,
+                                                                   BLOCK_D)
+    u_rows, dt_rows, z_rows, B_base, C_base, bias, Dv, _A2 = _channel_inputs(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
+        offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
+        sC_b, sC_g, sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, BLOCK_D)
+    out_rows = out_ptr + (b64 * dim + d64) * length
     B_rows, C_rows = B_base, C_base  # per-channel pointers when not BC_ROW
     offs_t = tl.arange(0, BLOCK_T)
     # B/C rows shared by the block's channels are loaded as [BLOCK_D, BLOCK_T] tiles of
@@ -334,11 +343,14 @@ def _scan_fwd_seq_kernel(
     plus log2(lanes on N) shuffle rounds, and no shuffle scan is needed. One warp per program."""
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
-    (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows, B_ptrs,
-     C_ptrs, bias, Dv, A2) = _channel_block(
-        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, tl.program_id(0), b64,
-        dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
-        sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
+    pid_d = tl.program_id(0)
+    offs_d, mask_d, offs_n, mask_n, mask_nd, d64 = _channel_offsets(pid_d, dim, DSTATE, BLOCK_N,
+                                                               BLOCK_D)
+    u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, bias, Dv, A2 = _channel_inputs(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
+        offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
+        sC_b, sC_g, sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, BLOCK_D)
+    out_rows = out_ptr + (b64 * dim + d64) * length
     offs_t = tl.arange(0, BLOCK_T)
     if HAS_H0:
         h = tl.load(h0_ptr + b64 * sh0_b + d64[None, :] * sh0_d + offs_n[:, None] * sh0_n,
@@ -410,11 +422,14 @@ def _scan_fwd_split_kernel(
     segment is scanned from it writing outputs; the last segment stores the final state."""
     pid_s = tl.program_id(1)
     b64 = tl.program_id(2).to(tl.int64)
-    (offs_d, mask_d, offs_n, mask_n, mask_nd, d64, u_rows, dt_rows, z_rows, out_rows, B_ptrs,
-     C_ptrs, bias, Dv, A2) = _channel_block(
-        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, out_ptr, tl.program_id(0), b64,
-        dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
-        sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
+    pid_d = tl.program_id(0)
+    offs_d, mask_d, offs_n, mask_n, mask_nd, d64 = _channel_offsets(pid_d, dim, DSTATE, BLOCK_N,
+                                                               BLOCK_D)
+    u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, bias, Dv, A2 = _channel_inputs(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
+        offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
+        sC_b, sC_g, sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, BLOCK_D)
+    out_rows = out_ptr + (b64 * dim + d64) * length
     offs_t = tl.arange(0, BLOCK_T)
     # per-segment scratch rows: [B, n_seg - 1, N, D] and [B, n_seg - 1, D]
     seg_nd = offs_n[:, None] * dim + offs_d[None, :]
@@ -498,11 +513,12 @@ def _scan_bwd_kernel(
 ):
     pid_d = tl.program_id(0)
     b64 = tl.program_id(1).to(tl.int64)
-    (offs_d, mask_d, offs_n, mask_n, _nd, d64, u_rows, dt_rows, z_rows, _out, B_base, C_base,
-     bias, Dv, _A2) = _channel_block(
-        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, u_ptr, pid_d, b64,
-        dim, length, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sC_b, sC_g,
-        sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, DSTATE, BLOCK_N, BLOCK_D)
+    offs_d, mask_d, offs_n, mask_n, mask_nd, d64 = _channel_offsets(pid_d, dim, DSTATE, BLOCK_N,
+                                                                   BLOCK_D)
+    u_rows, dt_rows, z_rows, B_base, C_base, bias, Dv, _A2 = _channel_inputs(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
+        offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
+        sC_b, sC_g, sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, BLOCK_D)
     B_rows, C_rows = B_base, C_base  # per-channel pointers when not BC_ROW
     offs_t = tl.arange(0, BLOCK_T)
     # B/C rows shared by the block's channels are loaded as [BLOCK_D, BLOCK_T] tiles of
