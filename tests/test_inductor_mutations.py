@@ -7,7 +7,8 @@ that function as written; Inductor then copies those inputs around the kernel an
 "written" views back into their bases. The selective-scan kernels did that for a while (their
 shared set-up helper also built the output rows), and on the H100 (2026-11-23, torch 2.11,
 Triton 3.6) ``torch.compile`` training then gave wrong scan gradients while eager and
-``aot_eager`` were right. So: no input of any launch may look written, every launch writes
+``aot_eager`` were right: Inductor's copies of the "written" strided B/C views were laid out
+wrongly (docs/kernel_notes.md, v11). So: no input of any launch may look written, every launch writes
 something, and the analysis itself must not fail (torch then assumes every input written).
 
 The analysis runs on CPU in a fresh process (tests/_inductor_writes.py: TTIR for sm_90, no GPU;
