@@ -345,7 +345,7 @@ def _scan_fwd_seq_kernel(
     b64 = pid_b.to(tl.int64)
     pid_d = tl.program_id(0)
     offs_d, mask_d, offs_n, mask_n, mask_nd, d64 = _channel_offsets(pid_d, dim, DSTATE, BLOCK_N,
-                                                               BLOCK_D)
+                                                                   BLOCK_D)
     u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, bias, Dv, A2 = _channel_inputs(
         u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
         offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
@@ -424,7 +424,7 @@ def _scan_fwd_split_kernel(
     b64 = tl.program_id(2).to(tl.int64)
     pid_d = tl.program_id(0)
     offs_d, mask_d, offs_n, mask_n, mask_nd, d64 = _channel_offsets(pid_d, dim, DSTATE, BLOCK_N,
-                                                               BLOCK_D)
+                                                                   BLOCK_D)
     u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, bias, Dv, A2 = _channel_inputs(
         u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
         offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
