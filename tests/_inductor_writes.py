@@ -9,10 +9,9 @@ arguments, those that share storage with the case's inputs, and whether the anal
 (when it fails torch assumes every input written).
 """
 
-import math
-
 import json
 import logging
+import math
 import sys
 
 import torch
@@ -54,6 +53,8 @@ def record(k, grid, device, *args, num_warps=4, num_stages=None, pdl=False, **kw
 
 
 class _AnalysisFailed(logging.Handler):
+    """Notices torch's fallback message when the analysis itself fails."""
+
     def __init__(self):
         super().__init__()
         self.failed = False
@@ -62,12 +63,11 @@ class _AnalysisFailed(logging.Handler):
         self.failed = self.failed or "assuming every input is mutated" in record.getMessage()
 
 
-def report(case, inputs, outputs=()):
-    """Analyse the launches made since the last report; ``inputs`` must not look written unless
-    they are also ``outputs`` (in-place state buffers)."""
+def report(case, inputs):
+    """Analyse the launches made since the last report (none of ``inputs`` may look written;
+    the cases pass separate output state buffers, not in-place ones)."""
     storage = lambda t: t.untyped_storage().data_ptr()  # noqa: E731
     protected = {storage(t) for t in inputs if isinstance(t, torch.Tensor)}
-    protected -= {storage(t) for t in outputs}
     if not LAUNCHES:
         print(json.dumps(dict(case=case, kernel=None)))
     for fn, named in LAUNCHES:
