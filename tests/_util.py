@@ -1,6 +1,10 @@
 """Helpers shared by the tests."""
 
 import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +141,14 @@ def check_engines_match_eager(model, tmp_path, **save_kwargs):
     a = model.generate(ids, max_new_tokens=8)
     b = runner.generate(ids, max_new_tokens=8, cuda_graph=True)
     assert torch.equal(a.cpu(), b.cpu())
+
+
+def run_compiler_script(name: str) -> str:
+    """Run ``tests/<name>`` in a fresh Python without TRITON_INTERPRET (Triton decides compiled
+    vs interpreted at import, and the CPU test session sets it); return its stdout, failing the
+    test with its output tails if it exits non-zero."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name(name))], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res.stdout

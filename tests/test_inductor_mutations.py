@@ -16,12 +16,9 @@ TRITON_INTERPRET, which this test session sets, must be unset when Triton is imp
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from _util import run_compiler_script
 
 pytest.importorskip("triton")
 
@@ -31,12 +28,8 @@ def launches():
     tkw = pytest.importorskip("torch._higher_order_ops.triton_kernel_wrap")
     if not hasattr(tkw, "identify_accessed_tensors"):
         pytest.skip("this torch has no identify_accessed_tensors")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = Path(__file__).with_name("_inductor_writes.py")
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    stdout = run_compiler_script("_inductor_writes.py")
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
 def test_every_launcher_was_analysed(launches):
