@@ -122,12 +122,11 @@ def _scan_fwd_kernel(
     b64 = tl.program_id(1).to(tl.int64)
     offs_d, mask_d, offs_n, mask_n, mask_nd, d64 = _channel_offsets(pid_d, dim, DSTATE, BLOCK_N,
                                                                    BLOCK_D)
-    u_rows, dt_rows, z_rows, B_base, C_base, bias, Dv, _A2 = _channel_inputs(
+    u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, bias, Dv, _A2 = _channel_inputs(
         u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
         offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
         sC_b, sC_g, sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, BLOCK_D)
     out_rows = out_ptr + (b64 * dim + d64) * length
-    B_rows, C_rows = B_base, C_base  # per-channel pointers when not BC_ROW
     offs_t = tl.arange(0, BLOCK_T)
     # B/C rows shared by the block's channels are loaded as [BLOCK_D, BLOCK_T] tiles of
     # repeated addresses: same layout as u (no layout conversion), repeats hit L1
@@ -180,10 +179,10 @@ def _scan_fwd_kernel(
             A2 = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=mask_d, other=0.0).to(tl.float32)
             A2 = A2 * 1.4426950408889634
             if BC_ROW:
-                Bn = tl.load(B_base + n * sB_n + t0 * sB_l + bc_off, mask=mask,
+                Bn = tl.load(B_ptrs + n * sB_n + t0 * sB_l + bc_off, mask=mask,
                              other=0.0).to(tl.float32)
             else:
-                Bn = tl.load(B_rows[:, None] + n * sB_n + t0 * sB_l + (offs_t * sB_l)[None, :],
+                Bn = tl.load(B_ptrs[:, None] + n * sB_n + t0 * sB_l + (offs_t * sB_l)[None, :],
                              mask=mask, other=0.0).to(tl.float32)
             a = tl.exp2(dt * A2[:, None])
             drive = dtu * Bn
@@ -191,10 +190,10 @@ def _scan_fwd_kernel(
             hs = P * h_in[:, None] + S
             if WRITE_OUT:
                 if BC_ROW:
-                    Cn = tl.load(C_base + n * sC_n + t0 * sC_l + bc_off_c, mask=mask,
+                    Cn = tl.load(C_ptrs + n * sC_n + t0 * sC_l + bc_off_c, mask=mask,
                                  other=0.0).to(tl.float32)
                 else:
-                    Cn = tl.load(C_rows[:, None] + n * sC_n + t0 * sC_l
+                    Cn = tl.load(C_ptrs[:, None] + n * sC_n + t0 * sC_l
                                  + (offs_t * sC_l)[None, :], mask=mask, other=0.0).to(tl.float32)
                 y += hs * Cn
             last = hs
@@ -515,11 +514,10 @@ def _scan_bwd_kernel(
     b64 = tl.program_id(1).to(tl.int64)
     offs_d, mask_d, offs_n, mask_n, mask_nd, d64 = _channel_offsets(pid_d, dim, DSTATE, BLOCK_N,
                                                                    BLOCK_D)
-    u_rows, dt_rows, z_rows, B_base, C_base, bias, Dv, _A2 = _channel_inputs(
+    u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, bias, Dv, _A2 = _channel_inputs(
         u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, pid_d, b64, offs_d, mask_d,
         offs_n, mask_nd, d64, ch_per_group, su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g,
         sC_b, sC_g, sD, sbias, sz_b, sz_d, HAS_D, HAS_BIAS, BC_ROW, BLOCK_D)
-    B_rows, C_rows = B_base, C_base  # per-channel pointers when not BC_ROW
     offs_t = tl.arange(0, BLOCK_T)
     # B/C rows shared by the block's channels are loaded as [BLOCK_D, BLOCK_T] tiles of
     # repeated addresses: same layout as u (no layout conversion), repeats hit L1
@@ -529,14 +527,14 @@ def _scan_bwd_kernel(
     zero64 = b64 * 0  # int64 scalar: chunk offsets along L in 64 bits
     row = b64 * dim + d64  # [BLOCK_D] row index of contiguous [B, D, ...] tensors
     do_rows = dout_ptr + b64 * sdo_b + d64 * sdo_d
-    # dB / dC: float32 [B, G, N, L], one row per group (BC_ROW) or per channel
+    # dB / dC: float32 [B, G, N, L], one row per group (BC_ROW) or per channel; the group as in
+    # _channel_inputs, computed again here because store addresses must not derive from it
     if BC_ROW:
         grp = (pid_d * BLOCK_D) // ch_per_group
     else:
         grp = (offs_d // ch_per_group).to(tl.int64)
-    gB_base = dB_ptr + ((b64 * groups + grp) * DSTATE) * length
-    gC_base = dC_ptr + ((b64 * groups + grp) * DSTATE) * length
-    gB_rows, gC_rows = gB_base, gC_base
+    gB_ptrs = dB_ptr + ((b64 * groups + grp) * DSTATE) * length
+    gC_ptrs = dC_ptr + ((b64 * groups + grp) * DSTATE) * length
 
     if HAS_DLAST:
         gc = tl.load(dlast_ptr + b64 * sdl_b + d64[:, None] * sdl_d + offs_n[None, :] * sdl_n,
@@ -588,14 +586,14 @@ def _scan_bwd_kernel(
             An = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=mask_d, other=0.0).to(tl.float32)
             A2 = An * 1.4426950408889634
             if BC_ROW:
-                Bn = tl.load(B_base + n * sB_n + t0 * sB_l + bc_off, mask=mask,
+                Bn = tl.load(B_ptrs + n * sB_n + t0 * sB_l + bc_off, mask=mask,
                              other=0.0).to(tl.float32)
-                Cn = tl.load(C_base + n * sC_n + t0 * sC_l + bc_off_c, mask=mask,
+                Cn = tl.load(C_ptrs + n * sC_n + t0 * sC_l + bc_off_c, mask=mask,
                              other=0.0).to(tl.float32)
             else:
-                Bn = tl.load(B_rows[:, None] + n * sB_n + t0 * sB_l + (offs_t * sB_l)[None, :],
+                Bn = tl.load(B_ptrs[:, None] + n * sB_n + t0 * sB_l + (offs_t * sB_l)[None, :],
                              mask=mask, other=0.0).to(tl.float32)
-                Cn = tl.load(C_rows[:, None] + n * sC_n + t0 * sC_l + (offs_t * sC_l)[None, :],
+                Cn = tl.load(C_ptrs[:, None] + n * sC_n + t0 * sC_l + (offs_t * sC_l)[None, :],
                              mask=mask, other=0.0).to(tl.float32)
             # states of this chunk, recomputed from the stored chunk-start state
             a = tl.exp2(dt * A2[:, None])
@@ -624,11 +622,11 @@ def _scan_bwd_kernel(
             gB = gdt * u
             gC = dy * hs
             if BC_ROW:
-                tl.atomic_add(gB_base + n * length + t, tl.sum(gB, axis=0), mask=mask_t)
-                tl.atomic_add(gC_base + n * length + t, tl.sum(gC, axis=0), mask=mask_t)
+                tl.atomic_add(gB_ptrs + n * length + t, tl.sum(gB, axis=0), mask=mask_t)
+                tl.atomic_add(gC_ptrs + n * length + t, tl.sum(gC, axis=0), mask=mask_t)
             else:
-                tl.atomic_add(gB_rows[:, None] + n * length + t[None, :], gB, mask=mask)
-                tl.atomic_add(gC_rows[:, None] + n * length + t[None, :], gC, mask=mask)
+                tl.atomic_add(gB_ptrs[:, None] + n * length + t[None, :], gB, mask=mask)
+                tl.atomic_add(gC_ptrs[:, None] + n * length + t[None, :], gC, mask=mask)
         if HAS_D:
             du += dy * Dv[:, None]
         dD_acc += tl.sum(dy * u, axis=1)
