@@ -11,7 +11,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mamba_export.kernels import causal_conv1d, decode_linear, gated_rmsnorm, selective_scan, ssd_scan, ssd_update
+from mamba_export.kernels import (causal_conv1d, decode_linear, gated_rmsnorm, selective_scan,
+                                  ssd_scan, ssd_update)
 
 FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
 
