@@ -669,7 +669,8 @@ _TARGET_PROGRAMS = 4 * 132  # enough programs to fill an H100 several deep
 
 
 def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: torch.device,
-                backward: bool = False, kind: str | None = None) -> dict:
+                backward: bool = False, kind: str | None = None,
+                channel_contiguous: bool = False) -> dict:
     """Block sizes and warps for the scan kernels, from shapes and dtype only.
 
     Forward: ``kind="seq"`` (the sequential-in-time kernel), ``"chunk"`` (the chunk-scan kernel,
@@ -677,7 +678,8 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     or None: seq when batch * dim >= 4096 (H100 sweep of 2026-11-23: seq faster at B*D = 5120
     and 6144; split slower there, docs/kernel_notes.md v8), else split when L >= 16384 (H100
     2026-11-23, B1 D1536: 39 vs 52 ns/token for chunk at L = 16K..1M), else chunk. The
-    interpreter defaults to seq."""
+    interpreter defaults to seq. ``channel_contiguous``: u/delta/z have channel stride 1 (the
+    model's [B, L, D] buffers seen as [B, D, L]), which favours wider channel blocks."""
     if kind is None:
         if use_interpreter(device) or batch * dim >= _SEQ_MIN_ROWS:
             kind = "seq"
@@ -709,11 +711,19 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     if kind == "split":
         return {"KIND": "split", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
                 "SEGMENTS": split_segments(batch, dim, length, 8, 16)}
-    # sequential-in-time kernel, one warp per program: 8 channels on 8 lanes, the 16 states on
-    # 4 lanes x 4 registers (docs/kernel_notes.md, v6/v7). H100 sweep 2026-11-23: BLOCK_T 16
-    # best at B1 D5120 and B4 D1536; BLOCK_T 8 best at B8 D5120 (more warps, fewer registers)
-    block_t = 8 if batch * dim >= 8 * _SEQ_MIN_ROWS else 16
-    return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": block_t, "num_warps": 1}
+    # sequential-in-time kernel, one warp per program: BLOCK_D channels on BLOCK_D lanes, the 16
+    # states on the other lanes (docs/kernel_notes.md, v6/v7). H100 sweep of the v10 kernels,
+    # 2026-11-23 (v12): time-contiguous inputs below 32768 rows (B1 D5120, B4 D1536) run fastest
+    # with 4 channels per warp and B/C read as stored (0.1635 vs 0.187 ms, 5.30 vs 5.69 ms: twice
+    # the warps hide latency); at B8 D5120 8 channels with B/C converted to fp32 up front (0.829
+    # vs 0.929 ms for 8x8). The model's channel-contiguous layout wants 8 channels (one 16-byte
+    # load per time step) with B/C as stored: B1 0.198 vs 0.270 ms (4x16), B8 0.874 vs 0.994
+    # (fp32 B/C), B4 L64K 6.12 vs 6.10 (fp32 B/C, a tie)
+    if channel_contiguous:
+        return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1, "BC_F32": False}
+    if batch * dim < 8 * _SEQ_MIN_ROWS:
+        return {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_F32": False}
+    return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1, "BC_F32": True}
 
 
 _SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
@@ -909,7 +919,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     check_float("u", u)
     if u.dim() != 3:
         raise ValueError(f"u must be [batch, dim, length], got shape {tuple(u.shape)}")
-    cfg = scan_config(u.shape[0], u.shape[1], u.shape[2], u.dtype, u.device)
+    cfg = scan_config(u.shape[0], u.shape[1], u.shape[2], u.dtype, u.device,
+                      channel_contiguous=u.stride(1) == 1 and u.shape[1] > 1)
     out, last, _ = _run_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                             cfg)
     return out, last

@@ -140,7 +140,16 @@ def main():
         fm_ = lambda: ss.selective_scan_fwd(**km)  # noqa: E731
         fm_()
         record("scan_fwd_bf16_model_layout", f"B{b} D{d} L{l} N16", bench(fm_),
-               cfg=ss.scan_config(b, d, l, torch.bfloat16, torch.device("cuda")))
+               cfg=ss.scan_config(b, d, l, torch.bfloat16, torch.device("cuda"),
+                                  channel_contiguous=True))
+        for bd, bt, f in ([(8, 16, True), (8, 16, False), (8, 8, True), (4, 16, False),
+                           (8, 32, True)] if args.sweep else []):
+            cfg = dict(KIND="seq", BLOCK_D=bd, BLOCK_T=bt, num_warps=1, BC_F32=f)
+            f2 = lambda: ss._run_fwd(km["u"], km["delta"], km["A"], km["B"], km["C"],  # noqa: E731
+                                     km["D"], km["z"], km["delta_bias"], True, None, cfg)
+            f2()
+            record("scan_fwd_bf16_model_layout_sweep", f"B{b} D{d} L{l} N16", bench(f2, 10, 50),
+                   cfg=cfg)
         del xz, km
         del kw
         torch.cuda.empty_cache()
