@@ -313,6 +313,8 @@ def update_ref(kw):
     (2, 8, 4, 2, torch.float32),
     (1, 6, 16, 3, torch.bfloat16),
     (2, 5, 3, None, torch.float16),
+    (6, 7, 5, None, torch.float32),
+    (9, 6, 16, 3, torch.bfloat16),
 ])
 def test_state_update(batch, dim, dstate, groups, dtype):
     kw = make_update_inputs(batch, dim, dstate, groups, dtype)
@@ -469,6 +471,20 @@ def test_gpu_scan_fwd_split(dtype, segments, batch, dim, length, groups, layout,
     force_scan_segments(monkeypatch, segments)
     kw = make_scan_inputs(batch, dim, length, 16, groups, dtype, "cuda", layout=layout)
     check_scan_fwd(kw, TOL[dtype])
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block_d,block_t,bc_f32", [(4, 16, False), (8, 16, True), (8, 8, True),
+                                                     (4, 16, True), (8, 16, False)])
+def test_gpu_scan_fwd_seq_configs(dtype, block_d, block_t, bc_f32, monkeypatch):
+    """Every seq tile the defaults or the benchmark sweep use, at odd D and L, grouped B/C."""
+    cfg = {"KIND": "seq", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": 1,
+           "BC_F32": bc_f32}
+    monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
+    for batch, dim, length, groups in [(2, 70, 301, None), (1, 36, 37, 2)]:
+        kw = make_scan_inputs(batch, dim, length, 16, groups, dtype, "cuda", layout="model")
+        check_scan_fwd(kw, TOL[dtype])
 
 
 @gpu
