@@ -143,7 +143,8 @@ def main() -> int:
                    help="decode projections of up to this many rows on the Triton kernel (default: "
                         "kernels/decode_linear.MODEL_ROWS)")
     p.add_argument("--pdl", action="store_true",
-                   help="also time decode with programmatic dependent launch (as MAMBA_EXPORT_PDL=1)")
+                   help="also time decode with programmatic dependent launch switched the other "
+                        "way (on by default on sm_90+; MAMBA_EXPORT_PDL=0 turns it off)")
     args = p.parse_args()
     if args.linear_rows is not None:
         from mamba_export.kernels import decode_linear
@@ -175,12 +176,14 @@ def main() -> int:
         for batch in (1, 16):
             row[f"b{batch}_ms"] = decode_ms(model, batch, 128, tokens)
             log(f"{name} decode b{batch}: {row[f'b{batch}_ms']:.3f} ms/token (floor {floor:.3f})")
+        row["pdl"] = kernel_common.PDL
         if args.pdl:
-            kernel_common.PDL = True  # read at each launch: the next capture uses PDL
+            other = "pdl" if not kernel_common.PDL else "no_pdl"
+            kernel_common.PDL = not kernel_common.PDL  # read at each launch: the next capture
             for batch in (1, 16):
-                row[f"b{batch}_pdl_ms"] = decode_ms(model, batch, 128, tokens)
-                log(f"{name} decode b{batch} with PDL: {row[f'b{batch}_pdl_ms']:.3f} ms/token")
-            kernel_common.PDL = False
+                row[f"b{batch}_{other}_ms"] = decode_ms(model, batch, 128, tokens)
+                log(f"{name} decode b{batch} ({other}): {row[f'b{batch}_{other}_ms']:.3f} ms/token")
+            kernel_common.PDL = not kernel_common.PDL
         if not args.skip_compile and name in ("mamba-130m", "mamba-2.8b"):
             # Inductor's code for the step, captured in our own CUDA graph (static state buffers).
             compiled = compile_model(model)
@@ -211,7 +214,8 @@ def main() -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
-    print(f"\n{dev} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s | {results['date']}")
+    print(f"\n{dev} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s | {results['date']} | "
+          f"PDL {'on' if kernel_common.PDL else 'off'}")
     print(f"{'model':<12} {'b1 ms/tok':>10} {'b16 ms/tok':>11} {'compiled b1':>12} {'floor ms':>9} "
           f"{'compiled prefill 2048':>22}")
     for r in results["decode"]:
@@ -220,8 +224,10 @@ def main() -> int:
         print(f"{r['model']:<12} {r['b1_ms']:>10.3f} {r['b16_ms']:>11.3f} {comp:>12} {r['floor_ms']:>9.3f} "
               f"{cpre:>22}")
     for r in results["decode"]:
-        if "b1_pdl_ms" in r:
-            print(f"{r['model']:<12} with PDL: b1 {r['b1_pdl_ms']:.3f}, b16 {r['b16_pdl_ms']:.3f} ms/token")
+        for other in ("pdl", "no_pdl"):
+            if f"b1_{other}_ms" in r:
+                print(f"{r['model']:<12} {other}: b1 {r[f'b1_{other}_ms']:.3f}, "
+                      f"b16 {r[f'b16_{other}_ms']:.3f} ms/token")
     for r in results["prefill"]:
         print(f"prefill {r['model']} {r['batch']}x{r['length']}: {r['ms']:.2f} ms eager, "
               f"{r['cuda_graph_ms']:.2f} ms CUDA graph")

@@ -11,7 +11,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])
-@pytest.mark.parametrize("batch,dim,rank,dstate,groups", [(1, 7, 3, 5, 0), (3, 24, 5, 16, 2)])
+@pytest.mark.parametrize("batch,dim,rank,dstate,groups", [(1, 7, 3, 5, 0), (3, 24, 5, 16, 2),
+                                                         (6, 9, 4, 16, 3)])
 def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups):
     from mamba_export.kernels.state_update import selective_state_update_fwd
 
