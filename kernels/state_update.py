@@ -86,6 +86,21 @@ def _state_update_kernel(
     tl.store(out_ptr + b64 * dim + d64, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+_MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
+
+
+def launch_config(batch: int, dim: int, block_n: int) -> tuple[int, int]:
+    """(channels per program, warps): one warp, the widest block (4 to 32 channels, at most 512
+    states) that still launches _MIN_PROGRAMS programs. H100 sweep (scripts/bench_state_update.py,
+    2026-11-23, dt_proj fused): batch 1 fastest at 4 channels (mamba-2.8b layer 2.52 vs 2.98 us
+    for the former 16 x 2 warps), batch 16 at 32 (10.21 vs 11.83 us; mamba-370m 3.79 vs 4.83)."""
+    block_d = 4
+    while (block_d < 32 and (2 * block_d) * block_n <= 512
+           and batch * triton.cdiv(dim, 2 * block_d) >= _MIN_PROGRAMS):
+        block_d *= 2
+    return block_d, 1
+
+
 def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                                dt_softplus=False, out_state=None, dt_proj_weight=None):
     """One decode step. Returns ``(out [B, D] in x.dtype, new_state [B, D, N])``.
@@ -134,12 +149,7 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     nstate = out_state if out_state is not None else new_output((batch, dim, dstate),
                                                                 state.dtype, device)
     block_n = next_pow2(dstate)
-    if use_interpreter(device):
-        block_d, num_warps = 4, 1
-    else:
-        # Small tiles: even at batch 1 the grid covers every SM (D=5120, N=16: 320 programs).
-        block_d = max(1, min(16, 256 // block_n))
-        num_warps = 2
+    block_d, num_warps = (4, 1) if use_interpreter(device) else launch_config(batch, dim, block_n)
     grid = (triton.cdiv(dim, block_d), batch)
     launch(
         _state_update_kernel, grid, device,

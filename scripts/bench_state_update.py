@@ -1,0 +1,105 @@
+"""The Mamba-1 decode state update (kernels/state_update.py, dt_proj fused) per layer, as a decode
+step runs it (needs CUDA).
+
+    python3 scripts/bench_state_update.py [--out results.json]
+
+mamba-370m and mamba-2.8b layer shapes at batch 1 and 16, fp16 activations, float32 states; one
+CUDA graph of calls over distinct per-layer states (>= 256 MB in all, so states come from HBM as
+in a real step), replayed; us per call = median replay / calls. Each (channels per program,
+warps) configuration is first checked against the float64 reference. Floor: the state read and
+written once at the copy bandwidth measured here (the dt_proj weight, read once, adds D*R*2 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+
+import torch
+
+from mamba_export import MambaConfig
+from mamba_export import reference as ref
+from mamba_export.kernels import state_update as su
+
+from bench_decode_linear import graph_ms_per_call  # scripts/ is on sys.path when this file runs
+from bench_kernels import copy_bandwidth
+
+CONFIGS = [(bd, w) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4)]
+
+
+def layer_inputs(cfg, batch, copies):
+    D, N, R = cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank
+    dev, h = "cuda", torch.float16
+    return dict(states=[torch.randn(batch, D, N, device=dev) for _ in range(copies)],
+                x=torch.randn(batch, D, device=dev, dtype=h), z=torch.randn(batch, D, device=dev, dtype=h),
+                low=torch.randn(batch, R, device=dev, dtype=h),
+                W=(torch.randn(D, R, device=dev) * R ** -0.5).half(),
+                A=-torch.rand(D, N, device=dev) * 2 - 0.1,
+                B=torch.randn(batch, N, device=dev, dtype=h), C=torch.randn(batch, N, device=dev, dtype=h),
+                D=torch.randn(D, device=dev), bias=torch.randn(D, device=dev) * 0.1 - 2)
+
+
+def run(inp, state, out_state):
+    return su.selective_state_update_fwd(state, inp["x"], inp["low"], inp["A"], inp["B"], inp["C"],
+                                         inp["D"], inp["z"], inp["bias"], True, out_state=out_state,
+                                         dt_proj_weight=inp["W"])
+
+
+def check(inp):
+    """rel err of out and new state vs the float64 reference."""
+    st = inp["states"][0]
+    y, new = run(inp, st, None)
+    d = {k: v.double() for k, v in inp.items() if k != "states"}
+    want_y, want_s = ref.selective_state_update(st.double(), d["x"], d["low"] @ d["W"].T, d["A"],
+                                                d["B"], d["C"], d["D"], d["z"], d["bias"], True)
+    err = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
+    return err(y, want_y), err(new, want_s)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("needs CUDA", file=sys.stderr)
+        return 1
+    bw = copy_bandwidth()
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s")
+    print(f"{'shape':12s} {'B':>3s} {'floor us':>9s} {'default us':>11s} {'best us':>8s}  best (block_d, warps)")
+    rows, default_config = [], su.launch_config
+    for name in ("mamba-370m", "mamba-2.8b"):
+        cfg = MambaConfig.preset(name)
+        for batch in (1, 16):
+            state_bytes = batch * cfg.d_inner * cfg.d_state * 4
+            copies = max(8, min(256, (256 << 20) // state_bytes))
+            inp = layer_inputs(cfg, batch, copies)
+            floor = (2 * state_bytes + cfg.d_inner * cfg.resolved_dt_rank * 2) / bw * 1e6
+            times = {}
+            for bd, w in [(None, None)] + CONFIGS:  # (None, None): the launcher's default
+                su.launch_config = default_config if bd is None else (lambda *a, bd=bd, w=w: (bd, w))
+                e_y, e_s = check(inp)
+                if not (e_y <= 5e-3 and e_s <= 1e-5):
+                    print(f"  {name} B{batch} {(bd, w)}: errors {e_y:.1e} / {e_s:.1e} (rejected)",
+                          file=sys.stderr)
+                    continue
+                times[(bd, w)] = graph_ms_per_call(
+                    lambda i: run(inp, inp["states"][i], inp["states"][i]), copies) * 1e3
+            su.launch_config = default_config
+            best = min((k for k in times if k != (None, None)), key=times.get)
+            dflt = times.get((None, None))
+            rows.append(dict(model=name, batch=batch, floor_us=floor, default_us=dflt,
+                             best_us=times[best], best=best,
+                             all={f"{k[0]}x{k[1]}": v for k, v in times.items() if k != (None, None)}))
+            print(f"{name:12s} {batch:3d} {floor:9.2f} {dflt:11.2f} {times[best]:8.2f}  {best}", flush=True)
+    if args.out:
+        meta = dict(date=datetime.date.today().isoformat(), gpu=torch.cuda.get_device_name(),
+                    torch=torch.__version__, copy_bw=bw)
+        with open(args.out, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
