@@ -21,6 +21,9 @@ def main(src: str, dst: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(x, [r["b1_ms"] for r in rows], "o-", label="batch 1 (CUDA graph)")
     ax.plot(x, [r["b16_ms"] for r in rows], "s-", label="batch 16 (CUDA graph)")
+    if all("b1_no_pdl_ms" in r for r in rows):  # bench_e2e.py --pdl with PDL on by default
+        ax.plot(x, [r["b1_no_pdl_ms"] for r in rows], "o:", color="C0", alpha=0.6,
+                label="batch 1, without PDL")
     ax.plot(x, [r["floor_ms"] for r in rows], "k--", label="floor: weights / copy bandwidth")
     for r, xi in zip(rows, x):
         ax.annotate(r["model"].replace("mamba-", ""), (xi, r["b1_ms"]), textcoords="offset points",
