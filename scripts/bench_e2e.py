@@ -99,7 +99,8 @@ def decode_ms(model, batch: int, prompt: int, tokens: int, runner=None, graph: b
 
 
 def profile(model, what: str, batch: int = 1, length: int = 2048) -> None:
-    """Per-kernel CUDA time of an eager decode step or prefill (where the time goes)."""
+    """Per-kernel CUDA time of an eager decode step (in place, as the CUDA-graph decode runs it)
+    or prefill (where the time goes)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     ids = torch.randint(0, model.config.vocab_size, (batch, length if what == "prefill" else 16),
@@ -108,7 +109,7 @@ def profile(model, what: str, batch: int = 1, length: int = 2048) -> None:
         logits, state = model.prefill(ids, model.new_state(batch))
         tok = logits.argmax(-1)
         run = (lambda: model.prefill(ids, model.new_state(batch))) if what == "prefill" else \
-            (lambda: model.step(tok, state))
+            (lambda: model.step(tok, state, inplace=True))
         for _ in range(3):
             run()
         torch.cuda.synchronize()
