@@ -226,6 +226,29 @@ def test_scan_fwd_kinds(kind, monkeypatch):
     check_scan_fwd(make_scan_inputs(1, 6, 19, 4, 2, layout="model"), TOL[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scan_fwd_seq_half_bc_as_stored(dtype, monkeypatch):
+    """The seq kernel reading half-precision B/C as stored (BC_F32=False, the GPU default below
+    32768 rows and for the model layout) instead of converting them to fp32 up front."""
+    cfg = {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "BC_F32": False}
+    monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
+    check_scan_fwd(make_scan_inputs(2, 7, 19, 16, None, dtype), TOL[dtype])
+    check_scan_fwd(make_scan_inputs(1, 6, 11, 16, 2, dtype, layout="model"), TOL[dtype])
+
+
+def test_scan_config_rules(monkeypatch):
+    """Seq tiles by rows and layout (H100 sweep, docs/kernel_notes.md v12), as a GPU picks them."""
+    monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
+    cuda = torch.device("cuda")
+    cfg = lambda *a, **k: ss_mod.scan_config(*a, torch.bfloat16, cuda, **k)  # noqa: E731
+    assert cfg(1, 5120, 2048) == {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1,
+                                  "BC_F32": False}
+    assert cfg(8, 5120, 2048)["BLOCK_D"] == 8 and cfg(8, 5120, 2048)["BC_F32"]
+    model = cfg(1, 5120, 2048, channel_contiguous=True)
+    assert model["BLOCK_D"] == 8 and not model["BC_F32"]
+    assert cfg(1, 1536, 2048)["KIND"] == "chunk" and cfg(1, 1536, 16384)["KIND"] == "split"
+
+
 def test_scan_chunked_equals_whole():
     kw = make_scan_inputs(1, 5, 30, 4)
     out, last = selective_scan_fwd(**kw)
