@@ -101,8 +101,8 @@ def test_bad_inputs_raise_value_errors():
 
 
 def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
-    """``_common.PDL`` (on unless MAMBA_EXPORT_PDL=0 at import) asks for programmatic dependent launch;
-    interpreted (CPU) and traced launches ignore it, and the kernels give the same numbers (the GPU
+    """``_common.PDL`` (on unless MAMBA_EXPORT_PDL=0 at import) asks for programmatic dependent
+    launch; interpreted (CPU) and traced launches ignore it, and the kernels give the same numbers (the GPU
     test compares PDL and plain launches bit for bit: tests/test_gpu_model.py)."""
     from mamba_export.kernels._common import pdl_enabled
 
