@@ -126,8 +126,9 @@ def test_mamba2_direct_launch_step_matches_op_step_and_forward(dtype, bound, ext
 @pytest.mark.parametrize("batch", [1, 4])
 def test_pdl_decode_equals_plain_launches(layer, batch, monkeypatch):
     """``_common.PDL`` (programmatic dependent launch of the decode kernels on sm_90+; on by
-    default, MAMBA_EXPORT_PDL=0 turns it off): the same kernels on the same inputs, so eager steps and CUDA-graph generation give
-    the same numbers bit for bit as plain launches (a missing wait would show as a difference)."""
+    default, MAMBA_EXPORT_PDL=0 turns it off): the same kernels on the same inputs, so eager
+    steps and CUDA-graph generation give the same numbers bit for bit as plain launches (a
+    missing wait would show as a difference)."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs sm_90 or newer")
     extra = dict(layer="Mamba2", headdim=16, ngroups=2, d_model=64) if layer == "Mamba2" else {}
