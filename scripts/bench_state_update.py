@@ -13,8 +13,6 @@ written once at the copy bandwidth measured here (the dt_proj weight, read once,
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 
 import torch
@@ -23,7 +21,7 @@ from mamba_export import MambaConfig
 from mamba_export import reference as ref
 from mamba_export.kernels import state_update as su
 
-from bench_decode_linear import graph_ms_per_call  # scripts/ is on sys.path when this file runs
+from _layer_sweep import summary, sweep, write_json  # scripts/ is on sys.path when this runs
 from bench_kernels import copy_bandwidth
 
 CONFIGS = [(bd, w) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4)]
@@ -76,28 +74,17 @@ def main() -> int:
             copies = max(8, min(256, (256 << 20) // state_bytes))
             inp = layer_inputs(cfg, batch, copies)
             floor = (2 * state_bytes + cfg.d_inner * cfg.resolved_dt_rank * 2) / bw * 1e6
-            times = {}
-            for bd, w in [(None, None)] + CONFIGS:  # (None, None): the launcher's default
-                su.launch_config = default_config if bd is None else (lambda *a, bd=bd, w=w: (bd, w))
-                e_y, e_s = check(inp)
-                if not (e_y <= 5e-3 and e_s <= 1e-5):
-                    print(f"  {name} B{batch} {(bd, w)}: errors {e_y:.1e} / {e_s:.1e} (rejected)",
-                          file=sys.stderr)
-                    continue
-                times[(bd, w)] = graph_ms_per_call(
-                    lambda i: run(inp, inp["states"][i], inp["states"][i]), copies) * 1e3
-            su.launch_config = default_config
-            best = min((k for k in times if k != (None, None)), key=times.get)
-            dflt = times.get((None, None))
-            rows.append(dict(model=name, batch=batch, floor_us=floor, default_us=dflt,
-                             best_us=times[best], best=best,
-                             all={f"{k[0]}x{k[1]}": v for k, v in times.items() if k != (None, None)}))
+
+            def use(c):  # (block_d, warps), or None: the launcher's own
+                su.launch_config = default_config if c is None else (lambda *a: c)
+
+            times = sweep(CONFIGS, use, lambda: check(inp),
+                          lambda i: run(inp, inp["states"][i], inp["states"][i]), copies,
+                          f"{name} B{batch}")
+            rows.append(summary(times, model=name, batch=batch, floor_us=floor))
+            best, dflt = rows[-1]["best"], rows[-1]["default_us"]
             print(f"{name:12s} {batch:3d} {floor:9.2f} {dflt:11.2f} {times[best]:8.2f}  {best}", flush=True)
-    if args.out:
-        meta = dict(date=datetime.date.today().isoformat(), gpu=torch.cuda.get_device_name(),
-                    torch=torch.__version__, copy_bw=bw)
-        with open(args.out, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    write_json(args.out, rows, bw)
     return 0
 
 
