@@ -3,6 +3,7 @@ time one launcher under each (block, warps) configuration after checking it agai
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import sys
@@ -10,6 +11,28 @@ import sys
 import torch
 
 from bench_decode_linear import graph_ms_per_call  # scripts/ is on sys.path when these run
+from bench_kernels import copy_bandwidth
+
+
+def start(config_names: str):
+    """``--out``, the CUDA check and the copy bandwidth; prints the table's head. Returns
+    (out path or None, bytes/s), or None without CUDA."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("needs CUDA", file=sys.stderr)
+        return None
+    bw = copy_bandwidth()
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s")
+    print(f"{'shape':14s} {'B':>3s} {'floor us':>9s} {'default us':>11s} {'best us':>8s}  "
+          f"best ({config_names})")
+    return args.out, bw
+
+
+def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:
+    """||out - want|| / ||want||, in float64."""
+    return ((out.double() - want).norm() / want.norm()).item()
 
 
 def sweep(configs, use, check, call, copies: int, label: str, bounds=(5e-3, 1e-5)) -> dict:
@@ -32,10 +55,13 @@ def sweep(configs, use, check, call, copies: int, label: str, bounds=(5e-3, 1e-5
     return times
 
 
-def summary(times: dict, **fields) -> dict:
-    """One result row: the default's time, the best config and every config's time."""
+def summary(times: dict, model: str, batch: int, floor_us: float) -> dict:
+    """One result row (the default's time, the best config, every config's time), printed."""
     best = min((k for k in times if k is not None), key=times.get)
-    return dict(fields, default_us=times.get(None), best_us=times[best], best=best,
+    print(f"{model:14s} {batch:3d} {floor_us:9.2f} {times[None]:11.2f} {times[best]:8.2f}  {best}",
+          flush=True)
+    return dict(model=model, batch=batch, floor_us=floor_us, default_us=times[None],
+                best_us=times[best], best=best,
                 all={f"{k[0]}x{k[1]}": v for k, v in times.items() if k is not None})
 
 

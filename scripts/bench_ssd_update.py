@@ -12,7 +12,6 @@ state read and written once at the copy bandwidth measured here.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -21,8 +20,7 @@ from mamba_export import MambaConfig
 from mamba_export import reference as ref
 from mamba_export.kernels import ssd_update as su
 
-from _layer_sweep import summary, sweep, write_json  # scripts/ is on sys.path when this runs
-from bench_kernels import copy_bandwidth
+from _layer_sweep import rel_err, start, summary, sweep, write_json  # scripts/ is on sys.path
 
 CONFIGS = [(bp, w) for bp in (8, 16, 32, 64) for w in (2, 4, 8)]
 
@@ -60,20 +58,14 @@ def check(cfg, inp):
     want_y, want_s = ref.ssd_state_update(st.double(), x.reshape(batch, H, P), inp["dt"].double(),
                                           inp["A"].double(), B.reshape(batch, G, N), C.reshape(batch, G, N),
                                           inp["D"].double(), None, inp["dt_bias"].double(), True, None)
-    err = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
-    return err(y, want_y), err(new, want_s)
+    return rel_err(y, want_y), rel_err(new, want_s)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default=None)
-    args = p.parse_args()
-    if not torch.cuda.is_available():
-        print("needs CUDA", file=sys.stderr)
+    started = start("block_p, warps")
+    if started is None:
         return 1
-    bw = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s")
-    print(f"{'shape':14s} {'B':>3s} {'floor us':>9s} {'default us':>11s} {'best us':>8s}  best (block_p, warps)")
+    out, bw = started
     rows, default_bp, default_w = [], su.block_p_for, su.NUM_WARPS
     for name in ("mamba2-130m", "mamba2-2.7b"):
         cfg = MambaConfig.preset(name)
@@ -90,10 +82,8 @@ def main() -> int:
             times = sweep(CONFIGS, use, lambda: check(cfg, inp),
                           lambda i: run(inp, inp["states"][i], inp["states"][i]), copies,
                           f"{name} B{batch}")
-            rows.append(summary(times, model=name, batch=batch, floor_us=floor))
-            best, dflt = rows[-1]["best"], rows[-1]["default_us"]
-            print(f"{name:14s} {batch:3d} {floor:9.2f} {dflt:11.2f} {times[best]:8.2f}  {best}", flush=True)
-    write_json(args.out, rows, bw)
+            rows.append(summary(times, name, batch, floor))
+    write_json(out, rows, bw)
     return 0
 
 

@@ -12,7 +12,6 @@ written once at the copy bandwidth measured here (the dt_proj weight, read once,
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -21,21 +20,19 @@ from mamba_export import MambaConfig
 from mamba_export import reference as ref
 from mamba_export.kernels import state_update as su
 
-from _layer_sweep import summary, sweep, write_json  # scripts/ is on sys.path when this runs
-from bench_kernels import copy_bandwidth
+from _layer_sweep import rel_err, start, summary, sweep, write_json  # scripts/ is on sys.path
 
 CONFIGS = [(bd, w) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4)]
 
 
 def layer_inputs(cfg, batch, copies):
     D, N, R = cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank
-    dev, h = "cuda", torch.float16
+    dev = "cuda"
+    half = lambda *s: torch.randn(*s, device=dev, dtype=torch.float16)  # noqa: E731
     return dict(states=[torch.randn(batch, D, N, device=dev) for _ in range(copies)],
-                x=torch.randn(batch, D, device=dev, dtype=h), z=torch.randn(batch, D, device=dev, dtype=h),
-                low=torch.randn(batch, R, device=dev, dtype=h),
+                x=half(batch, D), z=half(batch, D), low=half(batch, R),
                 W=(torch.randn(D, R, device=dev) * R ** -0.5).half(),
-                A=-torch.rand(D, N, device=dev) * 2 - 0.1,
-                B=torch.randn(batch, N, device=dev, dtype=h), C=torch.randn(batch, N, device=dev, dtype=h),
+                A=-torch.rand(D, N, device=dev) * 2 - 0.1, B=half(batch, N), C=half(batch, N),
                 D=torch.randn(D, device=dev), bias=torch.randn(D, device=dev) * 0.1 - 2)
 
 
@@ -52,20 +49,14 @@ def check(inp):
     d = {k: v.double() for k, v in inp.items() if k != "states"}
     want_y, want_s = ref.selective_state_update(st.double(), d["x"], d["low"] @ d["W"].T, d["A"],
                                                 d["B"], d["C"], d["D"], d["z"], d["bias"], True)
-    err = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
-    return err(y, want_y), err(new, want_s)
+    return rel_err(y, want_y), rel_err(new, want_s)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default=None)
-    args = p.parse_args()
-    if not torch.cuda.is_available():
-        print("needs CUDA", file=sys.stderr)
+    started = start("block_d, warps")
+    if started is None:
         return 1
-    bw = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s")
-    print(f"{'shape':12s} {'B':>3s} {'floor us':>9s} {'default us':>11s} {'best us':>8s}  best (block_d, warps)")
+    out, bw = started
     rows, default_config = [], su.launch_config
     for name in ("mamba-370m", "mamba-2.8b"):
         cfg = MambaConfig.preset(name)
@@ -81,10 +72,8 @@ def main() -> int:
             times = sweep(CONFIGS, use, lambda: check(inp),
                           lambda i: run(inp, inp["states"][i], inp["states"][i]), copies,
                           f"{name} B{batch}")
-            rows.append(summary(times, model=name, batch=batch, floor_us=floor))
-            best, dflt = rows[-1]["best"], rows[-1]["default_us"]
-            print(f"{name:12s} {batch:3d} {floor:9.2f} {dflt:11.2f} {times[best]:8.2f}  {best}", flush=True)
-    write_json(args.out, rows, bw)
+            rows.append(summary(times, name, batch, floor))
+    write_json(out, rows, bw)
     return 0
 
 

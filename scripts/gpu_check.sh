@@ -4,8 +4,8 @@
 # $OUT (or ./gpu_out). All stages together take longer than one 10-minute device command, so
 # split them over calls: `--skip-kernels --skip-e2e --tests-part=1` and `... --tests-part=2`
 # (the GPU tests: all of them overran one call on the H100 on 2026-11-23; part 1 is the model,
-# compile and Mamba-1 kernel tests, part 2 the rest), `--skip-tests --skip-e2e` (kernel benchmarks), `--skip-tests
-# --skip-kernels` (end to end; extra args go to bench_e2e.py).
+# compile and Mamba-1 kernel tests, part 2 the rest), `--skip-tests --skip-e2e` (kernel
+# benchmarks), `--skip-tests --skip-kernels` (end to end; extra args go to bench_e2e.py).
 # The ONNX Runtime stage runs when onnxruntime-gpu is importable (ORT_GPU_WHEEL, see below).
 # Usage (on the GPU machine): bash scripts/gpu_check.sh [--skip-tests] [--tests-part=1|2] [--skip-kernels] [--skip-e2e] [bench_e2e.py args]
 set -uo pipefail

@@ -501,7 +501,8 @@ def test_gpu_scan_fwd_split(dtype, segments, batch, dim, length, groups, layout,
 @pytest.mark.parametrize("block_d,block_t,bc_f32", [(4, 16, False), (8, 16, True), (8, 8, True),
                                                      (4, 16, True), (8, 16, False)])
 def test_gpu_scan_fwd_seq_configs(dtype, block_d, block_t, bc_f32, monkeypatch):
-    """Every seq tile the defaults or the benchmark sweep use, at odd D and L, grouped B/C."""
+    """The seq tiles the defaults use and their nearest sweep neighbours, at odd D and L,
+    grouped B/C."""
     cfg = {"KIND": "seq", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": 1,
            "BC_F32": bc_f32}
     monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
