@@ -29,12 +29,13 @@ def _ssd_update_kernel(
     so_b, so_h, so_p, sn_b, sn_h, sn_p, sn_n, scs_b, scs_c, scs_s, scw_c, scw_k, scbias,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LIMIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, PDL: tl.constexpr = False,
+    CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, EARLY_STATE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """CONV: x_ptr is the conv's raw input row ``xBC [B, conv_dim]`` (x, then B and C at
     channel offsets b_off / c_off); x, B and C are silu(conv) computed here from the conv state,
-    which is only read."""
-    pdl_start(PDL)
+    which is only read. EARLY_STATE: the state is read before the PDL wait, overlapping the
+    previous kernel's tail (the caller knows that kernel does not write the state)."""
     pid_p = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -42,6 +43,12 @@ def _ssd_update_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_p, mask_n = offs_p < headdim, offs_n < dstate
     mask = mask_p[:, None] & mask_n[None, :]
+    state_rows = state_ptr + b * ss_b + h * ss_h + offs_p[:, None] * ss_p + offs_n[None, :] * ss_n
+    if EARLY_STATE:
+        s = tl.load(state_rows, mask=mask, other=0.0).to(tl.float32)
+    pdl_start(PDL)
+    if not EARLY_STATE:
+        s = tl.load(state_rows, mask=mask, other=0.0).to(tl.float32)
 
     dt = tl.load(dt_ptr + b * sdt_b + h * sdt_h).to(tl.float32)
     if HAS_BIAS:
@@ -64,8 +71,6 @@ def _ssd_update_kernel(
         Bv = tl.load(B_ptr + b * sB_b + g * sB_g + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
         Cv = tl.load(C_ptr + b * sC_b + g * sC_g + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + b * sx_b + h * sx_h + offs_p * sx_p, mask=mask_p, other=0.0).to(tl.float32)
-    s = tl.load(state_ptr + b * ss_b + h * ss_h + offs_p[:, None] * ss_p + offs_n[None, :] * ss_n,
-                mask=mask, other=0.0).to(tl.float32)
     s = s * decay + (dt * x)[:, None] * Bv[None, :]
     y = tl.sum(s * Cv[None, :], axis=1)
     if HAS_D:
@@ -92,9 +97,11 @@ def _check_step(state, batch, heads, headdim, groups, dstate, dt, A, D, z, dt_bi
 
 
 def ssd_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                         dt_limit=None, out_state=None):
+                         dt_limit=None, out_state=None, early_state=False):
     """One Mamba-2 decode step. Returns ``(out [B, H, P] in x.dtype, new_state [B, H, P, N])``;
-    the new state goes into ``out_state`` when given (it may be ``state``: in place)."""
+    the new state goes into ``out_state`` when given (it may be ``state``: in place).
+    ``early_state``: with PDL, read the state before waiting for the kernel launched just before
+    this one; only for callers that know that kernel does not write it."""
     for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C)):
         check_float(name, t)
     if x.dim() != 3:
@@ -108,19 +115,21 @@ def ssd_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt
     check_same_device(x.device, B=B, C=C)
     out = new_output((batch, heads, headdim), x.dtype, x.device)
     nstate = out_state if out_state is not None else new_output(tuple(state.shape), state.dtype, x.device)
-    _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, None)
+    _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, None,
+            early_state)
     return out, nstate
 
 
 def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt, A, ngroups,
                               D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
-                              out_state=None):
+                              out_state=None, early_state=False):
     """The Mamba-2 decode step with the conv folded in: x, B, C = split(silu(conv(xBC))) are
     computed inside the SSD kernel from ``conv_state [B, conv_dim, S]``, which is only read:
     in place, one head's program must not overwrite the B/C conv inputs that the other heads'
     programs still read, so the caller shifts the conv state afterwards (the gated norm's
     ``conv_commit``, or :func:`~mamba_export.kernels.causal_conv1d.conv_state_commit_fwd`).
-    ``state [B, H, P, N]``; returns ``(out [B, H, P] in xBC.dtype, new_state)``."""
+    ``state [B, H, P, N]``; returns ``(out [B, H, P] in xBC.dtype, new_state)``;
+    ``early_state`` as for :func:`ssd_state_update_fwd` (the model's step: in_proj runs before)."""
     check_float("state", state)
     if state.dim() != 4:
         raise ValueError(f"state must be [batch, heads, headdim, dstate], got {tuple(state.shape)}")
@@ -133,7 +142,7 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
     out = new_output((batch, heads, headdim), xBC.dtype, xBC.device)
     nstate = out_state if out_state is not None else new_output(tuple(state.shape), state.dtype, xBC.device)
     _launch(state, xBC, dt, A, xBC, xBC, ngroups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out,
-            nstate, (conv_state, conv_weight, conv_bias))
+            nstate, (conv_state, conv_weight, conv_bias), early_state)
     return out, nstate
 
 
@@ -150,7 +159,8 @@ def block_p_for(batch, heads, headdim, block_n):
     return block_p
 
 
-def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, conv):
+def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, conv,
+            early_state):
     """One launch of the kernel. With ``conv = (conv_state, weight, bias)``, x is the conv's raw
     input xBC and the kernel reads x, B, C from it (B and C are then ignored)."""
     batch, heads, headdim = out.shape
@@ -180,7 +190,8 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, BLOCK_P=block_p, BLOCK_N=block_n,
         CONV=conv is not None, CONV_BIAS=conv is not None and conv[2] is not None,
-        WIDTH=1 if conv is None else conv[1].shape[1], num_warps=NUM_WARPS, pdl=True,
+        WIDTH=1 if conv is None else conv[1].shape[1], EARLY_STATE=bool(early_state),
+        num_warps=NUM_WARPS, pdl=True,
     )
 
 

@@ -15,6 +15,12 @@ from torch import Tensor
 from . import ops
 
 
+# The model's decode steps let the state-update kernels read the SSM state (and parameters)
+# before their PDL wait, overlapping the projection launched just before them, which never
+# writes it. A switch for benchmarks (scripts/bench_e2e.py --no-early-state).
+EARLY_STATE = True
+
+
 def _is_real(t: Tensor) -> bool:
     """A plain tensor or parameter: not a fake/functional tensor of a trace (a type check is
     much cheaper than ``is_fake`` on this per-layer path)."""

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
+from . import _dispatch, ops  # noqa: F401  (ops registers torch.ops.mamba_export.*)
 from ._dispatch import _eager_cuda, cached_params, decode_linear
 from .config import MambaConfig
 
@@ -196,7 +196,8 @@ class Mamba2Mixer(nn.Module):
         y, new_ssm = ssd_conv_state_update_fwd(
             ssm_state, xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, dt, A,
             cfg.ngroups, D, None if cfg.rmsnorm else z.reshape(batch, cfg.nheads, cfg.headdim),
-            dt_bias, True, self._dt_limit, out_state=ssm_state if inplace else None)
+            dt_bias, True, self._dt_limit, out_state=ssm_state if inplace else None,
+            early_state=_dispatch.EARLY_STATE)
         y = y.reshape(batch, -1)
         new_conv = conv_state if inplace else torch.empty_like(conv_state)
         if not cfg.rmsnorm:

@@ -146,11 +146,26 @@ def main() -> int:
     p.add_argument("--pdl", action="store_true",
                    help="also time decode with programmatic dependent launch switched the other "
                         "way (on by default on sm_90+; MAMBA_EXPORT_PDL=0 turns it off)")
+    p.add_argument("--fuse-dt-max-batch", type=int, default=None,
+                   help="Mamba-1 decode: dt_proj fused into the state update up to this batch, "
+                        "dt computed first above it (default: "
+                        "kernels/state_update.FUSE_DT_PROJ_MAX_BATCH)")
+    p.add_argument("--skip-prefill", action="store_true", help="decode only")
+    p.add_argument("--no-early-state", action="store_true",
+                   help="decode: state-update kernels read the state after their PDL wait "
+                        "(default: before, mamba_export._dispatch.EARLY_STATE)")
+    p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
         from mamba_export.kernels import decode_linear
 
         decode_linear.MODEL_ROWS = args.linear_rows
+    if args.fuse_dt_max_batch is not None:
+        from mamba_export.kernels import state_update
+
+        state_update.FUSE_DT_PROJ_MAX_BATCH = args.fuse_dt_max_batch
+    if args.no_early_state:
+        me._dispatch.EARLY_STATE = False
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -159,6 +174,9 @@ def main() -> int:
                "date": time.strftime("%Y-%m-%d"), "decode": [], "prefill": [], "long": []}
     if args.linear_rows is not None:
         results["linear_rows"] = args.linear_rows
+    if args.fuse_dt_max_batch is not None:
+        results["fuse_dt_max_batch"] = args.fuse_dt_max_batch
+    results["early_state"] = me._dispatch.EARLY_STATE
     try:
         import triton
         results["triton"] = triton.__version__
@@ -169,19 +187,20 @@ def main() -> int:
     if args.presets:
         presets = args.presets.split(",")
     tokens = 64 if args.quick else 128
+    batches = [int(b) for b in args.batches.split(",")]
     for name in presets:
         log(f"building {name} (fp16, random init)")
         model = me.MambaLM(me.MambaConfig.preset(name), device="cuda", dtype=torch.float16).eval()
         floor = param_bytes(model) / bw * 1e3
         row = {"model": name, "floor_ms": floor}
-        for batch in (1, 16):
+        for batch in batches:
             row[f"b{batch}_ms"] = decode_ms(model, batch, 128, tokens)
             log(f"{name} decode b{batch}: {row[f'b{batch}_ms']:.3f} ms/token (floor {floor:.3f})")
         row["pdl"] = kernel_common.PDL
         if args.pdl:
             other = "pdl" if not kernel_common.PDL else "no_pdl"
             kernel_common.PDL = not kernel_common.PDL  # read at each launch: the next capture
-            for batch in (1, 16):
+            for batch in batches:
                 row[f"b{batch}_{other}_ms"] = decode_ms(model, batch, 128, tokens)
                 log(f"{name} decode b{batch} ({other}): {row[f'b{batch}_{other}_ms']:.3f} ms/token")
             kernel_common.PDL = not kernel_common.PDL
@@ -193,11 +212,12 @@ def main() -> int:
             row["compiled_prefill_2048_ms"] = prefill_ms(compiled, 1, 2048)
             log(f"{name} compiled prefill 1x2048: {row['compiled_prefill_2048_ms']:.2f} ms")
         if args.profile:
-            profile(model, "prefill")
-            for batch in (1, 16):
+            if not args.skip_prefill:
+                profile(model, "prefill")
+            for batch in batches:
                 profile(model, "step", batch)
         results["decode"].append(row)
-        if name in ("mamba-130m", "mamba-2.8b", "mamba2-130m", "mamba2-2.7b"):
+        if name in ("mamba-130m", "mamba-2.8b", "mamba2-130m", "mamba2-2.7b") and not args.skip_prefill:
             ms = prefill_ms(model, 1, 2048)
             graph_ms = prefill_ms(model, 1, 2048, graph=True)
             results["prefill"].append({"model": name, "batch": 1, "length": 2048, "ms": ms,
@@ -217,18 +237,18 @@ def main() -> int:
             json.dump(results, f, indent=2)
     print(f"\n{dev} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s | {results['date']} | "
           f"PDL {'on' if kernel_common.PDL else 'off'}")
-    print(f"{'model':<12} {'b1 ms/tok':>10} {'b16 ms/tok':>11} {'compiled b1':>12} {'floor ms':>9} "
-          f"{'compiled prefill 2048':>22}")
+    print(f"{'model':<12} " + "".join(f"{f'b{b} ms/tok':>12}" for b in batches) +
+          f"{'compiled b1':>12} {'floor ms':>9} {'compiled prefill 2048':>22}")
     for r in results["decode"]:
         comp = f"{r['compiled_b1_ms']:.3f}" if "compiled_b1_ms" in r else "-"
         cpre = f"{r['compiled_prefill_2048_ms']:.2f}" if "compiled_prefill_2048_ms" in r else "-"
-        print(f"{r['model']:<12} {r['b1_ms']:>10.3f} {r['b16_ms']:>11.3f} {comp:>12} {r['floor_ms']:>9.3f} "
-              f"{cpre:>22}")
+        print(f"{r['model']:<12} " + "".join(f"{r[f'b{b}_ms']:>12.3f}" for b in batches) +
+              f"{comp:>12} {r['floor_ms']:>9.3f} {cpre:>22}")
     for r in results["decode"]:
         for other in ("pdl", "no_pdl"):
-            if f"b1_{other}_ms" in r:
-                print(f"{r['model']:<12} {other}: b1 {r[f'b1_{other}_ms']:.3f}, "
-                      f"b16 {r[f'b16_{other}_ms']:.3f} ms/token")
+            if f"b{batches[0]}_{other}_ms" in r:
+                print(f"{r['model']:<12} {other}: " + ", ".join(
+                    f"b{b} {r[f'b{b}_{other}_ms']:.3f}" for b in batches) + " ms/token")
     for r in results["prefill"]:
         print(f"prefill {r['model']} {r['batch']}x{r['length']}: {r['ms']:.2f} ms eager, "
               f"{r['cuda_graph_ms']:.2f} ms CUDA graph")

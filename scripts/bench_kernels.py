@@ -103,10 +103,8 @@ def main():
                                                                    torch.device("cuda")))
         if args.split:
             segs = {1: [2, 4, 8], 8: [2]}.get(b, [2, 4, 8])
-            sweep = [dict(KIND="split", BLOCK_D=8, BLOCK_T=16, num_warps=1, SEGMENTS=sg)
-                     for sg in segs]
-            sweep += [dict(KIND="split", BLOCK_D=8, BLOCK_T=8, num_warps=1, SEGMENTS=sg)
-                      for sg in segs[-2:]]
+            sweep = [dict(KIND="split", BLOCK_D=bd, BLOCK_T=16, num_warps=1, SEGMENTS=sg, BC_F32=f)
+                     for sg in segs for bd, f in ((8, True), (4, False))]
             for cfg in sweep:
                 try:
                     f2 = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
@@ -165,8 +163,10 @@ def main():
         fe, fm = floors(1, 1536, l, 16, 2, exp_rate, bw)
         record("scan_fwd_vs_L", f"B1 D1536 L{l} N16", ms, length=l, ns_per_token=ms * 1e6 / l,
                exp_floor_ms=fe, mem_floor_ms=fm)
-        for sg in ([8, 16] if args.split and l >= 16384 else []):
-            cfg = dict(KIND="split", BLOCK_D=8, BLOCK_T=16, num_warps=1, SEGMENTS=sg)
+        # (channels per warp, B/C converted to fp32) x segments
+        split_cfgs = [dict(KIND="split", BLOCK_D=bd, BLOCK_T=16, num_warps=1, SEGMENTS=sg, BC_F32=f)
+                      for sg in (8, 16) for bd, f in ((8, True), (4, False))]
+        for cfg in split_cfgs if args.split and l >= 8192 else []:
             f2 = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
                                      kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
             f2()
@@ -255,6 +255,7 @@ def main():
         if r["kind"].endswith("split"):
             c = r["cfg"]
             extra = f"split S{c['SEGMENTS']} {c['BLOCK_D']}x{c['BLOCK_T']}" + (
+                " bf16 B/C" if not c.get("BC_F32", True) else "") + (
                 f"  {r['ns_per_token']:.3f} ns/tok" if "ns_per_token" in r else "")
         if r.get("graph_ms"):
             extra = f"graph replay {r['graph_ms']:.4f} ms"

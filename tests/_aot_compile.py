@@ -12,7 +12,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from mamba_export.kernels import (causal_conv1d, decode_linear, gated_rmsnorm, selective_scan,
-                                  ssd_scan, ssd_update)
+                                  ssd_scan, ssd_update, state_update)
 
 FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
 
@@ -36,6 +36,7 @@ def compile_for_sm90(kernel, constexprs, pointer_type, num_warps=4, num_stages=2
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     print(f"{kernel.__name__} {sorted(constexprs.items())[:3]}... ok, shared {compiled.metadata.shared}")
+    return compiled
 
 
 def main():
@@ -48,10 +49,16 @@ def main():
             HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True, HAS_INIT=True,
             IEEE=False, WIDEN=False,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=128), ptr, num_warps, num_stages)
-        for conv in (True, False):
+        for conv in (True, False):  # the model's conv variant reads the state early, with PDL
             compile_for_sm90(ssd_update._ssd_update_kernel, dict(
                 HAS_D=True, HAS_Z=not conv, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True,
-                BLOCK_P=32, BLOCK_N=128, CONV=conv, CONV_BIAS=conv, WIDTH=4 if conv else 1), ptr)
+                BLOCK_P=32, BLOCK_N=128, CONV=conv, CONV_BIAS=conv, WIDTH=4 if conv else 1,
+                EARLY_STATE=conv, PDL=conv), ptr)
+        for fused in (True, False):
+            compile_for_sm90(state_update._state_update_kernel, dict(
+                HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=fused, BLOCK_D=4,
+                BLOCK_N=16, BLOCK_R=256 if fused else 1, EARLY_STATE=fused, PDL=fused),
+                ptr, num_warps=1)
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
