@@ -31,7 +31,7 @@ def _decode_linear_kernel(
     sx_m, sx_k, sw_n, sw_k, so_m, so_n,
     HAS_BIAS: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr = False,
+    EARLY_W: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -42,8 +42,10 @@ def _decode_linear_kernel(
     SPLIT > 1 (few features, long K, e.g. Mamba-1's x_proj): the slices' float32 sums go to
     the workspace ``ws [SPLIT, M, N]``; the last program of a feature block to finish (a
     counter per block, atomics with acquire/release order) adds them up, writes the output and
-    resets the counter to 0 for the next call."""
-    pdl_start(PDL)
+    resets the counter to 0 for the next call.
+
+    EARLY_W (one BLOCK_K tile covers the program's K slice): that weight tile is read before the
+    PDL wait, so the whole read overlaps the previous kernel; the loop then runs once."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -51,6 +53,10 @@ def _decode_linear_kernel(
     mask_n, mask_m = offs_n < N, offs_m < M
     k_start = tl.program_id(1) * k_per_split
     k_stop = tl.minimum(k_start + k_per_split, K)
+    if EARLY_W:
+        w_early = tl.load(w_ptr + offs_n[:, None] * sw_n + (k_start + offs_k)[None, :] * sw_k,
+                          mask=mask_n[:, None] & (k_start + offs_k < k_stop)[None, :], other=0.0)
+    pdl_start(PDL)
     if DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     elif BLOCK_M == 1:
@@ -60,8 +66,11 @@ def _decode_linear_kernel(
     for k0 in range(k_start, k_stop, BLOCK_K):
         ks = k0 + offs_k
         mask_k = ks < k_stop
-        w = tl.load(w_ptr + offs_n[:, None] * sw_n + ks[None, :] * sw_k,
-                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        if EARLY_W:
+            w = w_early
+        else:
+            w = tl.load(w_ptr + offs_n[:, None] * sw_n + ks[None, :] * sw_k,
+                        mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if DOT:
             x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
                         mask=mask_m[:, None] & mask_k[None, :], other=0.0)
@@ -134,9 +143,14 @@ def _split_workspace(device, rows: int, features: int, blocks: int, split: int):
 
 
 def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None):
+                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
+                      early_weight: bool = False):
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
-    written into ``out`` when given (any strides)."""
+    written into ``out`` when given (any strides).
+
+    ``early_weight``: with PDL and a config whose BLOCK_K covers each program's K slice, read
+    the weight before waiting for the kernel launched just before this one; only for callers
+    that know that kernel does not write the weight (the model's decode step)."""
     check_float("x", x)
     check_float("weight", weight)
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
@@ -171,7 +185,8 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         *x.stride(), *weight.stride(), *out.stride(),
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, pdl=True,
+        BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and block_k >= k_per_split,
+        num_warps=warps, pdl=True,
     )
     return out
 

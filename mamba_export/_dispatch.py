@@ -15,10 +15,10 @@ from torch import Tensor
 from . import ops
 
 
-# The model's decode steps let the state-update kernels read the SSM state (and parameters)
-# before their PDL wait, overlapping the projection launched just before them, which never
-# writes it. A switch for benchmarks (scripts/bench_e2e.py --no-early-state).
-EARLY_STATE = True
+# The model's decode steps let kernels read what the kernel launched just before them never
+# writes before their PDL wait: the state updates the SSM state (a projection runs before them),
+# the projections their weight. A switch for benchmarks (scripts/bench_e2e.py --no-early-reads).
+EARLY_READS = True
 
 
 def _is_real(t: Tensor) -> bool:
@@ -63,5 +63,5 @@ def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
 
     if x.dim() == 2 and x.shape[0] <= dl.MODEL_ROWS and x.dtype != torch.float64 and \
             x.dtype == layer.weight.dtype:
-        return dl.decode_linear_fwd(x, layer.weight, layer.bias)
+        return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS)
     return layer(x)

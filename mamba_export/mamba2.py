@@ -197,7 +197,7 @@ class Mamba2Mixer(nn.Module):
             ssm_state, xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, dt, A,
             cfg.ngroups, D, None if cfg.rmsnorm else z.reshape(batch, cfg.nheads, cfg.headdim),
             dt_bias, True, self._dt_limit, out_state=ssm_state if inplace else None,
-            early_state=_dispatch.EARLY_STATE)
+            early_state=_dispatch.EARLY_READS)
         y = y.reshape(batch, -1)
         new_conv = conv_state if inplace else torch.empty_like(conv_state)
         if not cfg.rmsnorm:

@@ -141,7 +141,7 @@ class MambaMixer(nn.Module):
                 ssm_state, x, dt_low if fuse_dt else F.linear(dt_low, self.dt_proj.weight), A, B, C,
                 D, z, dt_bias, True, out_state=ssm_state if inplace else None,
                 dt_proj_weight=self.dt_proj.weight if fuse_dt else None,
-                early_state=_dispatch.EARLY_STATE)
+                early_state=_dispatch.EARLY_READS)
             return decode_linear(y, self.out_proj), new_conv, new_ssm
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x, new_conv = torch.ops.mamba_export.causal_conv1d_update(

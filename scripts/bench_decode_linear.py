@@ -7,7 +7,9 @@ rows, fp16. Timing as in a decode step: one CUDA graph of calls over distinct we
 (>= 256 MB in all, so weights come from HBM as they do when 24+ layers run in turn), replayed;
 time per call = median replay / copies. Every Triton config is first checked against float64
 (relative error <= 5e-3); "default" is the launcher's own choice (default_config), "best" the
-fastest of the sweep. The floor is the weight's bytes at the measured copy bandwidth.
+fastest of the sweep. Triton configs run as the model runs them (early_weight=True: a config
+whose BLOCK_K covers K reads the weight before the PDL wait). The floor is the weight's bytes at
+the measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ SHAPES = [
 SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))),
          16: list(itertools.product((16, 32), (64, 128), (4,), (1, 2, 4)))  # tensor cores
          + list(itertools.product((4, 8), (64, 128), (4, 8), (1, 2)))}  # elementwise
+
+
+def one_tile_configs(rows: int, k: int) -> list:
+    """Configs whose BLOCK_K covers all of K (the weight read before the PDL wait, as the model
+    runs them), up to 32K weight elements per program."""
+    kp = dl.next_pow2(k)
+    widths = (2, 4, 8, 16) if rows == 1 else (16, 32)
+    return [(bn, kp, w, 1) for bn in widths for w in (4, 8) if bn * kp <= 32768]
 
 
 def graph_ms_per_call(fn, copies: int, reps: int = 15) -> float:
@@ -82,12 +92,13 @@ def main() -> int:
             want = x.double() @ ws[0].double().T
             cublas = graph_ms_per_call(lambda i: torch.matmul(x, ws[i].T, out=outs[i]), copies)
             default = dl.default_config(m, n, k)
-            configs = [default] + [c for c in SWEEP[m] if c != default] if args.sweep else [default]
+            sweep = SWEEP[m] + one_tile_configs(m, k)
+            configs = [default] + [c for c in sweep if c != default] if args.sweep else [default]
             best, default_ms = None, None
             for cfg in configs:
                 outs.fill_(float("nan"))
                 try:
-                    dl.decode_linear_fwd(x, ws[0], out=outs[0], config=cfg)
+                    dl.decode_linear_fwd(x, ws[0], out=outs[0], config=cfg, early_weight=True)
                 except Exception as e:  # noqa: BLE001  (a config Triton cannot build)
                     print(f"  {cfg}: {type(e).__name__}", file=sys.stderr)
                     continue
@@ -95,7 +106,8 @@ def main() -> int:
                 if not err <= 5e-3:
                     print(f"  {name} M{m} {cfg}: rel err {err:.2e} (rejected)", file=sys.stderr)
                     continue
-                t = graph_ms_per_call(lambda i: dl.decode_linear_fwd(x, ws[i], out=outs[i], config=cfg),
+                t = graph_ms_per_call(lambda i: dl.decode_linear_fwd(x, ws[i], out=outs[i], config=cfg,
+                                                                early_weight=True),
                                       copies)
                 if cfg == default:
                     default_ms = t

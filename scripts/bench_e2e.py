@@ -151,9 +151,9 @@ def main() -> int:
                         "dt computed first above it (default: "
                         "kernels/state_update.FUSE_DT_PROJ_MAX_BATCH)")
     p.add_argument("--skip-prefill", action="store_true", help="decode only")
-    p.add_argument("--no-early-state", action="store_true",
-                   help="decode: state-update kernels read the state after their PDL wait "
-                        "(default: before, mamba_export._dispatch.EARLY_STATE)")
+    p.add_argument("--no-early-reads", action="store_true",
+                   help="decode: state updates read the state and projections their weight after "
+                        "their PDL wait (default: before, mamba_export._dispatch.EARLY_READS)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
@@ -164,8 +164,8 @@ def main() -> int:
         from mamba_export.kernels import state_update
 
         state_update.FUSE_DT_PROJ_MAX_BATCH = args.fuse_dt_max_batch
-    if args.no_early_state:
-        me._dispatch.EARLY_STATE = False
+    if args.no_early_reads:
+        me._dispatch.EARLY_READS = False
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -176,7 +176,7 @@ def main() -> int:
         results["linear_rows"] = args.linear_rows
     if args.fuse_dt_max_batch is not None:
         results["fuse_dt_max_batch"] = args.fuse_dt_max_batch
-    results["early_state"] = me._dispatch.EARLY_STATE
+    results["early_reads"] = me._dispatch.EARLY_READS
     try:
         import triton
         results["triton"] = triton.__version__

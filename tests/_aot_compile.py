@@ -66,7 +66,7 @@ def main():
                                       (True, 4, 16, False), (False, 2, 16, False)):
             compile_for_sm90(decode_linear._decode_linear_kernel, dict(
                 HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=rows,
-                BLOCK_N=32 if dot else 4, BLOCK_K=128, PDL=pdl), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
+                BLOCK_N=32 if dot else 4, BLOCK_K=128, EARLY_W=pdl, PDL=pdl), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
     # Mamba-1 selective scan: the forward kernels at their GPU defaults (seq, split's two passes,

@@ -15,7 +15,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
                                                          (6, 9, 4, 16, 3)])
 @pytest.mark.parametrize("early_state", [False, True], ids=["after_wait", "early_state"])
 def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups, early_state):
-    """(early_state: state, A and the weight read before the PDL wait, as the model's step does.)"""
+    """(early_state: state and A read before the PDL wait, as the model's step does.)"""
     from mamba_export.kernels.state_update import selective_state_update_fwd
 
     bc = (batch, groups, dstate) if groups else (batch, dstate)

@@ -44,14 +44,16 @@ def test_matches_float64(dtype, rows, features, k, bias):
 
 
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT): K split in 3 (the last slice short) and 5 (capped: K has
-# only 3 blocks of 128), one slice, wide blocks
+# only 3 blocks of 128; one tile per slice), one slice, wide blocks, one tile for all of K
 # several rows: BLOCK_N < 16 takes the elementwise [M, N, K] path, >= 16 the tensor-core tiles
 @pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (8, 64, 4, 1), (32, 256, 2, 1),
-                                    (16, 64, 4, 2)])
+                                    (16, 64, 4, 2), (16, 512, 4, 1), (4, 512, 8, 1)])
 @pytest.mark.parametrize("rows", [1, 5, 16])
-def test_every_block_config(config, rows):
+@pytest.mark.parametrize("early_weight", [False, True])
+def test_every_block_config(config, rows, early_weight):
+    """(early_weight: configs whose tile covers the K slice read the weight before the PDL wait.)"""
     x, w, b = (t.to(DEVICE) for t in operands(rows, 45, 301, torch.float16))
-    assert rel_err(decode_linear_fwd(x, w, b, config=config).cpu(),
+    assert rel_err(decode_linear_fwd(x, w, b, config=config, early_weight=early_weight).cpu(),
                    reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[torch.float16]
 
 
