@@ -3,8 +3,9 @@
 Why: at decode, every projection reads its whole weight to produce one row (or a few) per
 sequence. cuBLAS picks GEMM tiles meant for many rows; a kernel that splits only the output
 features over programs and streams the weight once keeps more of the GPU's memory bandwidth busy
-for these shapes. The model uses it where scripts/bench_decode_linear.py measured it faster than
-cuBLAS: one row (``mamba_export._dispatch.decode_linear``).
+for these shapes; small weights are read in one tile per program before the PDL wait, so their
+read overlaps the kernel before. The model uses it where scripts/bench_decode_linear.py measured
+it faster than cuBLAS: up to 16 rows (``mamba_export._dispatch.decode_linear``).
 
 Semantics: ``torch.nn.functional.linear`` with float32 accumulation; the output has x's dtype.
 """
@@ -20,9 +21,10 @@ from ._common import (check_float, check_same_device, check_shape, kernel, launc
 
 MAX_ROWS = 16
 # The model (mamba_export._dispatch.decode_linear) sends projections of up to this many rows
-# here and the rest to cuBLAS: 1 from the H100 sweep (docs/BENCHMARKS.md); benchmarks may raise
-# it (scripts/bench_e2e.py --linear-rows) to time the multi-row paths inside the decode step.
-MODEL_ROWS = 1
+# here and the rest to cuBLAS: every decode projection of the H100 sweep ran faster here, at 1
+# and at 16 rows (docs/BENCHMARKS.md); benchmarks may lower it (scripts/bench_e2e.py
+# --linear-rows) to time cuBLAS inside the decode step.
+MODEL_ROWS = 16
 
 
 @kernel
@@ -114,18 +116,28 @@ def _decode_linear_kernel(
 
 
 def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, SPLIT). One row: (4, 128, 8) was the fastest or within a
-    few percent of it at the decode projections of the H100 sweep (scripts/bench_decode_linear.py
-    --sweep): thin slices of the weight over many programs. More rows: tensor-core tiles of 32
-    features, which the sweep found only level with cuBLAS (the model keeps cuBLAS there);
-    BLOCK_N < 16 with several rows takes the elementwise path (swept, not yet timed).
+    """(BLOCK_N, BLOCK_K, num_warps, SPLIT), from the H100 sweep of 2026-11-23
+    (scripts/bench_decode_linear.py --sweep, configs run with early_weight as the model does).
 
-    SPLIT stays 1 by default: split K (for narrow projections such as Mamba-1's x_proj, whose
-    features alone give few programs, at one row or several) is tested against float64 but has
-    not been timed on a GPU yet; the sweep times it (``--sweep``) before it becomes a default."""
+    Weights up to _ONE_TILE_MAX elements take one tile per program covering all of K, read
+    before the PDL wait: one row at 1.3-1.9 us where the K loop took 2.5-3.6 (mamba-130m's
+    projections; mamba-2.8b's x_proj 1.9 vs 6.0), 16 rows at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <=
+    2048: 32K weight elements per program on 4 warps). Larger weights loop over K: one row in
+    thin feature slices (4, 128, 8); several rows on tensor cores, K split in 4 for the narrower
+    ones (mamba-2.8b x_proj 6.6 vs cuBLAS 7.8 us, out_proj 13.3 vs 15.0; in_proj and the
+    lm_head level with cuBLAS)."""
+    kp = next_pow2(k)
+    one_tile = features * k <= _ONE_TILE_MAX and kp <= 8192
     if rows == 1:
+        if one_tile:
+            return max(2, min(8, 8192 // kp)), kp, 8 if kp >= 2048 else 4, 1
         return 4, 128, 8, 1
-    return (32, 128, 4, 1) if features >= 2048 else (16, 128, 4, 1)
+    if one_tile and kp <= 2048:
+        return max(16, 32768 // kp), kp, 4, 1
+    return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
+
+
+_ONE_TILE_MAX = 4 << 20  # weight elements (8 MiB in fp16): mamba-130m's projections, not the lm_head
 
 
 _workspaces: dict = {}

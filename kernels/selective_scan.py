@@ -676,8 +676,8 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     Forward: ``kind="seq"`` (the sequential-in-time kernel), ``"chunk"`` (the chunk-scan kernel,
     which the backward's states pass uses), ``"split"`` (L split into segments, two launches)
     or None: seq when batch * dim >= 4096 (H100 sweep of 2026-11-23: seq faster at B*D = 5120
-    and 6144; split slower there, docs/kernel_notes.md v8), else split when L >= 16384 (H100
-    2026-11-23, B1 D1536: 39 vs 52 ns/token for chunk at L = 16K..1M), else chunk. The
+    and 6144; split slower there, docs/kernel_notes.md v8), else split when L >= 8192 (H100
+    2026-11-23, B1 D1536: 27-31 vs 53 ns/token for chunk at L = 8K..1M), else chunk. The
     interpreter defaults to seq. ``channel_contiguous``: u/delta/z have channel stride 1 (the
     model's [B, L, D] buffers seen as [B, D, L]), which favours wider channel blocks."""
     if kind is None:
@@ -727,7 +727,8 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
 
 
 _SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
-_SPLIT_MIN_LENGTH = 16384  # below 4096 rows, split from this L (measured at 16K..1M only)
+_SPLIT_MIN_LENGTH = 8192  # below 4096 rows, split from this L (H100, B1 D1536 L8192: split S16
+# 30.8 ns/token vs chunk 53.3, sixth session; not measured below 8192)
 _SPLIT_WARPS = 2048  # split kernel: segments until about this many one-warp programs (~4/SMSP)
 _SPLIT_MIN_SEG_CHUNKS = 8  # ... but keep segments of at least this many chunks
 

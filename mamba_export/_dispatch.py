@@ -55,10 +55,9 @@ def cached_params(owner: nn.Module, params: tuple[Tensor, ...],
 
 def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """``layer(x)`` in a decode step that already took the kernel path: up to
-    ``decode_linear.MODEL_ROWS`` rows (1: batch 1) go to the Triton GEMV of
-    kernels/decode_linear.py, which streams the weight faster than cuBLAS at every one-row decode
-    projection measured (docs/BENCHMARKS.md); more rows keep cuBLAS, which the same measurement
-    found as fast or faster there."""
+    ``decode_linear.MODEL_ROWS`` rows (16) go to kernels/decode_linear.py, which was faster than
+    cuBLAS at every decode projection measured at 1 and 16 rows (docs/BENCHMARKS.md); more rows
+    (or float64) keep F.linear."""
     from .kernels import decode_linear as dl
 
     if x.dim() == 2 and x.shape[0] <= dl.MODEL_ROWS and x.dtype != torch.float64 and \

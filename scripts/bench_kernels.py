@@ -154,7 +154,7 @@ def main():
 
     # ---- scan forward vs L (130m shape, batch 1) -----------------------------------------
     lengths = [2048, 16384, 131072, 1048576] if args.quick else \
-        [2048, 8192, 16384, 65536, 262144, 1048576]
+        [2048, 4096, 8192, 16384, 65536, 262144, 1048576]
     for l in lengths:
         kw = scan_inputs(1, 1536, l)
         fn = lambda: ss.selective_scan_fwd(**kw)  # noqa: E731
@@ -166,7 +166,7 @@ def main():
         # (channels per warp, B/C converted to fp32) x segments
         split_cfgs = [dict(KIND="split", BLOCK_D=bd, BLOCK_T=16, num_warps=1, SEGMENTS=sg, BC_F32=f)
                       for sg in (8, 16) for bd, f in ((8, True), (4, False))]
-        for cfg in split_cfgs if args.split and l >= 8192 else []:
+        for cfg in split_cfgs if args.split else []:
             f2 = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
                                      kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
             f2()

@@ -246,7 +246,7 @@ def test_scan_config_rules(monkeypatch):
     assert cfg(8, 5120, 2048)["BLOCK_D"] == 8 and cfg(8, 5120, 2048)["BC_F32"]
     model = cfg(1, 5120, 2048, channel_contiguous=True)
     assert model["BLOCK_D"] == 8 and not model["BC_F32"]
-    assert cfg(1, 1536, 2048)["KIND"] == "chunk" and cfg(1, 1536, 16384)["KIND"] == "split"
+    assert cfg(1, 1536, 4096)["KIND"] == "chunk" and cfg(1, 1536, 8192)["KIND"] == "split"
 
 
 def test_scan_chunked_equals_whole():

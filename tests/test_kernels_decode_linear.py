@@ -119,7 +119,7 @@ def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
 @pytest.mark.parametrize("model_rows,calls", [(1, 0), (16, 2)])
 def test_model_routes_up_to_model_rows(monkeypatch, model_rows, calls):
     """The Mamba-2 decode step (kernel path) sends its projections here for up to MODEL_ROWS rows
-    (in_proj and out_proj at batch 3 when raised to 16, none at the default 1) and gives the op
+    (in_proj and out_proj at batch 3 at the default 16, none when lowered to 1) and gives the op
     path's numbers either way."""
     from mamba_export import MambaConfig
     from mamba_export.kernels import decode_linear as dl
