@@ -4,8 +4,8 @@ Why: at decode, every projection reads its whole weight to produce one row (or a
 sequence. cuBLAS picks GEMM tiles meant for many rows; a kernel that splits only the output
 features over programs and streams the weight once keeps more of the GPU's memory bandwidth busy
 for these shapes; small weights are read in one tile per program before the PDL wait, so their
-read overlaps the kernel before. The model uses it where scripts/bench_decode_linear.py measured
-it faster than cuBLAS: up to 16 rows (``mamba_export._dispatch.decode_linear``).
+read overlaps the kernel before. The model uses it where the H100 measured it faster than cuBLAS
+(``model_takes``): one row, and up to 16 rows for small weights.
 
 Semantics: ``torch.nn.functional.linear`` with float32 accumulation; the output has x's dtype.
 """
@@ -20,10 +20,9 @@ from ._common import (check_float, check_same_device, check_shape, kernel, launc
                       pdl_start, use_interpreter)
 
 MAX_ROWS = 16
-# The model (mamba_export._dispatch.decode_linear) sends projections of up to this many rows
-# here and the rest to cuBLAS: every decode projection of the H100 sweep ran faster here, at 1
-# and at 16 rows (docs/BENCHMARKS.md); benchmarks may lower it (scripts/bench_e2e.py
-# --linear-rows) to time cuBLAS inside the decode step.
+# The model (mamba_export._dispatch.decode_linear) sends projections of small weights with up to
+# this many rows here (model_takes); benchmarks may lower it (scripts/bench_e2e.py --linear-rows)
+# to time cuBLAS inside the decode step.
 MODEL_ROWS = 16
 
 
@@ -127,7 +126,7 @@ def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int
     ones (mamba-2.8b x_proj 6.6 vs cuBLAS 7.8 us, out_proj 13.3 vs 15.0; in_proj and the
     lm_head level with cuBLAS)."""
     kp = next_pow2(k)
-    one_tile = features * k <= _ONE_TILE_MAX and kp <= 8192
+    one_tile = _small_weight(features, k)
     if rows == 1:
         if one_tile:
             return max(2, min(8, 8192 // kp)), kp, 8 if kp >= 2048 else 4, 1
@@ -138,6 +137,19 @@ def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int
 
 
 _ONE_TILE_MAX = 4 << 20  # weight elements (8 MiB in fp16): mamba-130m's projections, not the lm_head
+
+
+def _small_weight(features: int, k: int) -> bool:
+    """A weight that default_config reads in one tile per program (before the PDL wait)."""
+    return features * k <= _ONE_TILE_MAX and next_pow2(k) <= 8192
+
+
+def model_takes(rows: int, features: int, k: int) -> bool:
+    """Whether the model's decode step sends this projection here rather than to cuBLAS: one
+    row always; up to MODEL_ROWS rows for small weights only. H100 decode, 2026-11-23, batch 16
+    (ms/token, here vs cuBLAS for the projections): mamba-130m 0.508 vs 0.574, mamba2-130m 0.700
+    vs 0.771, but mamba-2.8b 4.21 vs 4.11 with its large weights here too."""
+    return rows == 1 or (rows <= MODEL_ROWS and _small_weight(features, k))
 
 
 _workspaces: dict = {}
@@ -190,6 +202,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)  # no empty slices
     blocks = triton.cdiv(features, block_n)
+    one_tile = block_k >= k_per_split
     ws, counters = _split_workspace(x.device, rows, features, blocks, split) if split > 1 else (out, out)
     launch(
         _decode_linear_kernel, (blocks, split), x.device,
@@ -197,10 +210,10 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         *x.stride(), *weight.stride(), *out.stride(),
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
-        BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and block_k >= k_per_split,
-        num_warps=warps, pdl=True,
+        BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile, num_warps=warps,
+        num_stages=1 if one_tile else None, pdl=True,  # one K step: nothing to pipeline
     )
     return out
 
 
-__all__ = ["decode_linear_fwd", "default_config", "MAX_ROWS", "MODEL_ROWS"]
+__all__ = ["decode_linear_fwd", "default_config", "model_takes", "MAX_ROWS", "MODEL_ROWS"]

@@ -14,7 +14,6 @@ from ._common import (
     check_float,
     check_same_device,
     check_shape,
-    device_fn,
     kernel,
     launch,
     new_output,
@@ -22,18 +21,6 @@ from ._common import (
     pdl_start,
     use_interpreter,
 )
-
-
-@device_fn
-def _state_and_decay(state_ptr, A_ptr, b64, d64, offs_n, mask, ss_b, ss_d, ss_n, sA_d, sA_n):
-    """The program's state rows and A rows as float32: what the step reads that no earlier
-    kernel of the step writes (dt_proj's weight too, but a batch-16 tile of it held in
-    registers across the wait made mamba-2.8b's step 12% slower on the H100). Loads only."""
-    h = tl.load(state_ptr + b64 * ss_b + d64[:, None] * ss_d + offs_n[None, :] * ss_n, mask=mask,
-                other=0.0).to(tl.float32)
-    A = tl.load(A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask,
-                other=0.0).to(tl.float32)
-    return h, A
 
 
 @kernel
@@ -51,10 +38,9 @@ def _state_update_kernel(
     sn_b, sn_d, sn_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    EARLY_STATE: tl.constexpr, PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
-    """EARLY_STATE: the state and A are read before the PDL wait, overlapping the previous
-    kernel's tail (the caller knows that kernel does not write the state)."""
+    pdl_start(PDL)
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
@@ -64,11 +50,6 @@ def _state_update_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask = mask_d[:, None] & (offs_n < dstate)[None, :]
     grp = (offs_d // ch_per_group).to(tl.int64)
-    if EARLY_STATE:
-        h, A = _state_and_decay(state_ptr, A_ptr, b64, d64, offs_n, mask, ss_b, ss_d, ss_n, sA_d, sA_n)
-    pdl_start(PDL)
-    if not EARLY_STATE:
-        h, A = _state_and_decay(state_ptr, A_ptr, b64, d64, offs_n, mask, ss_b, ss_d, ss_n, sA_d, sA_n)
 
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:
@@ -85,10 +66,14 @@ def _state_update_kernel(
         dt += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    A = tl.load(A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask,
+                other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b64 * sB_b + grp[:, None] * sB_g + offs_n[None, :] * sB_n, mask=mask,
                  other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b64 * sC_b + grp[:, None] * sC_g + offs_n[None, :] * sC_n, mask=mask,
                  other=0.0).to(tl.float32)
+    h = tl.load(state_ptr + b64 * ss_b + d64[:, None] * ss_d + offs_n[None, :] * ss_n, mask=mask,
+                other=0.0).to(tl.float32)
     h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv
     y = tl.sum(h * Cv, axis=1)
     if HAS_D:
@@ -104,12 +89,6 @@ def _state_update_kernel(
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 
 
-# Mamba-1's decode step passes dt_proj's weight to the kernel (dt computed per program) up to
-# this batch; above it the model computes dt for all rows with one GEMM first, because each
-# program of the fused kernel reads its channels' weight rows again for every batch row.
-FUSE_DT_PROJ_MAX_BATCH = 1 << 30
-
-
 def launch_config(batch: int, dim: int, block_n: int) -> tuple[int, int]:
     """(channels per program, warps): one warp, the widest block (4 to 32 channels, at most 512
     states) that still launches _MIN_PROGRAMS programs. H100 sweep (scripts/bench_state_update.py,
@@ -123,8 +102,7 @@ def launch_config(batch: int, dim: int, block_n: int) -> tuple[int, int]:
 
 
 def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                               dt_softplus=False, out_state=None, dt_proj_weight=None,
-                               early_state=False):
+                               dt_softplus=False, out_state=None, dt_proj_weight=None):
     """One decode step. Returns ``(out [B, D] in x.dtype, new_state [B, D, N])``.
 
     With ``dt_proj_weight [D, R]``, ``dt`` is the low-rank ``[B, R]`` input of Mamba-1's
@@ -133,10 +111,6 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
     The new state goes into ``out_state`` when given (it may be ``state`` itself: in-place
     update), else into a new tensor of ``state``'s dtype (float32 for the model's fp32 state).
-
-    ``early_state``: with PDL, read the state and A before waiting for the kernel launched just
-    before this one; only for callers that know that kernel writes none of
-    them (the model's decode step: it is x_proj).
     """
     check_float("x", x)
     if x.dim() != 2:
@@ -196,8 +170,7 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         nstate.stride(0), nstate.stride(1), nstate.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), DT_PROJ=dt_proj_weight is not None, BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_R=next_pow2(max(dt_rank, 1)), EARLY_STATE=bool(early_state),
-        num_warps=num_warps, pdl=True,
+        BLOCK_N=block_n, BLOCK_R=next_pow2(max(dt_rank, 1)), num_warps=num_warps, pdl=True,
     )
     return out, nstate
 

@@ -15,9 +15,11 @@ from torch import Tensor
 from . import ops
 
 
-# The model's decode steps let kernels read what the kernel launched just before them never
-# writes before their PDL wait: the state updates the SSM state (a projection runs before them),
-# the projections their weight. A switch for benchmarks (scripts/bench_e2e.py --no-early-reads).
+# The model's decode steps let kernels read, before their PDL wait, what the kernel launched just
+# before them never writes: Mamba-2's state update the SSM state (in_proj runs before it), the
+# projections their weight. (Mamba-1's state update gained nothing at batch 1 and lost at batch
+# 16 on the H100, so it reads after the wait.) A switch for benchmarks (scripts/bench_e2e.py
+# --no-early-reads).
 EARLY_READS = True
 
 
@@ -54,13 +56,12 @@ def cached_params(owner: nn.Module, params: tuple[Tensor, ...],
 
 
 def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer(x)`` in a decode step that already took the kernel path: up to
-    ``decode_linear.MODEL_ROWS`` rows (16) go to kernels/decode_linear.py, which was faster than
-    cuBLAS at every decode projection measured at 1 and 16 rows (docs/BENCHMARKS.md); more rows
-    (or float64) keep F.linear."""
+    """``layer(x)`` in a decode step that already took the kernel path: kernels/decode_linear.py
+    where it measured faster than cuBLAS (``decode_linear.model_takes``: one row, or up to 16
+    for small weights), else F.linear (also for float64)."""
     from .kernels import decode_linear as dl
 
-    if x.dim() == 2 and x.shape[0] <= dl.MODEL_ROWS and x.dtype != torch.float64 and \
-            x.dtype == layer.weight.dtype:
+    if x.dim() == 2 and x.dtype != torch.float64 and x.dtype == layer.weight.dtype and \
+            dl.model_takes(x.shape[0], *layer.weight.shape):
         return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS)
     return layer(x)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
-from . import _dispatch
 from ._dispatch import _eager_cuda, cached_params, decode_linear
 from .config import MambaConfig
 from .generate import GenerationMixin
@@ -128,20 +127,17 @@ class MambaMixer(nn.Module):
         (on eager CUDA the kernels write there directly: no copies)."""
         weight = self.conv1d.weight.squeeze(1)
         A, D, dt_bias = self._ssm_params()
-        if _eager_cuda(hidden):  # kernels called directly: in-place states, dt_proj fused or not
-            from .kernels import state_update
+        if _eager_cuda(hidden):  # kernels called directly: in-place states, dt_proj fused
             from .kernels.causal_conv1d import causal_conv1d_update_fwd
+            from .kernels.state_update import selective_state_update_fwd
 
             x, z = decode_linear(hidden, self.in_proj).chunk(2, dim=-1)
             x, new_conv = causal_conv1d_update_fwd(x, conv_state, weight, self.conv1d.bias, True,
                                                    out_state=conv_state if inplace else None)
             dt_low, B, C = self._split_x_dbl(decode_linear(x, self.x_proj))
-            fuse_dt = hidden.shape[0] <= state_update.FUSE_DT_PROJ_MAX_BATCH
-            y, new_ssm = state_update.selective_state_update_fwd(
-                ssm_state, x, dt_low if fuse_dt else F.linear(dt_low, self.dt_proj.weight), A, B, C,
-                D, z, dt_bias, True, out_state=ssm_state if inplace else None,
-                dt_proj_weight=self.dt_proj.weight if fuse_dt else None,
-                early_state=_dispatch.EARLY_READS)
+            y, new_ssm = selective_state_update_fwd(
+                ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
+                out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight)
             return decode_linear(y, self.out_proj), new_conv, new_ssm
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x, new_conv = torch.ops.mamba_export.causal_conv1d_update(

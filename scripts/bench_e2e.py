@@ -141,29 +141,23 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="kernel breakdown of prefill and decode steps")
     p.add_argument("--presets", default=None, help="comma-separated preset names")
     p.add_argument("--linear-rows", type=int, default=None,
-                   help="decode projections of up to this many rows on the Triton kernel (default: "
+                   help="decode projections of small weights with up to this many rows on the Triton "
+                        "kernel (default: "
                         "kernels/decode_linear.MODEL_ROWS)")
     p.add_argument("--pdl", action="store_true",
                    help="also time decode with programmatic dependent launch switched the other "
                         "way (on by default on sm_90+; MAMBA_EXPORT_PDL=0 turns it off)")
-    p.add_argument("--fuse-dt-max-batch", type=int, default=None,
-                   help="Mamba-1 decode: dt_proj fused into the state update up to this batch, "
-                        "dt computed first above it (default: "
-                        "kernels/state_update.FUSE_DT_PROJ_MAX_BATCH)")
     p.add_argument("--skip-prefill", action="store_true", help="decode only")
     p.add_argument("--no-early-reads", action="store_true",
-                   help="decode: state updates read the state and projections their weight after "
-                        "their PDL wait (default: before, mamba_export._dispatch.EARLY_READS)")
+                   help="decode: Mamba-2's state update reads the state and projections their "
+                        "weight after their PDL wait (default: before, "
+                        "mamba_export._dispatch.EARLY_READS)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
         from mamba_export.kernels import decode_linear
 
         decode_linear.MODEL_ROWS = args.linear_rows
-    if args.fuse_dt_max_batch is not None:
-        from mamba_export.kernels import state_update
-
-        state_update.FUSE_DT_PROJ_MAX_BATCH = args.fuse_dt_max_batch
     if args.no_early_reads:
         me._dispatch.EARLY_READS = False
     torch.manual_seed(0)
@@ -174,8 +168,6 @@ def main() -> int:
                "date": time.strftime("%Y-%m-%d"), "decode": [], "prefill": [], "long": []}
     if args.linear_rows is not None:
         results["linear_rows"] = args.linear_rows
-    if args.fuse_dt_max_batch is not None:
-        results["fuse_dt_max_batch"] = args.fuse_dt_max_batch
     results["early_reads"] = me._dispatch.EARLY_READS
     try:
         import triton

@@ -1,15 +1,13 @@
-"""The Mamba-1 decode state update (kernels/state_update.py) per layer, as a decode step runs it
-(needs CUDA): dt_proj fused into the kernel, or ("dt first") one cuBLAS GEMM for dt of all rows
-followed by the kernel without dt_proj.
+"""The Mamba-1 decode state update (kernels/state_update.py, dt_proj fused) per layer, as a decode
+step runs it (needs CUDA).
 
     python3 scripts/bench_state_update.py [--out results.json]
 
 mamba-370m and mamba-2.8b layer shapes at batch 1 and 16, fp16 activations, float32 states; one
 CUDA graph of calls over distinct per-layer states (>= 256 MB in all, so states come from HBM as
 in a real step), replayed; us per call = median replay / calls. Each (channels per program,
-warps, fused) configuration is first checked against the float64 reference. Floor: the state read
-and written once at the copy bandwidth measured here (the dt_proj weight, read once, adds D*R*2
-bytes).
+warps) configuration is first checked against the float64 reference. Floor: the state read and
+written once at the copy bandwidth measured here (the dt_proj weight, read once, adds D*R*2 bytes).
 """
 
 from __future__ import annotations
@@ -24,9 +22,7 @@ from mamba_export.kernels import state_update as su
 
 from _layer_sweep import rel_err, start, summary, sweep, write_json  # scripts/ is on sys.path
 
-CONFIGS = [(bd, w, fused) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4) for fused in (True, False)
-           if fused or w == 1]
-FUSED = {"on": True}  # the configuration being timed: dt_proj fused (True) or dt first
+CONFIGS = [(bd, w) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4)]
 
 
 def layer_inputs(cfg, batch, copies):
@@ -41,11 +37,9 @@ def layer_inputs(cfg, batch, copies):
 
 
 def run(inp, state, out_state):
-    fused = FUSED["on"]
-    dt = inp["low"] if fused else torch.nn.functional.linear(inp["low"], inp["W"])
-    return su.selective_state_update_fwd(state, inp["x"], dt, inp["A"], inp["B"], inp["C"],
+    return su.selective_state_update_fwd(state, inp["x"], inp["low"], inp["A"], inp["B"], inp["C"],
                                          inp["D"], inp["z"], inp["bias"], True, out_state=out_state,
-                                         dt_proj_weight=inp["W"] if fused else None)
+                                         dt_proj_weight=inp["W"])
 
 
 def check(inp):
@@ -59,7 +53,7 @@ def check(inp):
 
 
 def main() -> int:
-    started = start("block_d, warps, dt_proj fused")
+    started = start("block_d, warps")
     if started is None:
         return 1
     out, bw = started
@@ -72,9 +66,8 @@ def main() -> int:
             inp = layer_inputs(cfg, batch, copies)
             floor = (2 * state_bytes + cfg.d_inner * cfg.resolved_dt_rank * 2) / bw * 1e6
 
-            def use(c):  # (block_d, warps, fused), or None: the launcher's own, fused as the model
-                su.launch_config = default_config if c is None else (lambda *a: c[:2])
-                FUSED["on"] = batch <= su.FUSE_DT_PROJ_MAX_BATCH if c is None else c[2]
+            def use(c):  # (block_d, warps), or None: the launcher's own
+                su.launch_config = default_config if c is None else (lambda *a: c)
 
             times = sweep(CONFIGS, use, lambda: check(inp),
                           lambda i: run(inp, inp["states"][i], inp["states"][i]), copies,

@@ -40,23 +40,6 @@ def test_forward_prefill_step_match_float64(dtype, bound, batch, length):
             assert rel_err(logits.cpu(), want[:, t]) <= bound
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_step_with_dt_computed_first_matches_float64(batch, monkeypatch):
-    """Mamba-1 decode above ``state_update.FUSE_DT_PROJ_MAX_BATCH`` (dt_proj as its own GEMM
-    before the state update, not fused into it) against the float64 reference."""
-    from mamba_export.kernels import state_update
-
-    monkeypatch.setattr(state_update, "FUSE_DT_PROJ_MAX_BATCH", 0)
-    ref, gpu = _pair(torch.float16)
-    ids = torch.randint(0, CFG["vocab_size"], (batch, 12))
-    with torch.no_grad():
-        want = ref(ids)
-        logits, state = gpu.prefill(ids[:, :6].cuda(), gpu.new_state(batch))
-        for t in range(6, 12):
-            logits, state = gpu.step(ids[:, t].cuda(), state)
-            assert rel_err(logits.cpu(), want[:, t]) <= 5e-3
-
-
 def test_cuda_graph_generation_equals_eager_generation():
     _, gpu = _pair(torch.float32)
     ids = torch.randint(0, CFG["vocab_size"], (4, 9), device="cuda")

@@ -13,9 +13,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])
 @pytest.mark.parametrize("batch,dim,rank,dstate,groups", [(1, 7, 3, 5, 0), (3, 24, 5, 16, 2),
                                                          (6, 9, 4, 16, 3)])
-@pytest.mark.parametrize("early_state", [False, True], ids=["after_wait", "early_state"])
-def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups, early_state):
-    """(early_state: state and A read before the PDL wait, as the model's step does.)"""
+def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups):
     from mamba_export.kernels.state_update import selective_state_update_fwd
 
     bc = (batch, groups, dstate) if groups else (batch, dstate)
@@ -27,7 +25,7 @@ def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate,
     state = torch.randn(batch, dim, dstate)
     dev = lambda *ts: [t.to(DEVICE) for t in ts]
     y, new = selective_state_update_fwd(*dev(state, x, low, A, B, C, D, z, bias), True,
-                                        dt_proj_weight=W.to(DEVICE), early_state=early_state)
+                                        dt_proj_weight=W.to(DEVICE))
     dt = low.double() @ W.double().T
     want_y, want_state = ref.selective_state_update(
         state.double(), x.double(), dt, A.double(), B.double(), C.double(), D.double(), z.double(),

@@ -144,3 +144,16 @@ def test_model_routes_up_to_model_rows(monkeypatch, model_rows, calls):
         got = mixer._step_kernels(h, conv.clone(), ssm.clone(), False)[0]
     assert len(seen) == calls
     assert rel_err(got.cpu(), want.cpu()) <= 1e-5
+
+
+def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
+    """The routing measured on the H100: one row always; up to 16 rows only for weights read in
+    one tile (mamba-130m's in_proj, not mamba-2.8b's nor the lm_head)."""
+    from mamba_export.kernels.decode_linear import default_config, model_takes
+
+    assert model_takes(1, 10240, 2560) and model_takes(1, 50280, 768)
+    assert model_takes(16, 3072, 768) and model_takes(4, 768, 1536)
+    assert not model_takes(16, 10240, 2560) and not model_takes(16, 50280, 768)
+    assert not model_takes(17, 3072, 768)
+    assert default_config(16, 3072, 768) == (32, 1024, 4, 1)  # one tile of all K
+    assert default_config(1, 10240, 2560) == (4, 128, 8, 1)  # large: a loop over K
