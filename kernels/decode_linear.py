@@ -114,19 +114,21 @@ def _decode_linear_kernel(
                  out.to(out_ptr.dtype.element_ty), mask=tile)
 
 
-def default_config(rows: int, features: int, k: int) -> tuple[int, int, int, int]:
+def default_config(rows: int, features: int, k: int,
+                   early_weight: bool = True) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, SPLIT), from the H100 sweep of 2026-11-23
     (scripts/bench_decode_linear.py --sweep, configs run with early_weight as the model does).
 
-    Weights up to _ONE_TILE_MAX elements take one tile per program covering all of K, read
-    before the PDL wait: one row at 1.3-1.9 us where the K loop took 2.5-3.6 (mamba-130m's
+    With ``early_weight``, weights up to _ONE_TILE_MAX elements take one tile per program
+    covering all of K, read before the PDL wait: one row at 1.3-1.9 us where the K loop took 2.5-3.6 (mamba-130m's
     projections; mamba-2.8b's x_proj 1.9 vs 6.0), 16 rows at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <=
     2048: 32K weight elements per program on 4 warps). Larger weights loop over K: one row in
     thin feature slices (4, 128, 8); several rows on tensor cores, K split in 4 for the narrower
     ones (mamba-2.8b x_proj 6.6 vs cuBLAS 7.8 us, out_proj 13.3 vs 15.0; in_proj and the
-    lm_head level with cuBLAS)."""
+    lm_head level with cuBLAS). Without early_weight the K loop is taken for every weight (one
+    tile read after the wait made mamba-130m's batch-16 step 4.7x slower)."""
     kp = next_pow2(k)
-    one_tile = _small_weight(features, k)
+    one_tile = early_weight and _small_weight(features, k)
     if rows == 1:
         if one_tile:
             return max(2, min(8, 8192 // kp)), kp, 8 if kp >= 2048 else 4, 1
@@ -195,7 +197,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError("decode_linear_fwd: float64 is not supported; use F.linear")
     if out is None:
         out = new_output((rows, features), x.dtype, x.device)
-    block_n, block_k, warps, split = config or default_config(rows, features, k)
+    block_n, block_k, warps, split = config or default_config(rows, features, k, early_weight)
     dot = rows > 1 and block_n >= 16  # tensor-core tiles need 16 features; narrower: elementwise
     if split < 1 or block_n < 1 or block_k < 1:
         raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT), got {config}")
