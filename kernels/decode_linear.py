@@ -120,9 +120,9 @@ def default_config(rows: int, features: int, k: int,
     (scripts/bench_decode_linear.py --sweep, configs run with early_weight as the model does).
 
     With ``early_weight``, weights up to _ONE_TILE_MAX elements take one tile per program
-    covering all of K, read before the PDL wait: one row at 1.3-1.9 us where the K loop took 2.5-3.6 (mamba-130m's
-    projections; mamba-2.8b's x_proj 1.9 vs 6.0), 16 rows at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <=
-    2048: 32K weight elements per program on 4 warps). Larger weights loop over K: one row in
+    covering all of K, read before the PDL wait: one row at 1.3-3.0 us where the K loop took
+    2.5-3.6 (mamba-130m's and mamba2-130m's projections; mamba-2.8b's x_proj 1.9 vs 6.0), 16 rows
+    at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps). Larger weights loop over K: one row in
     thin feature slices (4, 128, 8); several rows on tensor cores, K split in 4 for the narrower
     ones (mamba-2.8b x_proj 6.6 vs cuBLAS 7.8 us, out_proj 13.3 vs 15.0; in_proj and the
     lm_head level with cuBLAS). Without early_weight the K loop is taken for every weight (one
