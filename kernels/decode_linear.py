@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2,
-                      pdl_start, use_interpreter)
+from ._common import (check_float, check_same_device, check_shape, device_fn, kernel, launch, new_output,
+                      next_pow2, pdl_start, use_interpreter)
 
 MAX_ROWS = 16
 # The model (mamba_export._dispatch.decode_linear) sends projections of small weights with up to
@@ -26,13 +26,30 @@ MAX_ROWS = 16
 MODEL_ROWS = 16
 
 
+@device_fn
+def _add_norm_rows(x_ptr, res_ptr, nw_ptr, offs_m, offs_k, mask_m, K, eps, sx_m, sx_k, sr_m,
+                   HAS_RES: tl.constexpr):
+    """``(x + residual, rmsnorm(x + residual) * nw)`` for whole rows ``[BLOCK_M, BLOCK_K]``: the
+    sum in float32, the norm of it rounded to nw's dtype (as kernels/rmsnorm.py). Loads only."""
+    mask = mask_m[:, None] & (offs_k < K)[None, :]
+    r = tl.load(x_ptr + offs_m[:, None] * sx_m + offs_k[None, :] * sx_k, mask=mask,
+                other=0.0).to(tl.float32)
+    if HAS_RES:
+        r += tl.load(res_ptr + offs_m[:, None] * sr_m + offs_k[None, :], mask=mask,
+                     other=0.0).to(tl.float32)
+    v = r.to(nw_ptr.dtype.element_ty).to(tl.float32)
+    inv = 1.0 / tl.sqrt(tl.sum(v * v, axis=1) / K + eps)
+    nw = tl.load(nw_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+    return r, (v * inv[:, None] * nw[None, :]).to(nw_ptr.dtype.element_ty)
+
+
 @kernel
 def _decode_linear_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, k_per_split,
-    sx_m, sx_k, sw_n, sw_k, so_m, so_n,
+    x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, rout_ptr, M, N, K, k_per_split,
+    sx_m, sx_k, sw_n, sw_k, so_m, so_n, sr_m, sro_m, eps,
     HAS_BIAS: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EARLY_W: tl.constexpr, PDL: tl.constexpr = False,
+    EARLY_W: tl.constexpr, ADD_NORM: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -46,7 +63,11 @@ def _decode_linear_kernel(
     resets the counter to 0 for the next call.
 
     EARLY_W (one BLOCK_K tile covers the program's K slice): that weight tile is read before the
-    PDL wait, so the whole read overlaps the previous kernel; the loop then runs once."""
+    PDL wait, so the whole read overlaps the previous kernel; the loop then runs once.
+
+    ADD_NORM (one tile, SPLIT 1): the operand is ``rmsnorm(x + residual) * nw`` (the model's
+    residual add + RMSNorm before in_proj; residual with HAS_RES), computed by every program for
+    its own use; program 0 also stores ``x + residual`` to ``rout``."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -58,6 +79,12 @@ def _decode_linear_kernel(
         w_early = tl.load(w_ptr + offs_n[:, None] * sw_n + (k_start + offs_k)[None, :] * sw_k,
                           mask=mask_n[:, None] & (k_start + offs_k < k_stop)[None, :], other=0.0)
     pdl_start(PDL)
+    if ADD_NORM:
+        summed, normed = _add_norm_rows(x_ptr, res_ptr, nw_ptr, offs_m, offs_k, mask_m, K, eps,
+                                        sx_m, sx_k, sr_m, HAS_RES)
+        if pid_n == 0:
+            tl.store(rout_ptr + offs_m[:, None] * sro_m + offs_k[None, :],
+                     summed.to(rout_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_k < K)[None, :])
     if DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     elif BLOCK_M == 1:
@@ -73,8 +100,11 @@ def _decode_linear_kernel(
             w = tl.load(w_ptr + offs_n[:, None] * sw_n + ks[None, :] * sw_k,
                         mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if DOT:
-            x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
-                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            if ADD_NORM:
+                x = normed
+            else:
+                x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
+                            mask=mask_m[:, None] & mask_k[None, :], other=0.0)
             if WIDEN:
                 x, w = x.to(tl.float32), w.to(tl.float32)
             if IEEE:
@@ -82,11 +112,17 @@ def _decode_linear_kernel(
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
         elif BLOCK_M == 1:
-            x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
+            if ADD_NORM:
+                x = tl.sum(normed.to(tl.float32), axis=0)  # [1, K] -> [K]
+            else:
+                x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
             acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
         else:
-            x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
-                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            if ADD_NORM:
+                x = normed
+            else:
+                x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
+                            mask=mask_m[:, None] & mask_k[None, :], other=0.0)
             acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     if DOT:
         out = acc
@@ -154,6 +190,34 @@ def model_takes(rows: int, features: int, k: int) -> bool:
     return rows == 1 or (rows <= MODEL_ROWS and _small_weight(features, k))
 
 
+def folds_norm(rows: int, features: int, k: int) -> bool:
+    """Whether the default config (with early weight reads) can take ``add_norm``: one tile
+    covering K and no split."""
+    _, block_k, _, split = default_config(rows, features, k, early_weight=True)
+    return block_k >= k and split == 1
+
+
+def _check_add_norm(add_norm, x: torch.Tensor, one_tile: bool):
+    """``add_norm``'s tensors checked, as kernel arguments (x standing in where absent)."""
+    if add_norm is None:
+        return x, x, 0.0, x
+    residual, norm_weight, eps, residual_out = add_norm
+    rows, k = x.shape
+    if not one_tile:
+        raise ValueError("add_norm needs a config whose one BLOCK_K tile covers K, without split")
+    check_float("norm_weight", norm_weight)
+    check_shape("norm_weight", norm_weight, (k,))
+    if norm_weight.dtype != x.dtype:
+        raise ValueError(f"norm_weight must have x's dtype {x.dtype}, got {norm_weight.dtype}")
+    for name, t in (("residual", residual), ("residual_out", residual_out)):
+        check_float(name, t, allow_none=name == "residual")
+        check_shape(name, t, (rows, k))
+        if t is not None and k > 1 and t.stride(1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension")
+    check_same_device(x.device, norm_weight=norm_weight, residual=residual, residual_out=residual_out)
+    return (x if residual is None else residual), norm_weight, float(eps), residual_out
+
+
 _workspaces: dict = {}
 
 
@@ -170,13 +234,19 @@ def _split_workspace(device, rows: int, features: int, blocks: int, split: int):
 
 def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
-                      early_weight: bool = False):
+                      early_weight: bool = False, add_norm: tuple | None = None):
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
     written into ``out`` when given (any strides).
 
     ``early_weight``: with PDL and a config whose BLOCK_K covers each program's K slice, read
     the weight before waiting for the kernel launched just before this one; only for callers
-    that know that kernel does not write the weight (the model's decode step)."""
+    that know that kernel does not write the weight (the model's decode step).
+
+    ``add_norm = (residual or None, norm_weight [K], eps, residual_out [M, K])``: the operand is
+    ``rmsnorm(x + residual) * norm_weight`` (the norm of the sum rounded to norm_weight's dtype,
+    as kernels/rmsnorm.py), and ``x + residual`` is written to ``residual_out``: the model's
+    residual add + RMSNorm folded into in_proj. Needs a config whose one tile covers K, without
+    split (``folds_norm``)."""
     check_float("x", x)
     check_float("weight", weight)
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
@@ -206,16 +276,20 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     blocks = triton.cdiv(features, block_n)
     one_tile = block_k >= k_per_split
     ws, counters = _split_workspace(x.device, rows, features, blocks, split) if split > 1 else (out, out)
+    res, nw, eps, rout = _check_add_norm(add_norm, x, one_tile and split == 1)
     launch(
         _decode_linear_kernel, (blocks, split), x.device,
-        x, weight, weight if bias is None else bias, out, ws, counters, rows, features, k, k_per_split,
-        *x.stride(), *weight.stride(), *out.stride(),
+        x, weight, weight if bias is None else bias, out, ws, counters, res, nw, rout,
+        rows, features, k, k_per_split,
+        *x.stride(), *weight.stride(), *out.stride(), res.stride(0), rout.stride(0), eps,
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
-        BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile, num_warps=warps,
+        BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
+        ADD_NORM=add_norm is not None, HAS_RES=add_norm is not None and add_norm[0] is not None,
+        num_warps=warps,
         num_stages=1 if one_tile else None, pdl=True,  # one K step: nothing to pipeline
     )
     return out
 
 
-__all__ = ["decode_linear_fwd", "default_config", "model_takes", "MAX_ROWS", "MODEL_ROWS"]
+__all__ = ["decode_linear_fwd", "default_config", "folds_norm", "model_takes", "MAX_ROWS", "MODEL_ROWS"]

@@ -21,6 +21,10 @@ from . import ops
 # 16 on the H100, so it reads after the wait.) A switch for benchmarks (scripts/bench_e2e.py
 # --no-early-reads).
 EARLY_READS = True
+# The decode step folds each block's residual add + RMSNorm into in_proj's kernel where in_proj
+# reads its weight in one tile (decode_linear.folds_norm). A switch for benchmarks
+# (scripts/bench_e2e.py --no-fold-norm).
+FOLD_NORM = True
 
 
 def _is_real(t: Tensor) -> bool:
@@ -65,3 +69,24 @@ def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
             dl.model_takes(x.shape[0], *layer.weight.shape):
         return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS)
     return layer(x)
+
+
+def add_norm_in_proj(hidden: Tensor, residual: Tensor | None, norm: nn.Module, in_proj: nn.Linear,
+                     residual_in_fp32: bool) -> tuple[Tensor, Tensor] | None:
+    """``(in_proj(norm(hidden + residual)), hidden + residual)`` from one kernel (a block's
+    add_norm and its mixer's in_proj in a decode step that took the kernel path), or None where
+    that kernel does not apply: it needs in_proj on kernels/decode_linear.py with one tile
+    covering K and the weights in hidden's dtype. The residual is float32 with
+    ``residual_in_fp32``, else in the dtype it has (hidden's for the first block)."""
+    from .kernels import decode_linear as dl
+
+    rows, (features, k) = hidden.shape[0], in_proj.weight.shape
+    if not (FOLD_NORM and EARLY_READS and hidden.dim() == 2 and hidden.dtype != torch.float64
+            and hidden.dtype == in_proj.weight.dtype == norm.weight.dtype
+            and dl.model_takes(rows, features, k) and dl.folds_norm(rows, features, k)):
+        return None
+    dtype = torch.float32 if residual_in_fp32 else (hidden.dtype if residual is None else residual.dtype)
+    residual_out = torch.empty(hidden.shape, dtype=dtype, device=hidden.device)
+    projected = dl.decode_linear_fwd(hidden, in_proj.weight, in_proj.bias, early_weight=True,
+                                     add_norm=(residual, norm.weight, norm.eps, residual_out))
+    return projected, residual_out

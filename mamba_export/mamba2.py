@@ -157,13 +157,15 @@ class Mamba2Mixer(nn.Module):
                             None if cfg.rmsnorm else z.reshape(batch, length, H, P), ssm_state)
         return finish(y.reshape(batch, length, -1), z, z0, x0), conv_state, ssm_state
 
-    def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
-             inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, hidden: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
+             inplace: bool = False, projected: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state');
         ``inplace`` writes the new states into the given ones and returns those (on eager CUDA
-        the kernels write there directly: no copies)."""
-        if _eager_cuda(hidden) and hidden.dtype != torch.float64:  # float64: the exact reference
-            return self._step_kernels(hidden, conv_state, ssm_state, inplace)
+        the kernels write there directly: no copies). ``projected``: in_proj's output, already
+        computed (Block.step, eager CUDA); hidden is then unused."""
+        # (float64 keeps the op path: the exact reference)
+        if projected is not None or (_eager_cuda(hidden) and hidden.dtype != torch.float64):
+            return self._step_kernels(hidden, conv_state, ssm_state, inplace, projected)
         cfg = self.cfg
         batch = hidden.shape[0]
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
@@ -180,8 +182,8 @@ class Mamba2Mixer(nn.Module):
             new_ssm = ssm_state.copy_(new_ssm)
         return self._finish(y.reshape(batch, -1), z, z0, x0), new_conv, new_ssm
 
-    def _step_kernels(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
-                      inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _step_kernels(self, hidden: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
+                      inplace: bool, projected: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``step`` with the Triton launchers called directly (eager CUDA; tests also run it
         on CPU, in Triton's interpreter): in_proj, one kernel for conv + SSD state update, the
         gated norm (which also shifts the conv state), out_proj; states written in place when
@@ -190,9 +192,11 @@ class Mamba2Mixer(nn.Module):
         from .kernels.ssd_update import ssd_conv_state_update_fwd
 
         cfg = self.cfg
-        batch = hidden.shape[0]
+        batch = conv_state.shape[0]
         A, D, dt_bias = self._ssm_params()
-        z0, x0, z, xBC, dt = self._split(decode_linear(hidden, self.in_proj))
+        if projected is None:
+            projected = decode_linear(hidden, self.in_proj)
+        z0, x0, z, xBC, dt = self._split(projected)
         y, new_ssm = ssd_conv_state_update_fwd(
             ssm_state, xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, dt, A,
             cfg.ngroups, D, None if cfg.rmsnorm else z.reshape(batch, cfg.nheads, cfg.headdim),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
-from ._dispatch import _eager_cuda, cached_params, decode_linear
+from ._dispatch import _eager_cuda, add_norm_in_proj, cached_params, decode_linear
 from .config import MambaConfig
 from .generate import GenerationMixin
 from .mamba2 import Mamba2Mixer
@@ -119,19 +119,22 @@ class MambaMixer(nn.Module):
         y, ssm_state = scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias, True, ssm_state)
         return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
 
-    def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor,
-             inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, hidden: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
+             inplace: bool = False, projected: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state').
 
         ``inplace`` writes the new states into ``conv_state`` / ``ssm_state`` and returns them
-        (on eager CUDA the kernels write there directly: no copies)."""
+        (on eager CUDA the kernels write there directly: no copies). ``projected``: in_proj's
+        output, already computed (Block.step, eager CUDA); hidden is then unused."""
         weight = self.conv1d.weight.squeeze(1)
         A, D, dt_bias = self._ssm_params()
-        if _eager_cuda(hidden):  # kernels called directly: in-place states, dt_proj fused
-            from .kernels.causal_conv1d import causal_conv1d_update_fwd
+        if projected is not None or _eager_cuda(hidden):  # kernels called directly: in-place
+            from .kernels.causal_conv1d import causal_conv1d_update_fwd  # states, dt_proj fused
             from .kernels.state_update import selective_state_update_fwd
 
-            x, z = decode_linear(hidden, self.in_proj).chunk(2, dim=-1)
+            if projected is None:
+                projected = decode_linear(hidden, self.in_proj)
+            x, z = projected.chunk(2, dim=-1)
             x, new_conv = causal_conv1d_update_fwd(x, conv_state, weight, self.conv1d.bias, True,
                                                    out_state=conv_state if inplace else None)
             dt_low, B, C = self._split_x_dbl(decode_linear(x, self.x_proj))
@@ -161,6 +164,21 @@ class Block(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_epsilon, device=device, dtype=dtype)
         mixer = Mamba2Mixer if cfg.layer == "Mamba2" else MambaMixer
         self.mixer = mixer(cfg, layer_idx, device=device, dtype=dtype)
+
+    def step(self, hidden: Tensor, residual: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
+             inplace: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One decode step of the block: (mixer out, residual', conv_state', ssm_state'). On
+        eager CUDA the add + norm is folded into in_proj's kernel where that applies
+        (``_dispatch.add_norm_in_proj``): one launch less per layer."""
+        fused = add_norm_in_proj(hidden, residual, self.norm, self.mixer.in_proj,
+                                 self.residual_in_fp32) if _eager_cuda(hidden) else None
+        if fused is None:
+            normed, residual = self.add_norm(hidden, residual)
+            out, conv, ssm = self.mixer.step(normed, conv_state, ssm_state, inplace)
+        else:
+            projected, residual = fused
+            out, conv, ssm = self.mixer.step(None, conv_state, ssm_state, inplace, projected=projected)
+        return out, residual, conv, ssm
 
     def add_norm(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
         if _eager_cuda(hidden):
@@ -346,8 +364,8 @@ class MambaLM(GenerationMixin, nn.Module):
         residual = None
         convs, ssms = [], []
         for i, block in enumerate(self.backbone.layers):
-            normed, residual = block.add_norm(hidden, residual)
-            hidden, conv_i, ssm_i = block.mixer.step(normed, state.conv[i], state.ssm[i], inplace)
+            hidden, residual, conv_i, ssm_i = block.step(hidden, residual, state.conv[i],
+                                                         state.ssm[i], inplace)
             convs.append(conv_i)
             ssms.append(ssm_i)
         hidden = self.backbone.final_norm(hidden, residual)

@@ -152,6 +152,10 @@ def main() -> int:
                    help="decode: Mamba-2's state update reads the state and projections their "
                         "weight after their PDL wait (default: before, "
                         "mamba_export._dispatch.EARLY_READS)")
+    p.add_argument("--no-fold-norm", action="store_true",
+                   help="decode: each block's add + RMSNorm as its own kernel (default: folded "
+                        "into in_proj where it reads its weight in one tile, "
+                        "mamba_export._dispatch.FOLD_NORM)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
@@ -160,6 +164,8 @@ def main() -> int:
         decode_linear.MODEL_ROWS = args.linear_rows
     if args.no_early_reads:
         me._dispatch.EARLY_READS = False
+    if args.no_fold_norm:
+        me._dispatch.FOLD_NORM = False
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -169,6 +175,7 @@ def main() -> int:
     if args.linear_rows is not None:
         results["linear_rows"] = args.linear_rows
     results["early_reads"] = me._dispatch.EARLY_READS
+    results["fold_norm"] = me._dispatch.FOLD_NORM
     try:
         import triton
         results["triton"] = triton.__version__

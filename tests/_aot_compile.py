@@ -62,11 +62,14 @@ def main():
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
-        for dot, split, rows, pdl in ((False, 1, 1, True), (False, 6, 1, False), (True, 1, 16, False),
-                                      (True, 4, 16, False), (False, 2, 16, False)):
+        # (one-tile cases: the weight read before the PDL wait, the model's add + RMSNorm folded in)
+        for dot, split, rows, pdl, norm in ((False, 1, 1, True, True), (False, 6, 1, False, False),
+                                            (True, 1, 16, True, True), (True, 4, 16, False, False),
+                                            (False, 2, 16, False, False)):
             compile_for_sm90(decode_linear._decode_linear_kernel, dict(
                 HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=rows,
-                BLOCK_N=32 if dot else 4, BLOCK_K=128, EARLY_W=pdl, PDL=pdl), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
+                BLOCK_N=32 if dot else 4, BLOCK_K=1024 if norm else 128, EARLY_W=pdl, ADD_NORM=norm,
+                HAS_RES=norm, PDL=pdl), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
     # Mamba-1 selective scan: the forward kernels at their GPU defaults (seq, split's two passes,

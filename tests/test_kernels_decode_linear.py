@@ -8,6 +8,7 @@ import torch
 from _util import rel_err
 
 from mamba_export.kernels import _common
+import mamba_export as me
 from mamba_export.kernels.decode_linear import MAX_ROWS, decode_linear_fwd
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -146,6 +147,37 @@ def test_model_routes_up_to_model_rows(monkeypatch, model_rows, calls):
     assert rel_err(got.cpu(), want.cpu()) <= 1e-5
 
 
+@pytest.mark.parametrize("rows", [1, 5, MAX_ROWS])
+@pytest.mark.parametrize("residual_dtype", [None, torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_add_norm_folded_into_the_projection(rows, residual_dtype, dtype):
+    """``add_norm``: in_proj(rmsnorm(x + residual) * nw) and x + residual, as the model's
+    add_norm followed by in_proj (the norm sees the sum rounded to the model dtype)."""
+    x, w, b = operands(rows, 45, 301, dtype, seed=rows)
+    res = None if residual_dtype is None else torch.randn(rows, 301).to(residual_dtype)
+    nw = (1 + 0.2 * torch.randn(301)).to(dtype)
+    rout = torch.empty(rows, 301, dtype=residual_dtype or dtype)
+    on = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    rout_dev = on(rout)
+    got = decode_linear_fwd(on(x), on(w), on(b), early_weight=True,
+                            add_norm=(on(res), on(nw), 1e-5, rout_dev))
+    summed = x.double() + (0 if res is None else res.double())
+    v = summed.to(dtype).double()
+    normed = (v / (v.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * nw.double()).to(dtype)
+    assert rel_err(got.cpu(), reference(normed, w, b)) <= TOL[dtype]
+    assert rel_err(rout_dev.cpu(), summed) <= (1e-6 if rout.dtype == torch.float32 else 1e-3)
+
+
+def test_add_norm_needs_one_tile_without_split():
+    x, w, b = (t.to(DEVICE) for t in operands(2, 45, 301, torch.float16))
+    args = (None, torch.ones(301, dtype=torch.float16, device=DEVICE), 1e-5,
+            torch.empty(2, 301, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(ValueError, match="one BLOCK_K tile"):
+        decode_linear_fwd(x, w, b, config=(16, 128, 4, 1), add_norm=args)
+    with pytest.raises(ValueError, match="norm_weight must have shape"):
+        decode_linear_fwd(x, w, b, early_weight=True, add_norm=(None, args[1][:7], 1e-5, args[3]))
+
+
 def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     """The routing measured on the H100: one row always; up to 16 rows only for weights read in
     one tile (mamba-130m's in_proj, not mamba-2.8b's nor the lm_head)."""
@@ -158,3 +190,38 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 3072, 768) == (32, 1024, 4, 1)  # one tile of all K
     assert default_config(1, 10240, 2560) == (4, 128, 8, 1)  # large: a loop over K
     assert default_config(16, 3072, 768, early_weight=False)[1] == 128  # read after the wait: loop
+
+
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+@pytest.mark.parametrize("fold_norm", [True, False], ids=["fold_norm", "add_rmsnorm"])
+@pytest.mark.parametrize("residual_in_fp32", [True, False])
+def test_kernel_decode_step_equals_op_step(layer, fold_norm, residual_in_fp32, monkeypatch):
+    """MambaLM.step on the path eager CUDA takes (launchers called directly; here in Triton's
+    interpreter on CPU), with each block's add + RMSNorm folded into in_proj's kernel or run by
+    its own kernel, against the op path, over a few in-place steps."""
+    from mamba_export import _dispatch, mamba2, model as model_mod
+    from mamba_export.kernels import decode_linear as dl
+
+    folded = []
+    real = dl.decode_linear_fwd
+    monkeypatch.setattr(dl, "decode_linear_fwd",
+                        lambda *a, **k: folded.append(k.get("add_norm") is not None) or real(*a, **k))
+    extra = dict(layer="Mamba2", headdim=8, ngroups=2, d_state=8) if layer == "Mamba2" else {}
+    cfg = me.MambaConfig(d_model=32, n_layer=2, vocab_size=61, residual_in_fp32=residual_in_fp32,
+                         **extra)
+    torch.manual_seed(4)
+    lm = me.MambaLM(cfg).eval()
+    ids = torch.randint(0, 61, (3, 9))
+    with torch.no_grad():
+        _, state = lm.prefill(ids[:, :6], lm.new_state(3))
+        kern = me.MambaState(state.conv.clone(), state.ssm.clone())
+        monkeypatch.setattr(_dispatch, "FOLD_NORM", fold_norm)
+        for t in range(6, 9):
+            want, state = lm.step(ids[:, t], state)
+            with monkeypatch.context() as m:
+                for mod in (model_mod, mamba2):
+                    m.setattr(mod, "_eager_cuda", lambda t: True)
+                got, kern = lm.step(ids[:, t], kern, inplace=True)
+            assert rel_err(got, want) <= 1e-5
+            assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
+    assert sum(folded) == (3 * cfg.n_layer if fold_norm else 0)  # every block's in_proj, or none
