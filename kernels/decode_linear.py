@@ -191,10 +191,14 @@ def model_takes(rows: int, features: int, k: int) -> bool:
 
 
 def folds_norm(rows: int, features: int, k: int) -> bool:
-    """Whether the default config (with early weight reads) can take ``add_norm``: one tile
-    covering K and no split."""
+    """Whether the model folds its add + RMSNorm into this projection (``add_norm``): one row
+    whose default config (with early weight reads) is one tile covering K, without split. H100,
+    2026-11-23, decode ms/token folded vs not: b1 mamba-130m 0.286 vs 0.315, mamba-370m 0.668
+    vs 0.711, mamba2-130m 0.324 vs 0.348; at batch 16 the folded tensor-core path was 2.5-3.5x
+    slower (0.887 vs 0.708 mamba2-130m, 1.817 vs 0.520 mamba-130m), so several rows keep the
+    add + RMSNorm kernel."""
     _, block_k, _, split = default_config(rows, features, k, early_weight=True)
-    return block_k >= k and split == 1
+    return rows == 1 and block_k >= k and split == 1
 
 
 def _check_add_norm(add_norm, x: torch.Tensor, one_tile: bool):

@@ -194,11 +194,11 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
 
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 @pytest.mark.parametrize("fold_norm", [True, False], ids=["fold_norm", "add_rmsnorm"])
-@pytest.mark.parametrize("residual_in_fp32", [True, False])
-def test_kernel_decode_step_equals_op_step(layer, fold_norm, residual_in_fp32, monkeypatch):
-    """MambaLM.step on the path eager CUDA takes (launchers called directly; here in Triton's
-    interpreter on CPU), with each block's add + RMSNorm folded into in_proj's kernel or run by
-    its own kernel, against the op path, over a few in-place steps."""
+@pytest.mark.parametrize("residual_in_fp32,batch", [(True, 1), (False, 1), (True, 3)])
+def test_kernel_decode_step_equals_op_step(layer, fold_norm, residual_in_fp32, batch, monkeypatch):
+    """MambaLM.step on the path eager CUDA takes (launchers called directly; on CPU in Triton's
+    interpreter), with each block's add + RMSNorm folded into in_proj's kernel (batch 1) or run
+    by its own kernel, against the op path, over a few in-place steps."""
     from mamba_export import _dispatch, mamba2, model as model_mod
     from mamba_export.kernels import decode_linear as dl
 
@@ -210,18 +210,21 @@ def test_kernel_decode_step_equals_op_step(layer, fold_norm, residual_in_fp32, m
     cfg = me.MambaConfig(d_model=32, n_layer=2, vocab_size=61, residual_in_fp32=residual_in_fp32,
                          **extra)
     torch.manual_seed(4)
-    lm = me.MambaLM(cfg).eval()
-    ids = torch.randint(0, 61, (3, 9))
+    lm = me.MambaLM(cfg).to(DEVICE).eval()
+    ids = torch.randint(0, 61, (batch, 9), device=DEVICE)
     with torch.no_grad():
-        _, state = lm.prefill(ids[:, :6], lm.new_state(3))
+        _, state = lm.prefill(ids[:, :6], lm.new_state(batch))
         kern = me.MambaState(state.conv.clone(), state.ssm.clone())
         monkeypatch.setattr(_dispatch, "FOLD_NORM", fold_norm)
         for t in range(6, 9):
-            want, state = lm.step(ids[:, t], state)
-            with monkeypatch.context() as m:
-                for mod in (model_mod, mamba2):
-                    m.setattr(mod, "_eager_cuda", lambda t: True)
-                got, kern = lm.step(ids[:, t], kern, inplace=True)
+            for kernel_path in (False, True):  # (the op path on CUDA too)
+                with monkeypatch.context() as m:
+                    for mod in (model_mod, mamba2):
+                        m.setattr(mod, "_eager_cuda", lambda _, k=kernel_path: k)
+                    if kernel_path:
+                        got, kern = lm.step(ids[:, t], kern, inplace=True)
+                    else:
+                        want, state = lm.step(ids[:, t], state)
             assert rel_err(got, want) <= 1e-5
             assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
-    assert sum(folded) == (3 * cfg.n_layer if fold_norm else 0)  # every block's in_proj, or none
+    assert sum(folded) == (3 * cfg.n_layer if fold_norm and batch == 1 else 0)  # every in_proj, or none
