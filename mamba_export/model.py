@@ -128,8 +128,9 @@ class MambaMixer(nn.Module):
         output, already computed (Block.step, eager CUDA); hidden is then unused."""
         weight = self.conv1d.weight.squeeze(1)
         A, D, dt_bias = self._ssm_params()
-        if projected is not None or _eager_cuda(hidden):  # kernels called directly: in-place
-            from .kernels.causal_conv1d import causal_conv1d_update_fwd  # states, dt_proj fused
+        # eager CUDA: kernels called directly (in-place states, dt_proj fused)
+        if projected is not None or _eager_cuda(hidden):
+            from .kernels.causal_conv1d import causal_conv1d_update_fwd
             from .kernels.state_update import selective_state_update_fwd
 
             if projected is None:
