@@ -75,15 +75,15 @@ def add_norm_in_proj(hidden: Tensor, residual: Tensor | None, norm: nn.Module, i
                      residual_in_fp32: bool) -> tuple[Tensor, Tensor] | None:
     """``(in_proj(norm(hidden + residual)), hidden + residual)`` from one kernel (a block's
     add_norm and its mixer's in_proj in a decode step that took the kernel path), or None where
-    that kernel does not apply: it needs in_proj on kernels/decode_linear.py with one tile
-    covering K and the weights in hidden's dtype. The residual is float32 with
+    that kernel does not apply (``decode_linear.folds_norm``: one row, in_proj's weight in one
+    tile covering K) or the weights are not in hidden's dtype. The residual is float32 with
     ``residual_in_fp32``, else in the dtype it has (hidden's for the first block)."""
     from .kernels import decode_linear as dl
 
     rows, (features, k) = hidden.shape[0], in_proj.weight.shape
     if not (FOLD_NORM and EARLY_READS and hidden.dim() == 2 and hidden.dtype != torch.float64
             and hidden.dtype == in_proj.weight.dtype == norm.weight.dtype
-            and dl.model_takes(rows, features, k) and dl.folds_norm(rows, features, k)):
+            and dl.folds_norm(rows, features, k)):
         return None
     dtype = torch.float32 if residual_in_fp32 else (hidden.dtype if residual is None else residual.dtype)
     residual_out = torch.empty(hidden.shape, dtype=dtype, device=hidden.device)
