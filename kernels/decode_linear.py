@@ -43,13 +43,68 @@ def _add_norm_rows(x_ptr, res_ptr, nw_ptr, offs_m, offs_k, mask_m, K, eps, sx_m,
     return r, (v * inv[:, None] * nw[None, :]).to(nw_ptr.dtype.element_ty)
 
 
+@device_fn
+def _row_rstd(sq_ptr, offs_m, mask_m, n_groups, per_group, group_size, eps, ssq_m, ssq_g,
+              BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """1 / sqrt(mean square + eps) ``[BLOCK_M, BLOCK_G]`` per row and norm group, from the
+    partial sums of squares ``sq [M, n_groups, per_group]`` (contiguous in the last dim)."""
+    g = tl.arange(0, BLOCK_G)
+    q = tl.arange(0, BLOCK_Q)
+    parts = tl.load(sq_ptr + offs_m[:, None, None] * ssq_m + g[None, :, None] * ssq_g + q[None, None, :],
+                    mask=mask_m[:, None, None] & (g < n_groups)[None, :, None] & (q < per_group)[None, None, :],
+                    other=0.0)
+    return 1.0 / tl.sqrt(tl.sum(parts, axis=2) / group_size + eps)
+
+
+@device_fn
+def _row_normed(x, rstd, ks, group_size, BLOCK_G: tl.constexpr):
+    """The RMSNorm's 1/rms applied to its input ``x [BLOCK_M, BLOCK_K]``: with one group left to
+    the epilogue (rstd scales the output rows; any elementwise op on a one-tile tensor-core
+    operand made Triton 3.6 spill thousands of bytes per thread for sm_90); with several,
+    ``x * rstd[row, group of the column]`` in float32, rounded back to x's dtype."""
+    if BLOCK_G == 1:
+        return x
+    sel = (ks // group_size)[None, :, None] == tl.arange(0, BLOCK_G)[None, None, :]
+    scale = tl.sum(tl.where(sel, rstd[:, None, :], 0.0), axis=2)
+    return (x.to(tl.float32) * scale).to(x.dtype)
+
+
+@device_fn
+def _conv_epilogue(out, taps, cw_ptr, cb_ptr, ncs_ptr, offs_m, ch, cmask, is_conv, out_dtype: tl.constexpr,
+                   scw_c, scw_k, scb, sn_m, sn_c, sn_s, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+                   BLOCK_S: tl.constexpr):
+    """in_proj's output columns that feed Mamba-2's causal conv replaced by silu(conv) at this
+    step (window = the conv state's WIDTH - 1 ``taps`` [BLOCK_M, BLOCK_N, BLOCK_S], then the
+    column itself rounded to the output dtype, as the reference conv sees it); the state
+    shifted by one step into ``ncs`` (which may be the state itself: every tap was read)."""
+    j = tl.arange(0, BLOCK_S)
+    raw = out.to(out_dtype).to(tl.float32)
+    w_taps = tl.load(cw_ptr + ch[:, None] * scw_c + j[None, :] * scw_k,
+                     mask=is_conv[:, None] & (j < WIDTH - 1)[None, :], other=0.0).to(tl.float32)
+    w_new = tl.load(cw_ptr + ch * scw_c + (WIDTH - 1) * scw_k, mask=is_conv, other=0.0).to(tl.float32)
+    acc = tl.sum(taps.to(tl.float32) * w_taps[None, :, :], axis=2) + raw * w_new[None, :]
+    if CONV_BIAS:
+        acc += tl.load(cb_ptr + ch * scb, mask=is_conv, other=0.0).to(tl.float32)[None, :]
+    tl.debug_barrier()  # every thread's taps are read before any is overwritten (in place)
+    rows_ch = offs_m[:, None, None] * sn_m + ch[None, :, None] * sn_c
+    tl.store(ncs_ptr + rows_ch + (j - 1)[None, None, :] * sn_s, taps.to(ncs_ptr.dtype.element_ty),
+             mask=cmask[:, :, None] & ((j >= 1) & (j < WIDTH - 1))[None, None, :])
+    tl.store(ncs_ptr + offs_m[:, None] * sn_m + ch[None, :] * sn_c + (WIDTH - 2) * sn_s,
+             raw.to(ncs_ptr.dtype.element_ty), mask=cmask)
+    return tl.where(is_conv[None, :], acc * tl.sigmoid(acc), out)
+
+
 @kernel
 def _decode_linear_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, rout_ptr, M, N, K, k_per_split,
     sx_m, sx_k, sw_n, sw_k, so_m, so_n, sr_m, sro_m, eps,
+    cs_ptr, cw_ptr, cb_ptr, ncs_ptr, conv_first, conv_dim, scs_m, scs_c, scs_s, scw_c, scw_k, scb,
+    sn_m, sn_c, sn_s, sq_ptr, n_groups, per_group, group_size, ssq_m, ssq_g,
     HAS_BIAS: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EARLY_W: tl.constexpr, ADD_NORM: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr = False,
+    EARLY_W: tl.constexpr, ADD_NORM: tl.constexpr, HAS_RES: tl.constexpr,
+    CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_S: tl.constexpr,
+    ROW_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -67,7 +122,16 @@ def _decode_linear_kernel(
 
     ADD_NORM (one tile, SPLIT 1): the operand is ``rmsnorm(x + residual) * nw`` (the model's
     residual add + RMSNorm before in_proj; residual with HAS_RES), computed by every program for
-    its own use; program 0 also stores ``x + residual`` to ``rout``."""
+    its own use; program 0 also stores ``x + residual`` to ``rout``.
+
+    CONV (Mamba-2's in_proj): output columns ``conv_first + c`` for c < conv_dim become
+    silu(causal conv) of channel c at this step (_conv_epilogue), the conv state ``cs [M, C,
+    WIDTH - 1]`` shifted into ``ncs``; with EARLY_W the state is read before the PDL wait too.
+
+    ROW_NORM (Mamba-2's out_proj): the operand is ``x * rstd[row, group]``, rstd from the
+    partial sums of squares ``sq [M, n_groups, per_group]`` that the state update wrote with
+    its gated output x (already times the norm weight): the gated RMSNorm folded in
+    (_row_rstd, _row_normed)."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -78,7 +142,22 @@ def _decode_linear_kernel(
     if EARLY_W:
         w_early = tl.load(w_ptr + offs_n[:, None] * sw_n + (k_start + offs_k)[None, :] * sw_k,
                           mask=mask_n[:, None] & (k_start + offs_k < k_stop)[None, :], other=0.0)
+    if CONV:
+        ch = offs_n - conv_first
+        is_conv = mask_n & (ch >= 0) & (ch < conv_dim)
+        cmask = mask_m[:, None] & is_conv[None, :]
+        j = tl.arange(0, BLOCK_S)
+        tap_ptrs = cs_ptr + offs_m[:, None, None] * scs_m + ch[None, :, None] * scs_c + j[None, None, :] * scs_s
+        tap_mask = cmask[:, :, None] & (j < WIDTH - 1)[None, None, :]
+        if EARLY_W:  # nothing launched before in_proj writes the conv state
+            taps = tl.load(tap_ptrs, mask=tap_mask, other=0.0)
     pdl_start(PDL)
+    if CONV:
+        if not EARLY_W:
+            taps = tl.load(tap_ptrs, mask=tap_mask, other=0.0)
+    if ROW_NORM:
+        rstd = _row_rstd(sq_ptr, offs_m, mask_m, n_groups, per_group, group_size, eps, ssq_m, ssq_g,
+                         BLOCK_G, BLOCK_Q)
     if ADD_NORM:
         summed, normed = _add_norm_rows(x_ptr, res_ptr, nw_ptr, offs_m, offs_k, mask_m, K, eps,
                                         sx_m, sx_k, sr_m, HAS_RES)
@@ -105,6 +184,8 @@ def _decode_linear_kernel(
             else:
                 x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
                             mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                if ROW_NORM:
+                    x = _row_normed(x, rstd, ks, group_size, BLOCK_G)
             if WIDEN:
                 x, w = x.to(tl.float32), w.to(tl.float32)
             if IEEE:
@@ -114,6 +195,10 @@ def _decode_linear_kernel(
         elif BLOCK_M == 1:
             if ADD_NORM:
                 x = tl.sum(normed.to(tl.float32), axis=0)  # [1, K] -> [K]
+            elif ROW_NORM:
+                x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
+                            mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                x = tl.sum(_row_normed(x, rstd, ks, group_size, BLOCK_G).to(tl.float32), axis=0)
             else:
                 x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
             acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
@@ -123,6 +208,8 @@ def _decode_linear_kernel(
             else:
                 x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
                             mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                if ROW_NORM:
+                    x = _row_normed(x, rstd, ks, group_size, BLOCK_G)
             acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     if DOT:
         out = acc
@@ -144,8 +231,15 @@ def _decode_linear_kernel(
                 out += tl.load(ws_ptr + s * M * N + rows_cols, mask=tile, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(cnt_ptr + pid_n, 0)
     if done:
+        if ROW_NORM:
+            if BLOCK_G == 1:  # (see _row_normed)
+                out = out * tl.sum(rstd, axis=1)[:, None]
         if HAS_BIAS:
             out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if CONV:
+            out = _conv_epilogue(out, taps, cw_ptr, cb_ptr, ncs_ptr, offs_m, ch, cmask, is_conv,
+                                 out_ptr.dtype.element_ty, scw_c, scw_k, scb, sn_m, sn_c, sn_s,
+                                 CONV_BIAS, WIDTH, BLOCK_S)
         tl.store(out_ptr + offs_m[:, None] * so_m + offs_n[None, :] * so_n,
                  out.to(out_ptr.dtype.element_ty), mask=tile)
 
@@ -201,6 +295,16 @@ def folds_norm(rows: int, features: int, k: int) -> bool:
     return rows == 1 and block_k >= k and split == 1
 
 
+def folds_conv(rows: int, features: int, k: int) -> bool:
+    """Whether the model folds the causal conv into this projection (in_proj, ``conv``): where
+    its default config is one tile covering K (small weights). H100, 2026-11-23: mamba-2.8b's
+    in_proj (a K loop) with the conv folded made the b1 step 3.45 ms/token against 2.76 with
+    the conv kernel: with PDL, x_proj's programs start as soon as in_proj starts and sit on
+    the SMs holding their one-tile weight registers while in_proj streams its 52 MB."""
+    _, block_k, _, split = default_config(rows, features, k, early_weight=True)
+    return model_takes(rows, features, k) and block_k >= k and split == 1
+
+
 def _check_add_norm(add_norm, x: torch.Tensor, one_tile: bool):
     """``add_norm``'s tensors checked, as kernel arguments (x standing in where absent)."""
     if add_norm is None:
@@ -222,6 +326,50 @@ def _check_add_norm(add_norm, x: torch.Tensor, one_tile: bool):
     return (x if residual is None else residual), norm_weight, float(eps), residual_out
 
 
+def _check_conv(conv, x: torch.Tensor, features: int):
+    """``conv``'s tensors checked; returns the kernel's conv arguments and constexprs."""
+    if conv is None:
+        return (x, x, x, x, 0, 0) + (0,) * 9, dict(CONV=False, CONV_BIAS=False, WIDTH=2, BLOCK_S=1)
+    conv_state, weight, bias, first, out_state = conv
+    rows = x.shape[0]
+    check_float("conv_weight", weight)
+    if weight.dim() != 2 or weight.shape[1] < 2:
+        raise ValueError(f"conv_weight must be [channels, width >= 2], got {tuple(weight.shape)}")
+    channels, width = weight.shape
+    if not 0 <= first <= features - channels:
+        raise ValueError(f"conv columns [{first}, {first + channels}) must lie within the "
+                         f"{features} output features")
+    check_float("conv_state", conv_state)
+    check_shape("conv_state", conv_state, (rows, channels, width - 1))
+    check_float("conv_out_state", out_state)
+    check_shape("conv_out_state", out_state, (rows, channels, width - 1))
+    if out_state.dtype != conv_state.dtype:
+        raise ValueError(f"conv_out_state must have conv_state's dtype {conv_state.dtype}, got {out_state.dtype}")
+    check_float("conv_bias", bias, allow_none=True)
+    check_shape("conv_bias", bias, (channels,))
+    check_same_device(x.device, conv_state=conv_state, conv_weight=weight, conv_bias=bias,
+                      conv_out_state=out_state)
+    args = (conv_state, weight, weight if bias is None else bias, out_state, first, channels,
+            *conv_state.stride(), *weight.stride(), 0 if bias is None else bias.stride(0), *out_state.stride())
+    return args, dict(CONV=True, CONV_BIAS=bias is not None, WIDTH=width, BLOCK_S=next_pow2(width - 1))
+
+
+def _check_row_norm(row_norm, x: torch.Tensor):
+    """``row_norm``'s tensors checked; returns (eps, kernel arguments, constexprs)."""
+    if row_norm is None:
+        return None, (x, 0, 0, 1, 0, 0), dict(ROW_NORM=False, BLOCK_G=1, BLOCK_Q=1)
+    sumsq, eps = row_norm
+    rows, k = x.shape
+    if sumsq.dtype != torch.float32 or sumsq.dim() != 3 or sumsq.shape[0] != rows or \
+            k % sumsq.shape[1] or sumsq.stride(2) != 1:
+        raise ValueError(f"norm sums must be float32 [{rows} rows, groups dividing {k}, partials] "
+                         f"contiguous in the last dim, got {sumsq.dtype} {tuple(sumsq.shape)}")
+    check_same_device(x.device, norm_sums=sumsq)
+    groups, per_group = sumsq.shape[1], sumsq.shape[2]
+    args = (sumsq, groups, per_group, k // groups, sumsq.stride(0), sumsq.stride(1))
+    return float(eps), args, dict(ROW_NORM=True, BLOCK_G=next_pow2(groups), BLOCK_Q=next_pow2(per_group))
+
+
 _workspaces: dict = {}
 
 
@@ -238,7 +386,8 @@ def _split_workspace(device, rows: int, features: int, blocks: int, split: int):
 
 def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
-                      early_weight: bool = False, add_norm: tuple | None = None):
+                      early_weight: bool = False, add_norm: tuple | None = None,
+                      conv: tuple | None = None, row_norm: tuple | None = None):
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
     written into ``out`` when given (any strides).
 
@@ -250,7 +399,20 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     ``rmsnorm(x + residual) * norm_weight`` (the norm of the sum rounded to norm_weight's dtype,
     as kernels/rmsnorm.py), and ``x + residual`` is written to ``residual_out``: the model's
     residual add + RMSNorm folded into in_proj. Needs a config whose one tile covers K, without
-    split (``folds_norm``)."""
+    split (``folds_norm``).
+
+    ``conv = (conv_state [M, C, W - 1], conv_weight [C, W], conv_bias [C] or None, first,
+    out_state)`` (Mamba-2's in_proj): output columns ``first .. first + C - 1`` are the conv's
+    input; they are returned as silu(causal conv) at this step instead, and the conv state,
+    shifted by the step, goes to ``out_state`` (may be ``conv_state``). With ``early_weight`` the
+    conv state is read before the PDL wait as well.
+
+    ``row_norm = (sums [M, G, Q] float32, eps)`` (Mamba-2's out_proj): the operand is
+    ``x * rstd``, rstd = 1 / sqrt(mean square + eps) per row and each of G groups of K / G
+    columns, the mean square being the sum over Q of ``sums`` / (K / G): with x = v * norm
+    weight and ``sums`` the squares of v, the RMSNorm of v folded in (the SSD state update
+    writes both, ``ssd_state_update_fwd(norm_weight=...)``). With one group rstd scales the
+    output rows instead (the same product)."""
     check_float("x", x)
     check_float("weight", weight)
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
@@ -281,19 +443,25 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     one_tile = block_k >= k_per_split
     ws, counters = _split_workspace(x.device, rows, features, blocks, split) if split > 1 else (out, out)
     res, nw, eps, rout = _check_add_norm(add_norm, x, one_tile and split == 1)
+    conv_args, conv_meta = _check_conv(conv, x, features)
+    if row_norm is not None and add_norm is not None:
+        raise ValueError("add_norm and row_norm cannot be combined")
+    norm_eps, norm_args, norm_meta = _check_row_norm(row_norm, x)
+    eps = eps if norm_eps is None else norm_eps
     launch(
         _decode_linear_kernel, (blocks, split), x.device,
         x, weight, weight if bias is None else bias, out, ws, counters, res, nw, rout,
         rows, features, k, k_per_split,
         *x.stride(), *weight.stride(), *out.stride(), res.stride(0), rout.stride(0), eps,
+        *conv_args, *norm_args,
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
         BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
         ADD_NORM=add_norm is not None, HAS_RES=add_norm is not None and add_norm[0] is not None,
-        num_warps=warps,
+        **conv_meta, **norm_meta, num_warps=warps,
         num_stages=1 if one_tile else None, pdl=True,  # one K step: nothing to pipeline
     )
     return out
 
 
-__all__ = ["decode_linear_fwd", "default_config", "folds_norm", "model_takes", "MAX_ROWS", "MODEL_ROWS"]
+__all__ = ["decode_linear_fwd", "default_config", "folds_conv", "folds_norm", "model_takes", "MAX_ROWS", "MODEL_ROWS"]

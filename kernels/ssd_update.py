@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import triton
 import triton.language as tl
 
@@ -22,20 +23,24 @@ from ._common import (check_float, check_same_device, check_shape, kernel, launc
 @kernel
 def _ssd_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, nstate_ptr,
-    cstate_ptr, cw_ptr, cbias_ptr,
+    cstate_ptr, cw_ptr, cbias_ptr, sums_ptr, nw_ptr,
     headdim, dstate, heads_per_group, dt_lo, dt_hi, b_off, c_off, cstate_len,
     ss_b, ss_h, ss_p, ss_n, sx_b, sx_h, sx_p, sdt_b, sdt_h, sA,
     sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, sD_h, sD_p, sz_b, sz_h, sz_p, sbias,
-    so_b, so_h, so_p, sn_b, sn_h, sn_p, sn_n, scs_b, scs_c, scs_s, scw_c, scw_k, scbias,
+    so_b, so_h, so_p, sn_b, sn_h, sn_p, sn_n, scs_b, scs_c, scs_s, scw_c, scw_k, scbias, ssum_b, ssum_h, snw,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LIMIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, EARLY_STATE: tl.constexpr,
-    PDL: tl.constexpr = False,
+    NORM_SUMS: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """CONV: x_ptr is the conv's raw input row ``xBC [B, conv_dim]`` (x, then B and C at
     channel offsets b_off / c_off); x, B and C are silu(conv) computed here from the conv state,
     which is only read. EARLY_STATE: the state is read before the PDL wait, overlapping the
-    previous kernel's tail (the caller knows that kernel does not write the state)."""
+    previous kernel's tail (the caller knows that kernel does not write the state).
+    NORM_SUMS (with z; Mamba-2's gated RMSNorm, gate first, folded into out_proj): y is
+    rounded to the output dtype before the gate, as the op path's norm sees it; the program's
+    sum of squares of v = y * silu(z) goes to ``sums[b, h, pid_p]`` and the output is v times
+    the norm weight ``nw`` (out_proj then scales by 1/rms)."""
     pid_p = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -77,7 +82,12 @@ def _ssd_update_kernel(
         y += x * tl.load(D_ptr + h * sD_h + offs_p * sD_p, mask=mask_p, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + b * sz_b + h * sz_h + offs_p * sz_p, mask=mask_p, other=0.0).to(tl.float32)
+        if NORM_SUMS:
+            y = y.to(out_ptr.dtype.element_ty).to(tl.float32)
         y = y * (z * tl.sigmoid(z))
+        if NORM_SUMS:
+            tl.store(sums_ptr + b * ssum_b + h * ssum_h + pid_p, tl.sum(y * y, axis=0))
+            y *= tl.load(nw_ptr + (h * headdim + offs_p) * snw, mask=mask_p, other=0.0).to(tl.float32)
     tl.store(nstate_ptr + b * sn_b + h * sn_h + offs_p[:, None] * sn_p + offs_n[None, :] * sn_n,
              s.to(nstate_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + b * so_b + h * so_h + offs_p * so_p, y.to(out_ptr.dtype.element_ty), mask=mask_p)
@@ -97,11 +107,17 @@ def _check_step(state, batch, heads, headdim, groups, dstate, dt, A, D, z, dt_bi
 
 
 def ssd_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                         dt_limit=None, out_state=None, early_state=False):
+                         dt_limit=None, out_state=None, early_state=False, norm_weight=None):
     """One Mamba-2 decode step. Returns ``(out [B, H, P] in x.dtype, new_state [B, H, P, N])``;
     the new state goes into ``out_state`` when given (it may be ``state``: in place).
     ``early_state``: with PDL, read the state before waiting for the kernel launched just before
-    this one; only for callers that know that kernel does not write it."""
+    this one; only for callers that know that kernel does not write it.
+
+    ``norm_weight [H * P]`` (needs z; Mamba-2's gated RMSNorm with the gate first, folded into
+    out_proj): with v = y rounded to x's dtype times silu(z), out = v * norm_weight, and a
+    third result ``sums [B, H, n]`` float32, the sums of squares of v over n consecutive blocks
+    of each head's channels (a norm group's mean square is its heads' sums / group size), for
+    ``decode_linear_fwd(row_norm=...)``."""
     for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C)):
         check_float(name, t)
     if x.dim() != 3:
@@ -115,9 +131,18 @@ def ssd_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt
     check_same_device(x.device, B=B, C=C)
     out = new_output((batch, heads, headdim), x.dtype, x.device)
     nstate = out_state if out_state is not None else new_output(tuple(state.shape), state.dtype, x.device)
+    sums = None
+    if norm_weight is not None:
+        if z is None:
+            raise ValueError("norm_weight needs z (the gate of the norm)")
+        check_float("norm_weight", norm_weight)
+        check_shape("norm_weight", norm_weight, (heads * headdim,))
+        check_same_device(x.device, norm_weight=norm_weight)
+        blocks = triton.cdiv(headdim, block_p_for(batch, heads, headdim, next_pow2(dstate)))
+        sums = new_output((batch, heads, blocks), torch.float32, x.device)
     _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, None,
-            early_state)
-    return out, nstate
+            early_state, None if sums is None else (sums, norm_weight))
+    return (out, nstate) if sums is None else (out, nstate, sums)
 
 
 def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt, A, ngroups,
@@ -142,7 +167,7 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
     out = new_output((batch, heads, headdim), xBC.dtype, xBC.device)
     nstate = out_state if out_state is not None else new_output(tuple(state.shape), state.dtype, xBC.device)
     _launch(state, xBC, dt, A, xBC, xBC, ngroups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out,
-            nstate, (conv_state, conv_weight, conv_bias), early_state)
+            nstate, (conv_state, conv_weight, conv_bias), early_state, None)
     return out, nstate
 
 
@@ -160,9 +185,10 @@ def block_p_for(batch, heads, headdim, block_n):
 
 
 def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, conv,
-            early_state):
+            early_state, norm):
     """One launch of the kernel. With ``conv = (conv_state, weight, bias)``, x is the conv's raw
-    input xBC and the kernel reads x, B, C from it (B and C are then ignored)."""
+    input xBC and the kernel reads x, B, C from it (B and C are then ignored). ``norm``: None,
+    or (the norm's sums [B, H, n], norm weight) for NORM_SUMS."""
     batch, heads, headdim = out.shape
     limit = None if dt_limit is None else (float(dt_limit[0]), float(dt_limit[1]))
     has_limit = limit is not None and limit != (0.0, math.inf)
@@ -181,16 +207,17 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
     launch(
         _ssd_update_kernel, (triton.cdiv(headdim, block_p), heads, batch), out.device,
         state, x, dt, A, B, C, x if D is None else D, x if z is None else z,
-        x if dt_bias is None else dt_bias, out, nstate, *conv_args,
+        x if dt_bias is None else dt_bias, out, nstate, *conv_args, *(norm or (out, out)),
         headdim, dstate, heads // groups,
         limit[0] if has_limit else 0.0, limit[1] if has_limit else 0.0, *conv_sizes,
         *state.stride(), *x_strides, *dt.stride(), A.stride(0), *bc_strides,
         *d_strides, *((0, 0, 0) if z is None else z.stride()),
         0 if dt_bias is None else dt_bias.stride(0), *out.stride(), *nstate.stride(), *conv_strides,
+        *((0, 0, 0) if norm is None else (*norm[0].stride()[:2], norm[1].stride(0))),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, BLOCK_P=block_p, BLOCK_N=block_n,
         CONV=conv is not None, CONV_BIAS=conv is not None and conv[2] is not None,
-        WIDTH=1 if conv is None else conv[1].shape[1], EARLY_STATE=bool(early_state),
+        WIDTH=1 if conv is None else conv[1].shape[1], EARLY_STATE=bool(early_state), NORM_SUMS=norm is not None,
         num_warps=NUM_WARPS, pdl=True,
     )
 

@@ -25,6 +25,10 @@ EARLY_READS = True
 # reads its weight in one tile (decode_linear.folds_norm). A switch for benchmarks
 # (scripts/bench_e2e.py --no-fold-norm).
 FOLD_NORM = True
+# The decode step folds the causal conv into in_proj's kernel wherever in_proj takes it
+# (in_proj_conv), and Mamba-2's gated RMSNorm into out_proj's (the state update writing the
+# norm's partial sums). A switch for benchmarks (scripts/bench_e2e.py --no-fold-conv).
+FOLD_CONV = True
 
 
 def _is_real(t: Tensor) -> bool:
@@ -59,25 +63,52 @@ def cached_params(owner: nn.Module, params: tuple[Tensor, ...],
     return values
 
 
-def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer(x)`` in a decode step that already took the kernel path: kernels/decode_linear.py
-    where it measured faster than cuBLAS (``decode_linear.model_takes``: one row, or up to 16
-    for small weights), else F.linear (also for float64)."""
+def _kernel_takes(x: Tensor, layer: nn.Linear) -> bool:
     from .kernels import decode_linear as dl
 
-    if x.dim() == 2 and x.dtype != torch.float64 and x.dtype == layer.weight.dtype and \
-            dl.model_takes(x.shape[0], *layer.weight.shape):
-        return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS)
+    return x.dim() == 2 and x.dtype != torch.float64 and x.dtype == layer.weight.dtype and \
+        dl.model_takes(x.shape[0], *layer.weight.shape)
+
+
+def decode_linear(x: Tensor, layer: nn.Linear, **fold) -> Tensor:
+    """``layer(x)`` in a decode step that already took the kernel path: kernels/decode_linear.py
+    where it measured faster than cuBLAS (``decode_linear.model_takes``: one row, or up to 16
+    for small weights), else F.linear (also for float64). ``fold``: decode_linear_fwd's ``conv``
+    / ``row_norm``, only where the kernel takes x (in_proj_conv, Mamba-2's folded norm)."""
+    from .kernels import decode_linear as dl
+
+    if _kernel_takes(x, layer):
+        return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS, **fold)
+    if any(v is not None for v in fold.values()):
+        raise ValueError(f"a fold ({', '.join(fold)}) needs the decode_linear kernel, which does not "
+                         f"take {tuple(x.shape)} {x.dtype} @ {tuple(layer.weight.shape)} {layer.weight.dtype}")
     return layer(x)
 
 
+def in_proj_conv(x_like: Tensor, in_proj: nn.Linear, conv1d: nn.Conv1d, conv_state: Tensor,
+                 first: int, inplace: bool) -> tuple | None:
+    """decode_linear_fwd's ``conv`` for a mixer's in_proj (``first``: its first conv column),
+    or None where the kernel does not take in_proj for ``x_like`` (rows and dtype of in_proj's
+    input), in_proj is not read in one tile (``decode_linear.folds_conv``) or the conv state
+    holds more than the window. The new conv state goes to ``conv_state`` itself when
+    ``inplace``, else to a new tensor."""
+    from .kernels import decode_linear as dl
+
+    if not (FOLD_CONV and _kernel_takes(x_like, in_proj) and dl.folds_conv(x_like.shape[0], *in_proj.weight.shape)
+            and conv_state.dim() == 3 and conv_state.shape[2] == conv1d.weight.shape[-1] - 1):
+        return None
+    out_state = conv_state if inplace else torch.empty_like(conv_state)
+    return conv_state, conv1d.weight.squeeze(1), conv1d.bias, first, out_state
+
+
 def add_norm_in_proj(hidden: Tensor, residual: Tensor | None, norm: nn.Module, in_proj: nn.Linear,
-                     residual_in_fp32: bool) -> tuple[Tensor, Tensor] | None:
+                     residual_in_fp32: bool, conv: tuple | None = None) -> tuple[Tensor, Tensor] | None:
     """``(in_proj(norm(hidden + residual)), hidden + residual)`` from one kernel (a block's
     add_norm and its mixer's in_proj in a decode step that took the kernel path), or None where
     that kernel does not apply (``decode_linear.folds_norm``: one row, in_proj's weight in one
     tile covering K) or the weights are not in hidden's dtype. The residual is float32 with
-    ``residual_in_fp32``, else in the dtype it has (hidden's for the first block)."""
+    ``residual_in_fp32``, else in the dtype it has (hidden's for the first block). ``conv``:
+    the mixer's in_proj_conv, folded in as well."""
     from .kernels import decode_linear as dl
 
     rows, (features, k) = hidden.shape[0], in_proj.weight.shape
@@ -88,5 +119,5 @@ def add_norm_in_proj(hidden: Tensor, residual: Tensor | None, norm: nn.Module, i
     dtype = torch.float32 if residual_in_fp32 else (hidden.dtype if residual is None else residual.dtype)
     residual_out = torch.empty(hidden.shape, dtype=dtype, device=hidden.device)
     projected = dl.decode_linear_fwd(hidden, in_proj.weight, in_proj.bias, early_weight=True,
-                                     add_norm=(residual, norm.weight, norm.eps, residual_out))
+                                     add_norm=(residual, norm.weight, norm.eps, residual_out), conv=conv)
     return projected, residual_out

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _dispatch, ops  # noqa: F401  (ops registers torch.ops.mamba_export.*)
-from ._dispatch import _eager_cuda, cached_params, decode_linear
+from ._dispatch import _eager_cuda, _kernel_takes, cached_params, decode_linear, in_proj_conv
 from .config import MambaConfig
 
 
@@ -157,15 +157,24 @@ class Mamba2Mixer(nn.Module):
                             None if cfg.rmsnorm else z.reshape(batch, length, H, P), ssm_state)
         return finish(y.reshape(batch, length, -1), z, z0, x0), conv_state, ssm_state
 
+    def in_proj_conv(self, x_like: Tensor, conv_state: Tensor, inplace: bool) -> tuple | None:
+        """The conv folded into in_proj's decode kernel (``_dispatch.in_proj_conv``; xBC
+        follows z0, x0 and z), or None where it does not apply."""
+        cfg = self.cfg
+        return in_proj_conv(x_like, self.in_proj, self.conv1d, conv_state,
+                            2 * cfg.d_mlp + cfg.resolved_d_ssm, inplace)
+
     def step(self, hidden: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
-             inplace: bool = False, projected: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+             inplace: bool = False, projected: Tensor | None = None,
+             conv: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state');
         ``inplace`` writes the new states into the given ones and returns those (on eager CUDA
         the kernels write there directly: no copies). ``projected``: in_proj's output, already
-        computed (Block.step, eager CUDA); hidden is then unused."""
+        computed (Block.step, eager CUDA), hidden then unused; with ``conv`` (the
+        ``in_proj_conv`` it was computed with) its xBC columns are already silu(conv)."""
         # (float64 keeps the op path: the exact reference)
         if projected is not None or (_eager_cuda(hidden) and hidden.dtype != torch.float64):
-            return self._step_kernels(hidden, conv_state, ssm_state, inplace, projected)
+            return self._step_kernels(hidden, conv_state, ssm_state, inplace, projected, conv)
         cfg = self.cfg
         batch = hidden.shape[0]
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
@@ -183,19 +192,25 @@ class Mamba2Mixer(nn.Module):
         return self._finish(y.reshape(batch, -1), z, z0, x0), new_conv, new_ssm
 
     def _step_kernels(self, hidden: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
-                      inplace: bool, projected: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                      inplace: bool, projected: Tensor | None = None,
+                      conv: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``step`` with the Triton launchers called directly (eager CUDA; tests also run it
-        on CPU, in Triton's interpreter): in_proj, one kernel for conv + SSD state update, the
-        gated norm (which also shifts the conv state), out_proj; states written in place when
-        ``inplace``, A/D/dt_bias cached. Decode is launch-bound: each kernel saved counts."""
-        from .kernels.causal_conv1d import conv_state_commit_fwd
+        on CPU, in Triton's interpreter); states written in place when ``inplace``, A/D/dt_bias
+        cached. Decode is launch-bound: each kernel saved counts. Where in_proj takes the
+        decode_linear kernel, the conv runs in its epilogue (``in_proj_conv``) and, with the
+        gate-first RMSNorm and out_proj on that kernel too, the norm is folded into out_proj:
+        three kernels (``_step_folded``). Else: in_proj, conv + SSD state update in one
+        kernel, the gated norm (which also shifts the conv state), out_proj."""
         from .kernels.ssd_update import ssd_conv_state_update_fwd
 
         cfg = self.cfg
         batch = conv_state.shape[0]
-        A, D, dt_bias = self._ssm_params()
         if projected is None:
-            projected = decode_linear(hidden, self.in_proj)
+            conv = self.in_proj_conv(hidden, conv_state, inplace)
+            projected = decode_linear(hidden, self.in_proj, conv=conv)
+        if conv is not None:
+            return self._step_folded(projected, conv[4], ssm_state, inplace)
+        A, D, dt_bias = self._ssm_params()
         z0, x0, z, xBC, dt = self._split(projected)
         y, new_ssm = ssd_conv_state_update_fwd(
             ssm_state, xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, dt, A,
@@ -205,9 +220,43 @@ class Mamba2Mixer(nn.Module):
         y = y.reshape(batch, -1)
         new_conv = conv_state if inplace else torch.empty_like(conv_state)
         if not cfg.rmsnorm:
+            from .kernels.causal_conv1d import conv_state_commit_fwd
+
             conv_state_commit_fwd(xBC, conv_state, new_conv)
             return decode_linear(self._gate(y, z, z0, x0), self.out_proj), new_conv, new_ssm
         return self._norm_out(y, z, z0, x0, conv_commit=(xBC, conv_state, new_conv)), new_conv, new_ssm
+
+    def _step_folded(self, projected: Tensor, new_conv: Tensor, ssm_state: Tensor,
+                     inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """The rest of the kernel step after an in_proj whose epilogue ran the conv: the SSD
+        state update on the conv's output; then, with the gate-first norm and out_proj on the
+        decode_linear kernel, the state update gates y and writes the norm's partial sums and
+        out_proj applies the norm (no norm kernel), else the gated norm kernel and out_proj."""
+        from .kernels.ssd_update import ssd_state_update_fwd
+
+        cfg = self.cfg
+        batch, H, P, G, N = projected.shape[0], cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+        A, D, dt_bias = self._ssm_params()
+        z0, x0, z, xBC, dt = self._split(projected)
+        x, B, C = torch.split(xBC, [cfg.resolved_d_ssm, G * N, G * N], dim=-1)
+        # (several norm groups: out_proj scales its operand per column, fine for one row; on
+        # a one-tile tensor-core operand that made Triton 3.6 spill, so batches keep the kernel)
+        fold_norm = cfg.rmsnorm and not cfg.norm_before_gate and cfg.d_mlp == 0 and \
+            (G == 1 or batch == 1) and _kernel_takes(x, self.out_proj)
+        gate = z.view(batch, H, P) if fold_norm or not cfg.rmsnorm else None
+        outs = ssd_state_update_fwd(
+            ssm_state, x.view(batch, H, P), dt, A, B.view(batch, G, N), C.view(batch, G, N), D, gate,
+            dt_bias, True, self._dt_limit, out_state=ssm_state if inplace else None,
+            early_state=_dispatch.EARLY_READS, norm_weight=self.norm.weight if fold_norm else None)
+        y, new_ssm = outs[0].view(batch, -1), outs[1]
+        if fold_norm:
+            sums = outs[2].view(batch, G, -1)  # head h's sums in norm group h // (H / G)
+            out = decode_linear(y, self.out_proj, row_norm=(sums, self.norm.eps))
+        elif cfg.rmsnorm:
+            out = self._norm_out(y, z, z0, x0)
+        else:
+            out = decode_linear(self._gate(y, z, z0, x0), self.out_proj)
+        return out, new_conv, new_ssm
 
     def _norm_out(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor, conv_commit=None) -> Tensor:
         """``_finish`` with the gated norm as one Triton kernel (eager CUDA / interpreter) and,

@@ -156,6 +156,10 @@ def main() -> int:
                    help="decode: each block's add + RMSNorm as its own kernel (default: folded "
                         "into in_proj where it reads its weight in one tile, "
                         "mamba_export._dispatch.FOLD_NORM)")
+    p.add_argument("--no-fold-conv", action="store_true",
+                   help="decode: the conv and Mamba-2's gated norm as kernels of their own "
+                        "(default: the conv in in_proj's epilogue and the norm in out_proj where "
+                        "those take the Triton kernel, mamba_export._dispatch.FOLD_CONV)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
@@ -166,6 +170,8 @@ def main() -> int:
         me._dispatch.EARLY_READS = False
     if args.no_fold_norm:
         me._dispatch.FOLD_NORM = False
+    if args.no_fold_conv:
+        me._dispatch.FOLD_CONV = False
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -176,6 +182,7 @@ def main() -> int:
         results["linear_rows"] = args.linear_rows
     results["early_reads"] = me._dispatch.EARLY_READS
     results["fold_norm"] = me._dispatch.FOLD_NORM
+    results["fold_conv"] = me._dispatch.FOLD_CONV
     try:
         import triton
         results["triton"] = triton.__version__

@@ -49,11 +49,11 @@ def main():
             HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True, HAS_INIT=True,
             IEEE=False, WIDEN=False,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=128), ptr, num_warps, num_stages)
-        for conv in (True, False):  # the model's conv variant reads the state early, with PDL
+        for conv, sums in ((True, False), (False, False), (False, True)):  # (model: early state, PDL)
             compile_for_sm90(ssd_update._ssd_update_kernel, dict(
                 HAS_D=True, HAS_Z=not conv, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True,
                 BLOCK_P=32, BLOCK_N=128, CONV=conv, CONV_BIAS=conv, WIDTH=4 if conv else 1,
-                EARLY_STATE=conv, PDL=conv), ptr)
+                EARLY_STATE=True, NORM_SUMS=sums, PDL=True), ptr)
         for fused in (True, False):
             compile_for_sm90(state_update._state_update_kernel, dict(
                 HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=fused, BLOCK_D=4,
@@ -62,15 +62,20 @@ def main():
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
-        # (one-tile cases: the weight read before the PDL wait, the model's add + RMSNorm folded in)
-        for dot, split, rows, pdl, norm in ((False, 1, 1, True, True), (False, 6, 1, False, False),
-                                            (True, 1, 16, True, True), (True, 4, 16, False, False),
-                                            (False, 2, 16, False, False)):
+        # (one-tile cases: the weight read before the PDL wait, the model's add + RMSNorm, the
+        # conv (in_proj) or the gated norm's scaling (out_proj, one or two groups) folded in)
+        for dot, split, rows, pdl, norm, conv, groups in (
+                (False, 1, 1, True, True, True, 0), (False, 6, 1, False, False, False, 0),
+                (True, 1, 16, True, True, False, 0), (True, 4, 16, False, False, True, 1),
+                (False, 2, 16, False, False, False, 2), (True, 1, 16, True, False, True, 0),
+                (False, 1, 1, True, False, False, 2), (True, 1, 16, True, False, False, 1)):
             compile_for_sm90(decode_linear._decode_linear_kernel, dict(
                 HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=rows,
                 BLOCK_N=32 if dot else 4, BLOCK_K=1024 if norm else 128, EARLY_W=pdl, ADD_NORM=norm,
-                HAS_RES=norm, PDL=pdl), lambda n, dt=dt: "fp32" if n == "ws_ptr" else
-                ("i32" if n == "cnt_ptr" else dt), num_warps=8)
+                HAS_RES=norm, CONV=conv, CONV_BIAS=conv, WIDTH=4, BLOCK_S=4, ROW_NORM=groups > 0,
+                BLOCK_G=max(groups, 1), BLOCK_Q=8, PDL=pdl),
+                lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr") else ("i32" if n == "cnt_ptr" else dt),
+                num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
     # Mamba-1 selective scan: the forward kernels at their GPU defaults (seq, split's two passes,
     # chunk) and the backward, bf16 activations, float32 state, parameters and scratch

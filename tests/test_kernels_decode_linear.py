@@ -147,6 +147,31 @@ def test_model_routes_up_to_model_rows(monkeypatch, model_rows, calls):
     assert rel_err(got.cpu(), want.cpu()) <= 1e-5
 
 
+@pytest.mark.parametrize("variant", [dict(rmsnorm=False), dict(norm_before_gate=True), dict(d_ssm=16)])
+def test_mamba2_conv_fold_without_norm_fold(variant):
+    """Mamba-2 mixers whose norm out_proj cannot fold (no norm, the norm before the gate, a
+    gated-MLP branch) still take the conv in in_proj's epilogue and give the op path's step."""
+    from mamba_export import MambaConfig
+    from mamba_export.mamba2 import Mamba2Mixer
+
+    cfg = MambaConfig(layer="Mamba2", d_model=16, d_state=6, headdim=8, ngroups=2, **variant)
+    torch.manual_seed(2)
+    mixer = Mamba2Mixer(cfg).to(DEVICE)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        mixer.reset_ssm_parameters()
+    h = torch.randn(2, cfg.d_model, device=DEVICE)
+    conv = torch.randn(2, cfg.conv_dim, cfg.d_conv - 1, device=DEVICE)
+    ssm = torch.randn(2, cfg.nheads, cfg.headdim, cfg.d_state, device=DEVICE)
+    want = [t.detach() for t in mixer.step(h, conv.clone(), ssm.clone())]  # grad on: the op path
+    with torch.no_grad():
+        assert mixer.in_proj_conv(h, conv, False) is not None
+        got = mixer._step_kernels(h, conv.clone(), ssm.clone(), False)
+    for g, w in zip(got, want):
+        assert rel_err(g.cpu(), w.cpu()) <= 1e-5
+
+
 @pytest.mark.parametrize("rows", [1, 5, MAX_ROWS])
 @pytest.mark.parametrize("residual_dtype", [None, torch.float32, torch.float16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -193,12 +218,14 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
 
 
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
-@pytest.mark.parametrize("fold_norm", [True, False], ids=["fold_norm", "add_rmsnorm"])
+@pytest.mark.parametrize("folds", ["all", "conv", "none"])
 @pytest.mark.parametrize("residual_in_fp32,batch", [(True, 1), (False, 1), (True, 3)])
-def test_kernel_decode_step_equals_op_step(layer, fold_norm, residual_in_fp32, batch, monkeypatch):
+def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch, monkeypatch):
     """MambaLM.step on the path eager CUDA takes (launchers called directly; on CPU in Triton's
-    interpreter), with each block's add + RMSNorm folded into in_proj's kernel (batch 1) or run
-    by its own kernel, against the op path, over a few in-place steps."""
+    interpreter) against the op path, over a few in-place steps. Folds: "all" (the default):
+    each block's add + RMSNorm in in_proj's kernel (batch 1 only), the conv in its epilogue,
+    Mamba-2's gated norm in out_proj; "conv": the add + RMSNorm by its own kernel; "none": conv
+    and norms by their own kernels too (Mamba-2: conv in the state update)."""
     from mamba_export import _dispatch, mamba2, model as model_mod
     from mamba_export.kernels import decode_linear as dl
 
@@ -215,7 +242,8 @@ def test_kernel_decode_step_equals_op_step(layer, fold_norm, residual_in_fp32, b
     with torch.no_grad():
         _, state = lm.prefill(ids[:, :6], lm.new_state(batch))
         kern = me.MambaState(state.conv.clone(), state.ssm.clone())
-        monkeypatch.setattr(_dispatch, "FOLD_NORM", fold_norm)
+        monkeypatch.setattr(_dispatch, "FOLD_NORM", folds == "all")
+        monkeypatch.setattr(_dispatch, "FOLD_CONV", folds != "none")
         for t in range(6, 9):
             for kernel_path in (False, True):  # (the op path on CUDA too)
                 with monkeypatch.context() as m:
@@ -227,4 +255,84 @@ def test_kernel_decode_step_equals_op_step(layer, fold_norm, residual_in_fp32, b
                         want, state = lm.step(ids[:, t], state)
             assert rel_err(got, want) <= 1e-5
             assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
-    assert sum(folded) == (3 * cfg.n_layer if fold_norm and batch == 1 else 0)  # every in_proj, or none
+    assert sum(folded) == (3 * cfg.n_layer if folds == "all" and batch == 1 else 0)  # every in_proj, or none
+
+
+def conv_reference(projected, first, conv_state, cw, cb):
+    """The projection's output with columns first.. replaced by silu(conv) at this step (the conv
+    of the output rounded to its dtype, as the reference conv sees it), and the new conv state."""
+    channels = cw.shape[0]
+    raw = projected.to(conv_state.dtype)[:, first:first + channels]
+    conv, new_state = me.reference.causal_conv1d_update(
+        raw.double(), conv_state.double(), cw.double(), None if cb is None else cb.double(), True)
+    out = projected.clone()
+    out[:, first:first + channels] = conv
+    return out, new_state
+
+
+# one row and several, elementwise and tensor-core paths, one tile (early conv-state reads) and
+# a K loop; the 30 conv columns start mid-block and end mid-block
+@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (8, 64, 4, 1)),
+                                         (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 1))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("conv_bias,inplace", [(True, True), (False, False)])
+def test_conv_epilogue(rows, config, dtype, conv_bias, inplace):
+    """``conv``: in_proj's conv columns leave as silu(causal conv) of the step, and the conv
+    state is shifted by it (Mamba-2's in_proj with its conv folded in)."""
+    x, w, b = operands(rows, 45, 130, dtype, seed=rows)
+    g = torch.Generator().manual_seed(7)
+    state = torch.randn(rows, 30, 3, generator=g).to(dtype)
+    cw = (torch.randn(30, 4, generator=g) * 0.5).to(dtype)
+    cb = (torch.randn(30, generator=g) * 0.1).to(dtype) if conv_bias else None
+    want, want_state = conv_reference(reference(x, w, b), 7, state, cw, cb)
+    on = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    state_dev = on(state).clone()  # (on CPU .to() would alias state)
+    new_state = state_dev if inplace else torch.full_like(state_dev, float("nan"))
+    got = decode_linear_fwd(on(x), on(w), on(b), config=config, early_weight=config is None,
+                            conv=(state_dev, on(cw), on(cb), 7, new_state))
+    assert rel_err(got.cpu(), want) <= TOL[dtype]
+    assert rel_err(new_state.cpu(), want_state) <= (1e-7 if dtype == torch.float32 else 1e-3)
+    assert torch.equal(new_state.cpu()[..., :2], state[..., 1:])  # the shift itself is exact
+
+
+def norm_sums(gated, groups, parts):
+    """Sums of squares of each row's groups of columns in ``parts`` pieces [rows, groups, parts],
+    float32 (what the state update writes for out_proj)."""
+    rows, k = gated.shape
+    sq = gated.float().pow(2).view(rows, groups, parts, k // groups // parts)
+    return sq.sum(-1).contiguous()
+
+
+@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 32, 4, 1)), (5, (8, 64, 4, 1)),
+                                         (MAX_ROWS, None), (MAX_ROWS, (16, 64, 4, 1))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("groups,parts", [(1, 6), (3, 2)])
+def test_row_norm_prologue(rows, config, dtype, groups, parts):
+    """``row_norm``: out_proj of the RMSNorm of v, given v times the norm weight and partial
+    sums of the squares of v (Mamba-2's out_proj with the gated norm folded in)."""
+    k = 144
+    v, w, b = operands(rows, 45, k, dtype, seed=rows)
+    nw = (1 + 0.2 * torch.randn(k)).to(dtype)
+    vd = v.double().view(rows, groups, -1)
+    normed = (vd / (vd.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()).view(rows, k) * nw.double()
+    on = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    weighted = (v.double() * nw.double()).to(dtype)
+    got = decode_linear_fwd(on(weighted), on(w), on(b), config=config, early_weight=config is None,
+                            row_norm=(on(norm_sums(v, groups, parts)), 1e-5))
+    assert rel_err(got.cpu(), reference(normed, w, b)) <= TOL[dtype]
+
+
+def test_conv_and_row_norm_reject_bad_shapes():
+    x, w, b = operands(2, 45, 144, torch.float32)
+    state, cw = torch.zeros(2, 30, 3), torch.zeros(30, 4)
+    with pytest.raises(ValueError, match="conv columns"):
+        decode_linear_fwd(x, w, b, conv=(state, cw, None, 20, state))
+    with pytest.raises(ValueError, match="conv_state must have shape"):
+        decode_linear_fwd(x, w, b, conv=(state[..., :2], cw, None, 0, state))
+    with pytest.raises(ValueError, match="width >= 2"):
+        decode_linear_fwd(x, w, b, conv=(state, cw[:, :1], None, 0, state))
+    with pytest.raises(ValueError, match="norm sums"):
+        decode_linear_fwd(x, w, b, row_norm=(torch.zeros(2, 5, 3), 1e-5))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        decode_linear_fwd(x, w, b, early_weight=True, add_norm=(None, torch.ones(144), 1e-5, torch.empty(2, 144)),
+                          row_norm=(torch.zeros(2, 1, 3), 1e-5))

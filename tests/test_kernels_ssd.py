@@ -162,6 +162,34 @@ def test_ssd_state_update_kernel(dtype, bound, batch, heads, headdim, dstate, gr
     assert rel_err(new.cpu(), want_state) <= (1e-5 if dtype == torch.float32 else bound)
 
 
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("batch,heads,headdim", [(1, 3, 40), (2, 4, 7)])
+def test_ssd_state_update_norm_sums(dtype, bound, batch, heads, headdim):
+    """``norm_weight``: the gated output v = y16 * silu(z) (y rounded first, as the op path's
+    gated norm sees it) times the norm weight, and per head partial sums of v^2 that add up to
+    the head's total."""
+    from mamba_export.kernels.ssd_update import ssd_state_update_fwd
+
+    g = torch.Generator().manual_seed(batch)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x, z = r(batch, heads, headdim).to(dtype), r(batch, heads, headdim).to(dtype)
+    dt, A, bias = (r(batch, heads) * 0.5 - 1).to(dtype), -torch.rand(heads, generator=g) - 0.1, r(heads) * 0.1
+    B, C = r(batch, 1, 6).to(dtype), r(batch, 1, 6).to(dtype)
+    D, state, nw = r(heads), r(batch, heads, headdim, 6), (1 + 0.2 * r(heads * headdim)).to(dtype)
+    on = lambda *ts: [t.to(DEVICE) for t in ts]  # noqa: E731
+    out, new, sums = ssd_state_update_fwd(*on(state, x, dt, A, B, C, D, z, bias), True, None,
+                                          norm_weight=nw.to(DEVICE))
+    y, want_state = ref.ssd_state_update(*(t.double() for t in (state, x, dt, A, B, C, D)), None,
+                                         bias.double(), True, None)
+    gated = y.to(dtype).double() * torch.nn.functional.silu(z.double())
+    assert rel_err(out.cpu(), gated * nw.double().view(heads, headdim)) <= bound
+    assert rel_err(new.cpu(), want_state) <= 1e-5
+    assert sums.dtype == torch.float32 and sums.shape[:2] == (batch, heads)
+    assert rel_err(sums.cpu().sum(-1), gated.pow(2).sum(-1)) <= 2 * bound
+    with pytest.raises(ValueError, match="needs z"):
+        ssd_state_update_fwd(*on(state, x, dt, A, B, C, D), norm_weight=nw.to(DEVICE))
+
+
 def test_ssd_state_update_kernel_rejects_bad_shapes():
     from mamba_export.kernels.ssd_update import ssd_state_update_fwd
 
