@@ -94,17 +94,35 @@ def _conv_epilogue(out, taps, cw_ptr, cb_ptr, ncs_ptr, offs_m, ch, cmask, is_con
     return tl.where(is_conv[None, :], acc * tl.sigmoid(acc), out)
 
 
+@device_fn
+def _next_norm_epilogue(out, offs_m, offs_n, mask_m, mask_n, out_dtype: tl.constexpr, nres_ptr, nrout_ptr,
+                        nnw_ptr, nsum_ptr, snr_m, snro_m, snsum_m):
+    """Residual add + the sums of the next RMSNorm for the output tile (see NEXT_NORM), as
+    kernels/rmsnorm.py: the sum in float32, the norm of it rounded to the norm weight's dtype."""
+    tile = mask_m[:, None] & mask_n[None, :]
+    r = out.to(out_dtype).to(tl.float32) + tl.load(nres_ptr + offs_m[:, None] * snr_m + offs_n[None, :],
+                                                   mask=tile, other=0.0).to(tl.float32)
+    tl.store(nrout_ptr + offs_m[:, None] * snro_m + offs_n[None, :], r.to(nrout_ptr.dtype.element_ty), mask=tile)
+    v = r.to(nnw_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(nsum_ptr + offs_m * snsum_m + tl.program_id(0), tl.sum(tl.where(tile, v * v, 0.0), axis=1),
+             mask=mask_m)
+    nw = tl.load(nnw_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    return v * nw[None, :]
+
+
 @kernel
 def _decode_linear_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, rout_ptr, M, N, K, k_per_split,
     sx_m, sx_k, sw_n, sw_k, so_m, so_n, sr_m, sro_m, eps,
     cs_ptr, cw_ptr, cb_ptr, ncs_ptr, conv_first, conv_dim, scs_m, scs_c, scs_s, scw_c, scw_k, scb,
     sn_m, sn_c, sn_s, sq_ptr, n_groups, per_group, group_size, ssq_m, ssq_g,
+    nres_ptr, nrout_ptr, nnw_ptr, nsum_ptr, snr_m, snro_m, snsum_m,
     HAS_BIAS: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EARLY_W: tl.constexpr, ADD_NORM: tl.constexpr, HAS_RES: tl.constexpr,
     CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_S: tl.constexpr,
-    ROW_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, PDL: tl.constexpr = False,
+    ROW_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
+    NEXT_NORM: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -131,7 +149,13 @@ def _decode_linear_kernel(
     ROW_NORM (Mamba-2's out_proj): the operand is ``x * rstd[row, group]``, rstd from the
     partial sums of squares ``sq [M, n_groups, per_group]`` that the state update wrote with
     its gated output x (already times the norm weight): the gated RMSNorm folded in
-    (_row_rstd, _row_normed)."""
+    (_row_rstd, _row_normed).
+
+    NEXT_NORM (out_proj of a block followed by another): the next block's residual add and
+    the first half of its RMSNorm (_next_norm_epilogue): the new residual ``r = out +
+    residual`` goes to ``nrout``, the output becomes ``r * nnw`` (r rounded to nnw's dtype) and
+    each row's sum of its squares over this program's columns goes to ``nsum[row, pid_n]``:
+    the next in_proj's ROW_NORM completes the norm."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -240,6 +264,9 @@ def _decode_linear_kernel(
             out = _conv_epilogue(out, taps, cw_ptr, cb_ptr, ncs_ptr, offs_m, ch, cmask, is_conv,
                                  out_ptr.dtype.element_ty, scw_c, scw_k, scb, sn_m, sn_c, sn_s,
                                  CONV_BIAS, WIDTH, BLOCK_S)
+        if NEXT_NORM:
+            out = _next_norm_epilogue(out, offs_m, offs_n, mask_m, mask_n, out_ptr.dtype.element_ty, nres_ptr,
+                                      nrout_ptr, nnw_ptr, nsum_ptr, snr_m, snro_m, snsum_m)
         tl.store(out_ptr + offs_m[:, None] * so_m + offs_n[None, :] * so_n,
                  out.to(out_ptr.dtype.element_ty), mask=tile)
 
@@ -370,6 +397,26 @@ def _check_row_norm(row_norm, x: torch.Tensor):
     return float(eps), args, dict(ROW_NORM=True, BLOCK_G=next_pow2(groups), BLOCK_Q=next_pow2(per_group))
 
 
+def _check_next_norm(next_norm, out: torch.Tensor, blocks: int):
+    """``next_norm``'s tensors checked; returns (kernel arguments, the sums tensor or None)."""
+    if next_norm is None:
+        return (out,) * 4 + (0, 0, 0), None
+    residual, weight, residual_out = next_norm
+    rows, features = out.shape
+    check_float("norm_weight", weight)
+    check_shape("norm_weight", weight, (features,))
+    if weight.dtype != out.dtype:
+        raise ValueError(f"norm_weight must have the output's dtype {out.dtype}, got {weight.dtype}")
+    for name, t in (("residual", residual), ("residual_out", residual_out)):
+        check_float(name, t)
+        check_shape(name, t, (rows, features))
+        if features > 1 and t.stride(1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension")
+    check_same_device(out.device, residual=residual, norm_weight=weight, residual_out=residual_out)
+    sums = new_output((rows, 1, blocks), torch.float32, out.device)
+    return (residual, residual_out, weight, sums, residual.stride(0), residual_out.stride(0), sums.stride(0)), sums
+
+
 _workspaces: dict = {}
 
 
@@ -387,7 +434,8 @@ def _split_workspace(device, rows: int, features: int, blocks: int, split: int):
 def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
                       early_weight: bool = False, add_norm: tuple | None = None,
-                      conv: tuple | None = None, row_norm: tuple | None = None):
+                      conv: tuple | None = None, row_norm: tuple | None = None,
+                      next_norm: tuple | None = None):
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
     written into ``out`` when given (any strides).
 
@@ -412,7 +460,14 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     columns, the mean square being the sum over Q of ``sums`` / (K / G): with x = v * norm
     weight and ``sums`` the squares of v, the RMSNorm of v folded in (the SSD state update
     writes both, ``ssd_state_update_fwd(norm_weight=...)``). With one group rstd scales the
-    output rows instead (the same product)."""
+    output rows instead (the same product).
+
+    ``next_norm = (residual [M, N], norm_weight [N], residual_out [M, N])`` (out_proj of a block
+    followed by another; residual and residual_out contiguous in the last dim): the next
+    block's residual add and the first half of its RMSNorm run in the epilogue, as
+    kernels/rmsnorm.py: ``r = out + residual`` (float32 math) goes to residual_out, and the call
+    returns ``(r * norm_weight, sums [M, 1, blocks])`` (r rounded to the weight's dtype; sums
+    of its squares over each program's columns): the next in_proj's ``row_norm``."""
     check_float("x", x)
     check_float("weight", weight)
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
@@ -448,20 +503,21 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError("add_norm and row_norm cannot be combined")
     norm_eps, norm_args, norm_meta = _check_row_norm(row_norm, x)
     eps = eps if norm_eps is None else norm_eps
+    next_args, sums = _check_next_norm(next_norm, out, blocks)
     launch(
         _decode_linear_kernel, (blocks, split), x.device,
         x, weight, weight if bias is None else bias, out, ws, counters, res, nw, rout,
         rows, features, k, k_per_split,
         *x.stride(), *weight.stride(), *out.stride(), res.stride(0), rout.stride(0), eps,
-        *conv_args, *norm_args,
+        *conv_args, *norm_args, *next_args,
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
         BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
         ADD_NORM=add_norm is not None, HAS_RES=add_norm is not None and add_norm[0] is not None,
-        **conv_meta, **norm_meta, num_warps=warps,
+        **conv_meta, **norm_meta, NEXT_NORM=next_norm is not None, num_warps=warps,
         num_stages=1 if one_tile else None, pdl=True,  # one K step: nothing to pipeline
     )
-    return out
+    return out if sums is None else (out, sums)
 
 
 __all__ = ["decode_linear_fwd", "default_config", "folds_conv", "folds_norm", "model_takes", "MAX_ROWS", "MODEL_ROWS"]

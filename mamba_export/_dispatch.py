@@ -6,7 +6,7 @@ both import it without a cycle (model.py imports mamba2.py).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,21 @@ FOLD_NORM = True
 # (in_proj_conv), and Mamba-2's gated RMSNorm into out_proj's (the state update writing the
 # norm's partial sums). A switch for benchmarks (scripts/bench_e2e.py --no-fold-conv).
 FOLD_CONV = True
+# Between two blocks whose out_proj / in_proj both take the decode_linear kernel but where the
+# add + RMSNorm does not fold into in_proj (several rows, or in_proj's weight in a K loop), the
+# add and the norm's sums run in out_proj's epilogue and in_proj applies the norm
+# (hands_off_norm): the add_rmsnorm kernel goes. A switch for benchmarks
+# (scripts/bench_e2e.py --no-fold-next-norm).
+FOLD_NEXT_NORM = True
+
+
+class NormedRows(NamedTuple):
+    """A block's decode input whose residual add + RMSNorm the block before began in its
+    out_proj (decode_linear_fwd's ``next_norm``): ``weighted`` = the new residual rounded to
+    the model dtype times the norm weight, ``sums [B, 1, n]`` float32 its squares' partial
+    sums; the block's in_proj finishes the norm (``row_norm``)."""
+    weighted: Tensor
+    sums: Tensor
 
 
 def _is_real(t: Tensor) -> bool:
@@ -83,6 +98,18 @@ def decode_linear(x: Tensor, layer: nn.Linear, **fold) -> Tensor:
         raise ValueError(f"a fold ({', '.join(fold)}) needs the decode_linear kernel, which does not "
                          f"take {tuple(x.shape)} {x.dtype} @ {tuple(layer.weight.shape)} {layer.weight.dtype}")
     return layer(x)
+
+
+def hands_off_norm(x_like: Tensor, out_proj: nn.Linear, next_in_proj: nn.Linear, next_norm: nn.Module) -> bool:
+    """Whether a block's out_proj begins the next block's add + RMSNorm (``NormedRows``) in a
+    decode step on the kernel path: both projections on the decode_linear kernel for
+    ``x_like``'s rows and dtype, and the next add + norm not folded into its in_proj already."""
+    from .kernels import decode_linear as dl
+
+    rows = x_like.shape[0]
+    return (FOLD_NEXT_NORM and next_norm.weight.dtype == x_like.dtype and _kernel_takes(x_like, out_proj)
+            and _kernel_takes(x_like, next_in_proj)
+            and not (FOLD_NORM and EARLY_READS and dl.folds_norm(rows, *next_in_proj.weight.shape)))
 
 
 def in_proj_conv(x_like: Tensor, in_proj: nn.Linear, conv1d: nn.Conv1d, conv_state: Tensor,

@@ -166,15 +166,16 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, hidden: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
              inplace: bool = False, projected: Tensor | None = None,
-             conv: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
+             conv: tuple | None = None, out_fold: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state');
         ``inplace`` writes the new states into the given ones and returns those (on eager CUDA
         the kernels write there directly: no copies). ``projected``: in_proj's output, already
         computed (Block.step, eager CUDA), hidden then unused; with ``conv`` (the
-        ``in_proj_conv`` it was computed with) its xBC columns are already silu(conv)."""
+        ``in_proj_conv`` it was computed with) its xBC columns are already silu(conv).
+        ``out_fold``: out_proj's decode_linear_fwd folds (Block.step's ``next_norm``)."""
         # (float64 keeps the op path: the exact reference)
         if projected is not None or (_eager_cuda(hidden) and hidden.dtype != torch.float64):
-            return self._step_kernels(hidden, conv_state, ssm_state, inplace, projected, conv)
+            return self._step_kernels(hidden, conv_state, ssm_state, inplace, projected, conv, out_fold or {})
         cfg = self.cfg
         batch = hidden.shape[0]
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
@@ -192,8 +193,8 @@ class Mamba2Mixer(nn.Module):
         return self._finish(y.reshape(batch, -1), z, z0, x0), new_conv, new_ssm
 
     def _step_kernels(self, hidden: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
-                      inplace: bool, projected: Tensor | None = None,
-                      conv: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                      inplace: bool, projected: Tensor | None = None, conv: tuple | None = None,
+                      out_fold: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``step`` with the Triton launchers called directly (eager CUDA; tests also run it
         on CPU, in Triton's interpreter); states written in place when ``inplace``, A/D/dt_bias
         cached. Decode is launch-bound: each kernel saved counts. Where in_proj takes the
@@ -208,8 +209,9 @@ class Mamba2Mixer(nn.Module):
         if projected is None:
             conv = self.in_proj_conv(hidden, conv_state, inplace)
             projected = decode_linear(hidden, self.in_proj, conv=conv)
+        out_fold = out_fold or {}
         if conv is not None:
-            return self._step_folded(projected, conv[4], ssm_state, inplace)
+            return self._step_folded(projected, conv[4], ssm_state, inplace, out_fold)
         A, D, dt_bias = self._ssm_params()
         z0, x0, z, xBC, dt = self._split(projected)
         y, new_ssm = ssd_conv_state_update_fwd(
@@ -223,11 +225,11 @@ class Mamba2Mixer(nn.Module):
             from .kernels.causal_conv1d import conv_state_commit_fwd
 
             conv_state_commit_fwd(xBC, conv_state, new_conv)
-            return decode_linear(self._gate(y, z, z0, x0), self.out_proj), new_conv, new_ssm
-        return self._norm_out(y, z, z0, x0, conv_commit=(xBC, conv_state, new_conv)), new_conv, new_ssm
+            return decode_linear(self._gate(y, z, z0, x0), self.out_proj, **out_fold), new_conv, new_ssm
+        return self._norm_out(y, z, z0, x0, (xBC, conv_state, new_conv), out_fold), new_conv, new_ssm
 
     def _step_folded(self, projected: Tensor, new_conv: Tensor, ssm_state: Tensor,
-                     inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+                     inplace: bool, out_fold: dict) -> tuple[Tensor, Tensor, Tensor]:
         """The rest of the kernel step after an in_proj whose epilogue ran the conv: the SSD
         state update on the conv's output; then, with the gate-first norm and out_proj on the
         decode_linear kernel, the state update gates y and writes the norm's partial sums and
@@ -251,21 +253,23 @@ class Mamba2Mixer(nn.Module):
         y, new_ssm = outs[0].view(batch, -1), outs[1]
         if fold_norm:
             sums = outs[2].view(batch, G, -1)  # head h's sums in norm group h // (H / G)
-            out = decode_linear(y, self.out_proj, row_norm=(sums, self.norm.eps))
+            out = decode_linear(y, self.out_proj, row_norm=(sums, self.norm.eps), **out_fold)
         elif cfg.rmsnorm:
-            out = self._norm_out(y, z, z0, x0)
+            out = self._norm_out(y, z, z0, x0, out_fold=out_fold)
         else:
-            out = decode_linear(self._gate(y, z, z0, x0), self.out_proj)
+            out = decode_linear(self._gate(y, z, z0, x0), self.out_proj, **out_fold)
         return out, new_conv, new_ssm
 
-    def _norm_out(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor, conv_commit=None) -> Tensor:
+    def _norm_out(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor, conv_commit=None,
+                  out_fold: dict | None = None) -> Tensor:
         """``_finish`` with the gated norm as one Triton kernel (eager CUDA / interpreter) and,
         for one decode row, out_proj as the Triton GEMV; ``conv_commit`` is passed on to the
-        norm (decode)."""
+        norm (decode), ``out_fold`` to out_proj's decode_linear (decode)."""
         from .kernels.gated_rmsnorm import gated_rmsnorm_fwd
 
+        out_fold = out_fold or {}
         if not self.cfg.rmsnorm:
-            return decode_linear(self._gate(y, z, z0, x0), self.out_proj)
+            return decode_linear(self._gate(y, z, z0, x0), self.out_proj, **out_fold)
         norm, d_mlp = self.norm, self.cfg.d_mlp
         # with a gated-MLP branch the norm writes the right-hand columns of out_proj's input
         full = y.new_empty(*y.shape[:-1], self.cfg.d_inner) if d_mlp else None
@@ -274,4 +278,4 @@ class Mamba2Mixer(nn.Module):
         if d_mlp:
             torch.mul(F.silu(z0), x0, out=full[..., :d_mlp])
             y = full
-        return decode_linear(y, self.out_proj)
+        return decode_linear(y, self.out_proj, **out_fold)

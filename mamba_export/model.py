@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
-from ._dispatch import _eager_cuda, add_norm_in_proj, cached_params, decode_linear, in_proj_conv
+from ._dispatch import (NormedRows, _eager_cuda, add_norm_in_proj, cached_params, decode_linear, hands_off_norm,
+                        in_proj_conv)
 from .config import MambaConfig
 from .generate import GenerationMixin
 from .mamba2 import Mamba2Mixer
@@ -130,13 +131,14 @@ class MambaMixer(nn.Module):
 
     def step(self, hidden: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
              inplace: bool = False, projected: Tensor | None = None,
-             conv: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
+             conv: tuple | None = None, out_fold: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """hidden ``[B, d_model]`` -> (out ``[B, d_model]``, conv_state', ssm_state').
 
         ``inplace`` writes the new states into ``conv_state`` / ``ssm_state`` and returns them
         (on eager CUDA the kernels write there directly: no copies). ``projected``: in_proj's
         output, already computed (Block.step, eager CUDA), hidden then unused; with ``conv``
-        (the ``in_proj_conv`` it was computed with) its x half is already silu(conv)."""
+        (the ``in_proj_conv`` it was computed with) its x half is already silu(conv).
+        ``out_fold``: out_proj's decode_linear_fwd folds (Block.step's ``next_norm``)."""
         weight = self.conv1d.weight.squeeze(1)
         A, D, dt_bias = self._ssm_params()
         # eager CUDA: kernels called directly (in-place states, conv in in_proj, dt_proj fused)
@@ -157,7 +159,7 @@ class MambaMixer(nn.Module):
             y, new_ssm = selective_state_update_fwd(
                 ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
                 out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight)
-            return decode_linear(y, self.out_proj), new_conv, new_ssm
+            return decode_linear(y, self.out_proj, **(out_fold or {})), new_conv, new_ssm
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x, new_conv = torch.ops.mamba_export.causal_conv1d_update(
             x, conv_state, weight, self.conv1d.bias, True)
@@ -181,23 +183,42 @@ class Block(nn.Module):
         mixer = Mamba2Mixer if cfg.layer == "Mamba2" else MambaMixer
         self.mixer = mixer(cfg, layer_idx, device=device, dtype=dtype)
 
-    def step(self, hidden: Tensor, residual: Tensor | None, conv_state: Tensor, ssm_state: Tensor,
-             inplace: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def step(self, hidden: Tensor | NormedRows, residual: Tensor | None, conv_state: Tensor,
+             ssm_state: Tensor, inplace: bool, next_norm: nn.Module | None = None
+             ) -> tuple[Tensor | NormedRows, Tensor, Tensor, Tensor]:
         """One decode step of the block: (mixer out, residual', conv_state', ssm_state'). On
         eager CUDA the add + norm is folded into in_proj's kernel where that applies
-        (``_dispatch.add_norm_in_proj``): one launch less per layer."""
+        (``_dispatch.add_norm_in_proj``): one launch less per layer. ``hidden`` may be the
+        block before's ``NormedRows`` (residual then already includes its out): in_proj
+        finishes the norm. ``next_norm`` (the next block's norm; the caller checked
+        ``hands_off_norm``): out_proj begins that block's add + norm and the block returns
+        ``NormedRows`` and the next residual."""
         fused = None
-        if _eager_cuda(hidden):
+        if isinstance(hidden, NormedRows):
+            conv = self.mixer.in_proj_conv(hidden.weighted, conv_state, inplace)
+            projected = decode_linear(hidden.weighted, self.mixer.in_proj,
+                                      row_norm=(hidden.sums, self.norm.eps), conv=conv)
+            fused = projected, residual
+        elif _eager_cuda(hidden):
             conv = self.mixer.in_proj_conv(hidden, conv_state, inplace)
             fused = add_norm_in_proj(hidden, residual, self.norm, self.mixer.in_proj,
                                      self.residual_in_fp32, conv=conv)
         if fused is None:
             normed, residual = self.add_norm(hidden, residual)
-            out, conv, ssm = self.mixer.step(normed, conv_state, ssm_state, inplace)
         else:
             projected, residual = fused
+        out_fold = None
+        if next_norm is not None:
+            dtype = torch.float32 if self.residual_in_fp32 else residual.dtype
+            next_residual = torch.empty(residual.shape, dtype=dtype, device=residual.device)
+            out_fold = dict(next_norm=(residual, next_norm.weight, next_residual))
+        if fused is None:
+            out, conv, ssm = self.mixer.step(normed, conv_state, ssm_state, inplace, out_fold=out_fold)
+        else:
             out, conv, ssm = self.mixer.step(None, conv_state, ssm_state, inplace, projected=projected,
-                                             conv=conv)
+                                             conv=conv, out_fold=out_fold)
+        if next_norm is not None:
+            return NormedRows(*out), next_residual, conv, ssm
         return out, residual, conv, ssm
 
     def add_norm(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -383,9 +404,15 @@ class MambaLM(GenerationMixin, nn.Module):
         hidden = self.backbone.embedding(token_ids)
         residual = None
         convs, ssms = [], []
-        for i, block in enumerate(self.backbone.layers):
-            hidden, residual, conv_i, ssm_i = block.step(hidden, residual, state.conv[i],
-                                                         state.ssm[i], inplace)
+        layers = self.backbone.layers
+        eager = _eager_cuda(hidden)
+        for i, block in enumerate(layers):
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            hand_off = eager and nxt is not None and hands_off_norm(
+                hidden if isinstance(hidden, Tensor) else hidden.weighted, block.mixer.out_proj,
+                nxt.mixer.in_proj, nxt.norm)
+            hidden, residual, conv_i, ssm_i = block.step(hidden, residual, state.conv[i], state.ssm[i],
+                                                         inplace, next_norm=nxt.norm if hand_off else None)
             convs.append(conv_i)
             ssms.append(ssm_i)
         hidden = self.backbone.final_norm(hidden, residual)

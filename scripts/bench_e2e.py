@@ -160,6 +160,10 @@ def main() -> int:
                    help="decode: the conv and Mamba-2's gated norm as kernels of their own "
                         "(default: the conv in in_proj's epilogue and the norm in out_proj where "
                         "those take the Triton kernel, mamba_export._dispatch.FOLD_CONV)")
+    p.add_argument("--no-fold-next-norm", action="store_true",
+                   help="decode: the add + RMSNorm between blocks as its own kernel where it does not "
+                        "fold into in_proj (default: begun in out_proj's epilogue, finished in the next "
+                        "in_proj, mamba_export._dispatch.FOLD_NEXT_NORM)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
@@ -172,6 +176,8 @@ def main() -> int:
         me._dispatch.FOLD_NORM = False
     if args.no_fold_conv:
         me._dispatch.FOLD_CONV = False
+    if args.no_fold_next_norm:
+        me._dispatch.FOLD_NEXT_NORM = False
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -183,6 +189,7 @@ def main() -> int:
     results["early_reads"] = me._dispatch.EARLY_READS
     results["fold_norm"] = me._dispatch.FOLD_NORM
     results["fold_conv"] = me._dispatch.FOLD_CONV
+    results["fold_next_norm"] = me._dispatch.FOLD_NEXT_NORM
     try:
         import triton
         results["triton"] = triton.__version__

@@ -63,7 +63,8 @@ def main():
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
         # (one-tile cases: the weight read before the PDL wait, the model's add + RMSNorm, the
-        # conv (in_proj) or the gated norm's scaling (out_proj, one or two groups) folded in)
+        # conv (in_proj) or the gated norm's scaling (out_proj, one or two groups) folded in, and
+        # the next block's add + norm sums in out_proj's epilogue)
         for dot, split, rows, pdl, norm, conv, groups in (
                 (False, 1, 1, True, True, True, 0), (False, 6, 1, False, False, False, 0),
                 (True, 1, 16, True, True, False, 0), (True, 4, 16, False, False, True, 1),
@@ -73,9 +74,9 @@ def main():
                 HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=rows,
                 BLOCK_N=32 if dot else 4, BLOCK_K=1024 if norm else 128, EARLY_W=pdl, ADD_NORM=norm,
                 HAS_RES=norm, CONV=conv, CONV_BIAS=conv, WIDTH=4, BLOCK_S=4, ROW_NORM=groups > 0,
-                BLOCK_G=max(groups, 1), BLOCK_Q=8, PDL=pdl),
-                lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr") else ("i32" if n == "cnt_ptr" else dt),
-                num_warps=8)
+                BLOCK_G=max(groups, 1), BLOCK_Q=8, NEXT_NORM=groups == 1, PDL=pdl),
+                lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr", "nsum_ptr", "nrout_ptr") else
+                ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
     # Mamba-1 selective scan: the forward kernels at their GPU defaults (seq, split's two passes,
     # chunk) and the backward, bf16 activations, float32 state, parameters and scratch

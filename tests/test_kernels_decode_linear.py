@@ -218,21 +218,23 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
 
 
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
-@pytest.mark.parametrize("folds", ["all", "conv", "none"])
+@pytest.mark.parametrize("folds", ["all", "no_add_norm", "none"])
 @pytest.mark.parametrize("residual_in_fp32,batch", [(True, 1), (False, 1), (True, 3)])
 def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch, monkeypatch):
     """MambaLM.step on the path eager CUDA takes (launchers called directly; on CPU in Triton's
     interpreter) against the op path, over a few in-place steps. Folds: "all" (the default):
-    each block's add + RMSNorm in in_proj's kernel (batch 1 only), the conv in its epilogue,
-    Mamba-2's gated norm in out_proj; "conv": the add + RMSNorm by its own kernel; "none": conv
-    and norms by their own kernels too (Mamba-2: conv in the state update)."""
+    each block's add + RMSNorm in in_proj's kernel at batch 1, split over the block before's
+    out_proj and in_proj at batch 3; the conv in in_proj's epilogue (Mamba-1 at batch 1 only),
+    Mamba-2's gated norm in out_proj; "no_add_norm": no add + RMSNorm in in_proj alone (split
+    over out_proj / in_proj from the second block on at batch 1 too); "none": the conv and
+    the norms by their own kernels (Mamba-2: the conv in the state update)."""
     from mamba_export import _dispatch, mamba2, model as model_mod
     from mamba_export.kernels import decode_linear as dl
 
-    folded = []
+    folded, handed = [], []
     real = dl.decode_linear_fwd
-    monkeypatch.setattr(dl, "decode_linear_fwd",
-                        lambda *a, **k: folded.append(k.get("add_norm") is not None) or real(*a, **k))
+    monkeypatch.setattr(dl, "decode_linear_fwd", lambda *a, **k: folded.append(k.get("add_norm") is not None)
+                        or handed.append(k.get("next_norm") is not None) or real(*a, **k))
     extra = dict(layer="Mamba2", headdim=8, ngroups=2, d_state=8) if layer == "Mamba2" else {}
     cfg = me.MambaConfig(d_model=32, n_layer=2, vocab_size=61, residual_in_fp32=residual_in_fp32,
                          **extra)
@@ -244,6 +246,7 @@ def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch
         kern = me.MambaState(state.conv.clone(), state.ssm.clone())
         monkeypatch.setattr(_dispatch, "FOLD_NORM", folds == "all")
         monkeypatch.setattr(_dispatch, "FOLD_CONV", folds != "none")
+        monkeypatch.setattr(_dispatch, "FOLD_NEXT_NORM", folds != "none")
         for t in range(6, 9):
             for kernel_path in (False, True):  # (the op path on CUDA too)
                 with monkeypatch.context() as m:
@@ -256,6 +259,8 @@ def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch
             assert rel_err(got, want) <= 1e-5
             assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
     assert sum(folded) == (3 * cfg.n_layer if folds == "all" and batch == 1 else 0)  # every in_proj, or none
+    hand_off = folds == "no_add_norm" or (folds == "all" and batch > 1)
+    assert sum(handed) == (3 * (cfg.n_layer - 1) if hand_off else 0)  # every out_proj but the last
 
 
 def conv_reference(projected, first, conv_state, cw, cb):
@@ -336,3 +341,28 @@ def test_conv_and_row_norm_reject_bad_shapes():
     with pytest.raises(ValueError, match="cannot be combined"):
         decode_linear_fwd(x, w, b, early_weight=True, add_norm=(None, torch.ones(144), 1e-5, torch.empty(2, 144)),
                           row_norm=(torch.zeros(2, 1, 3), 1e-5))
+
+
+@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (8, 64, 4, 1)),
+                                         (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 2))])
+@pytest.mark.parametrize("dtype,residual_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32),
+                                                  (torch.float16, torch.float16)])
+def test_next_norm_epilogue_then_row_norm(rows, config, dtype, residual_dtype):
+    """``next_norm`` on out_proj and ``row_norm`` on the next in_proj: the model's residual add +
+    RMSNorm between two blocks, split over the two kernels, against out_proj, add, norm and
+    in_proj in float64 (the norm sees the sum rounded to the model dtype)."""
+    x, w, b = operands(rows, 45, 130, dtype, seed=rows)
+    g = torch.Generator().manual_seed(3)
+    res = torch.randn(rows, 45, generator=g).to(residual_dtype)
+    nw = (1 + 0.2 * torch.randn(45, generator=g)).to(dtype)
+    w2 = (torch.randn(37, 45, generator=g) * 45 ** -0.5).to(dtype)
+    on = lambda t: t.to(DEVICE)  # noqa: E731
+    rout = torch.full((rows, 45), float("nan"), dtype=residual_dtype, device=DEVICE)
+    weighted, sums = decode_linear_fwd(on(x), on(w), on(b), config=config, early_weight=config is None,
+                                       next_norm=(on(res), on(nw), rout))
+    got = decode_linear_fwd(weighted, on(w2), None, early_weight=True, row_norm=(sums, 1e-5))
+    summed = reference(x, w, b).to(dtype).double() + res.double()
+    v = summed.to(dtype).double()
+    normed = v / (v.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * nw.double()
+    assert rel_err(rout.cpu(), summed) <= (1e-6 if residual_dtype == torch.float32 else 1e-3)
+    assert rel_err(got.cpu(), reference(normed, w2, None)) <= TOL[dtype]
