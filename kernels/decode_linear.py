@@ -322,12 +322,14 @@ def folds_norm(rows: int, features: int, k: int) -> bool:
     return rows == 1 and block_k >= k and split == 1
 
 
-def folds_conv(rows: int, features: int, k: int) -> bool:
-    """Whether the model folds the causal conv into this projection (in_proj, ``conv``): where
-    its default config is one tile covering K (small weights). H100, 2026-11-23: mamba-2.8b's
-    in_proj (a K loop) with the conv folded made the b1 step 3.45 ms/token against 2.76 with
-    the conv kernel: with PDL, x_proj's programs start as soon as in_proj starts and sit on
-    the SMs holding their one-tile weight registers while in_proj streams its 52 MB."""
+def one_tile(rows: int, features: int, k: int) -> bool:
+    """Whether the model's decode step reads this projection's weight in one tile per program
+    (small weights, ``default_config`` with early weight reads; no split), which is where its
+    kernel takes folds at both ends: the conv (in_proj), the add + RMSNorm between blocks
+    begun in out_proj and finished in the next in_proj. H100, 2026-11-23: with either fold on
+    mamba-2.8b's K-loop projections the b1 step took 3.43-3.45 ms/token against 2.76 without
+    (the kernel the fold removes no longer separates two long weight-streaming kernels whose
+    programs, launched early by PDL, then hold SM slots while the one before streams)."""
     _, block_k, _, split = default_config(rows, features, k, early_weight=True)
     return model_takes(rows, features, k) and block_k >= k and split == 1
 
@@ -520,4 +522,4 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out if sums is None else (out, sums)
 
 
-__all__ = ["decode_linear_fwd", "default_config", "folds_conv", "folds_norm", "model_takes", "MAX_ROWS", "MODEL_ROWS"]
+__all__ = ["decode_linear_fwd", "default_config", "folds_norm", "one_tile", "model_takes", "MAX_ROWS", "MODEL_ROWS"]

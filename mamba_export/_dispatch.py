@@ -29,8 +29,8 @@ FOLD_NORM = True
 # (in_proj_conv), and Mamba-2's gated RMSNorm into out_proj's (the state update writing the
 # norm's partial sums). A switch for benchmarks (scripts/bench_e2e.py --no-fold-conv).
 FOLD_CONV = True
-# Between two blocks whose out_proj / in_proj both take the decode_linear kernel but where the
-# add + RMSNorm does not fold into in_proj (several rows, or in_proj's weight in a K loop), the
+# Between two blocks whose out_proj / in_proj both take the decode_linear kernel in one tile but
+# where the add + RMSNorm does not fold into in_proj (several rows), the
 # add and the norm's sums run in out_proj's epilogue and in_proj applies the norm
 # (hands_off_norm): the add_rmsnorm kernel goes. A switch for benchmarks
 # (scripts/bench_e2e.py --no-fold-next-norm).
@@ -103,12 +103,14 @@ def decode_linear(x: Tensor, layer: nn.Linear, **fold) -> Tensor:
 def hands_off_norm(x_like: Tensor, out_proj: nn.Linear, next_in_proj: nn.Linear, next_norm: nn.Module) -> bool:
     """Whether a block's out_proj begins the next block's add + RMSNorm (``NormedRows``) in a
     decode step on the kernel path: both projections on the decode_linear kernel for
-    ``x_like``'s rows and dtype, and the next add + norm not folded into its in_proj already."""
+    ``x_like``'s rows and dtype, read in one tile (``decode_linear.one_tile``), and the next add
+    + norm not folded into its in_proj already."""
     from .kernels import decode_linear as dl
 
     rows = x_like.shape[0]
     return (FOLD_NEXT_NORM and next_norm.weight.dtype == x_like.dtype and _kernel_takes(x_like, out_proj)
-            and _kernel_takes(x_like, next_in_proj)
+            and _kernel_takes(x_like, next_in_proj) and dl.one_tile(rows, *out_proj.weight.shape)
+            and dl.one_tile(rows, *next_in_proj.weight.shape)
             and not (FOLD_NORM and EARLY_READS and dl.folds_norm(rows, *next_in_proj.weight.shape)))
 
 
@@ -116,12 +118,12 @@ def in_proj_conv(x_like: Tensor, in_proj: nn.Linear, conv1d: nn.Conv1d, conv_sta
                  first: int, inplace: bool) -> tuple | None:
     """decode_linear_fwd's ``conv`` for a mixer's in_proj (``first``: its first conv column),
     or None where the kernel does not take in_proj for ``x_like`` (rows and dtype of in_proj's
-    input), in_proj is not read in one tile (``decode_linear.folds_conv``) or the conv state
+    input), in_proj is not read in one tile (``decode_linear.one_tile``) or the conv state
     holds more than the window. The new conv state goes to ``conv_state`` itself when
     ``inplace``, else to a new tensor."""
     from .kernels import decode_linear as dl
 
-    if not (FOLD_CONV and _kernel_takes(x_like, in_proj) and dl.folds_conv(x_like.shape[0], *in_proj.weight.shape)
+    if not (FOLD_CONV and _kernel_takes(x_like, in_proj) and dl.one_tile(x_like.shape[0], *in_proj.weight.shape)
             and conv_state.dim() == 3 and conv_state.shape[2] == conv1d.weight.shape[-1] - 1):
         return None
     out_state = conv_state if inplace else torch.empty_like(conv_state)

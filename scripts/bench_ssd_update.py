@@ -1,5 +1,7 @@
-"""The Mamba-2 decode kernel (conv + SSD state update, kernels/ssd_update.py) per layer, as a
-decode step runs it (needs CUDA).
+"""The Mamba-2 decode kernel (kernels/ssd_update.py) per layer, as a decode step runs it (needs
+CUDA), in both of the step's forms: "conv" (the conv folded into the state update: in_proj on
+cuBLAS) and "folded" (x, B, C already through the conv in in_proj's epilogue; the kernel gates y
+and writes the gated norm's sums: the default where in_proj takes the Triton kernel).
 
     python3 scripts/bench_ssd_update.py [--out results.json]
 
@@ -37,27 +39,42 @@ def layer_inputs(cfg, batch, copies):
         conv_b=(torch.randn(cfg.conv_dim, device=dev) * 0.1).half(),
         dt=torch.randn(batch, H, device=dev, dtype=torch.float16) * 0.5 - 1,
         A=-torch.rand(H, device=dev) * 2 - 0.1, D=torch.randn(H, device=dev),
-        dt_bias=torch.randn(H, device=dev) * 0.1, G=G)
+        dt_bias=torch.randn(H, device=dev) * 0.1, G=G,
+        z=torch.randn(batch, H, P, device=dev, dtype=torch.float16),
+        norm_w=(1 + 0.2 * torch.randn(H * P, device=dev)).half())
 
 
-def run(inp, state, out_state):
-    return su.ssd_conv_state_update_fwd(
-        state, inp["xBC"], inp["conv_state"], inp["conv_w"], inp["conv_b"], inp["dt"],
-        inp["A"], inp["G"], inp["D"], None, inp["dt_bias"], True, None, out_state=out_state)
-
-
-def check(cfg, inp):
-    """rel err of out and new state vs the float64 reference (conv step then SSD step)."""
-    batch = inp["xBC"].shape[0]
-    st = inp["states"][0]
-    y, new = run(inp, st, None)
-    H, P, N, G = cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
-    xbc, _ = ref.causal_conv1d_update(inp["xBC"].double(), inp["conv_state"].double(),
-                                      inp["conv_w"].double(), inp["conv_b"].double(), True)
+def split_xbc(cfg, xbc):
+    batch, H, P, N, G = xbc.shape[0], cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
     x, B, C = torch.split(xbc, [H * P, G * N, G * N], dim=-1)
-    want_y, want_s = ref.ssd_state_update(st.double(), x.reshape(batch, H, P), inp["dt"].double(),
-                                          inp["A"].double(), B.reshape(batch, G, N), C.reshape(batch, G, N),
+    return x.reshape(batch, H, P), B.reshape(batch, G, N), C.reshape(batch, G, N)
+
+
+def run(cfg, inp, state, out_state, form):
+    if form == "conv":
+        return su.ssd_conv_state_update_fwd(
+            state, inp["xBC"], inp["conv_state"], inp["conv_w"], inp["conv_b"], inp["dt"],
+            inp["A"], inp["G"], inp["D"], None, inp["dt_bias"], True, None, out_state=out_state)
+    x, B, C = split_xbc(cfg, inp["xBC"])
+    return su.ssd_state_update_fwd(state, x, inp["dt"], inp["A"], B, C, inp["D"], inp["z"], inp["dt_bias"], True,
+                                   None, out_state=out_state, norm_weight=inp["norm_w"])
+
+
+def check(cfg, inp, form):
+    """rel err of out and new state vs the float64 reference (conv step then SSD step; for
+    "folded" the SSD step alone, its output gated and times the norm weight)."""
+    st = inp["states"][0]
+    y, new = run(cfg, inp, st, None, form)[:2]
+    xbc = inp["xBC"].double()
+    if form == "conv":
+        xbc, _ = ref.causal_conv1d_update(xbc, inp["conv_state"].double(), inp["conv_w"].double(),
+                                          inp["conv_b"].double(), True)
+    x, B, C = split_xbc(cfg, xbc)
+    want_y, want_s = ref.ssd_state_update(st.double(), x, inp["dt"].double(), inp["A"].double(), B, C,
                                           inp["D"].double(), None, inp["dt_bias"].double(), True, None)
+    if form == "folded":
+        gate = torch.nn.functional.silu(inp["z"].double())
+        want_y = want_y.to(y.dtype).double() * gate * inp["norm_w"].double().view(cfg.nheads, cfg.headdim)
     return rel_err(y, want_y), rel_err(new, want_s)
 
 
@@ -67,7 +84,8 @@ def main() -> int:
         return 1
     out, bw = started
     rows, default_bp, default_w = [], su.block_p_for, su.NUM_WARPS
-    for name in ("mamba2-130m", "mamba2-2.7b"):
+    for name, form in (("mamba2-130m", "conv"), ("mamba2-130m", "folded"), ("mamba2-2.7b", "conv"),
+                       ("mamba2-2.7b", "folded")):
         cfg = MambaConfig.preset(name)
         for batch in (1, 16):
             state_bytes = batch * cfg.nheads * cfg.headdim * cfg.d_state * 4
@@ -79,10 +97,10 @@ def main() -> int:
                 su.block_p_for = default_bp if c is None else (lambda *a: min(c[0], headdim))
                 su.NUM_WARPS = default_w if c is None else c[1]
 
-            times = sweep(CONFIGS, use, lambda: check(cfg, inp),
-                          lambda i: run(inp, inp["states"][i], inp["states"][i]), copies,
-                          f"{name} B{batch}")
-            rows.append(summary(times, name, batch, floor))
+            times = sweep(CONFIGS, use, lambda: check(cfg, inp, form),
+                          lambda i: run(cfg, inp, inp["states"][i], inp["states"][i], form), copies,
+                          f"{name} {form} B{batch}")
+            rows.append(dict(summary(times, f"{name} {form}", batch, floor), form=form))
     write_json(out, rows, bw)
     return 0
 
