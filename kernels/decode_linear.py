@@ -290,8 +290,8 @@ def default_config(rows: int, features: int, k: int,
         if one_tile:
             return max(2, min(8, 8192 // kp)), kp, 8 if kp >= 2048 else 4, 1
         return 4, 128, 8, 1
-    if one_tile and kp <= 2048:
-        return max(16, 32768 // kp), kp, 4, 1
+    if one_tile and kp <= 2048:  # (at most 128 features: tiny K, as in tests, gave huge tiles)
+        return min(128, max(16, 32768 // kp)), kp, 4, 1
     return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
 
 

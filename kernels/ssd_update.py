@@ -138,7 +138,7 @@ def ssd_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt
         check_float("norm_weight", norm_weight)
         check_shape("norm_weight", norm_weight, (heads * headdim,))
         check_same_device(x.device, norm_weight=norm_weight)
-        blocks = triton.cdiv(headdim, block_p_for(batch, heads, headdim, next_pow2(dstate)))
+        blocks = triton.cdiv(headdim, launch_config(batch, heads, headdim, next_pow2(dstate), False)[0])
         sums = new_output((batch, heads, blocks), torch.float32, x.device)
     _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, None,
             early_state, None if sums is None else (sums, norm_weight))
@@ -172,16 +172,21 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
 
 
 _MIN_PROGRAMS = 256  # decode is latency-bound: at batch 1, spread a layer over ~2 waves of SMs
-NUM_WARPS = 4  # per program (scripts/bench_ssd_update.py sweeps it with block_p_for)
 
 
-def block_p_for(batch, heads, headdim, block_n):
-    """Head channels per program: at most 4096 state elements per program, and small enough
-    that batch 1 still launches about _MIN_PROGRAMS programs (down to 8 channels)."""
+def launch_config(batch, heads, headdim, block_n, conv):
+    """(head channels per program, warps). With the conv folded in (``conv``): at most 4096
+    state elements per program, small enough that batch 1 still launches about _MIN_PROGRAMS
+    programs (down to 8 channels), 4 warps. Without it (x, B, C given, as the folded decode step
+    runs it): 16 channels on 8 warps, best or within 0.12 us of the best at mamba2-130m and
+    mamba2-2.7b, batch 1 and 16 (H100 sweep 2026-11-23, scripts/bench_ssd_update.py: e.g.
+    mamba2-130m b16 10.78 us vs 11.88 for the conv form's choice)."""
+    if not conv:
+        return min(16, next_pow2(headdim)), 8
     block_p = max(1, min(next_pow2(headdim), 4096 // block_n))
     while block_p > 8 and triton.cdiv(headdim, block_p) * heads * batch < _MIN_PROGRAMS:
         block_p //= 2
-    return block_p
+    return block_p, 4
 
 
 def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, conv,
@@ -193,7 +198,7 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
     limit = None if dt_limit is None else (float(dt_limit[0]), float(dt_limit[1]))
     has_limit = limit is not None and limit != (0.0, math.inf)
     block_n = next_pow2(dstate)
-    block_p = block_p_for(batch, heads, headdim, block_n)
+    block_p, warps = launch_config(batch, heads, headdim, block_n, conv is not None)
     d_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else tuple(D.stride()))
     if conv is not None:
         cstate, cw, cb = conv
@@ -218,7 +223,7 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
         SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, BLOCK_P=block_p, BLOCK_N=block_n,
         CONV=conv is not None, CONV_BIAS=conv is not None and conv[2] is not None,
         WIDTH=1 if conv is None else conv[1].shape[1], EARLY_STATE=bool(early_state), NORM_SUMS=norm is not None,
-        num_warps=NUM_WARPS, pdl=True,
+        num_warps=warps, pdl=True,
     )
 
 

@@ -83,7 +83,7 @@ def main() -> int:
     if started is None:
         return 1
     out, bw = started
-    rows, default_bp, default_w = [], su.block_p_for, su.NUM_WARPS
+    rows, default_config = [], su.launch_config
     for name, form in (("mamba2-130m", "conv"), ("mamba2-130m", "folded"), ("mamba2-2.7b", "conv"),
                        ("mamba2-2.7b", "folded")):
         cfg = MambaConfig.preset(name)
@@ -94,8 +94,7 @@ def main() -> int:
             floor = 2 * state_bytes / bw * 1e6
 
             def use(c, headdim=cfg.headdim):  # (block_p, warps), or None: the launcher's own
-                su.block_p_for = default_bp if c is None else (lambda *a: min(c[0], headdim))
-                su.NUM_WARPS = default_w if c is None else c[1]
+                su.launch_config = default_config if c is None else (lambda *a: (min(c[0], headdim), c[1]))
 
             times = sweep(CONFIGS, use, lambda: check(cfg, inp, form),
                           lambda i: run(cfg, inp, inp["states"][i], inp["states"][i], form), copies,
