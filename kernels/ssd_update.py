@@ -175,14 +175,12 @@ _MIN_PROGRAMS = 256  # decode is latency-bound: at batch 1, spread a layer over 
 
 
 def launch_config(batch, heads, headdim, block_n, conv):
-    """(head channels per program, warps). With the conv folded in (``conv``): at most 4096
-    state elements per program, small enough that batch 1 still launches about _MIN_PROGRAMS
-    programs (down to 8 channels), 4 warps. Without it (x, B, C given, as the folded decode step
-    runs it): 16 channels on 8 warps, best or within 0.12 us of the best at mamba2-130m and
-    mamba2-2.7b, batch 1 and 16 (H100 sweep 2026-11-23, scripts/bench_ssd_update.py: e.g.
-    mamba2-130m b16 10.78 us vs 11.88 for the conv form's choice)."""
-    if not conv:
-        return min(16, next_pow2(headdim)), 8
+    """(head channels per program, warps): at most 4096 state elements per program, small
+    enough that batch 1 still launches about _MIN_PROGRAMS programs (down to 8 channels), 4
+    warps. The same for both forms (``conv``: the conv folded in, or x, B, C given): the H100
+    sweep of 2026-11-23 (scripts/bench_ssd_update.py) timed the conv-free form alone fastest
+    with 16 channels on 8 warps (mamba2-130m b16 10.78 vs 11.88 us), but in the decode step
+    that made mamba2-130m's b16 step 0.628 ms/token against 0.614 with this choice."""
     block_p = max(1, min(next_pow2(headdim), 4096 // block_n))
     while block_p > 8 and triton.cdiv(headdim, block_p) * heads * batch < _MIN_PROGRAMS:
         block_p //= 2

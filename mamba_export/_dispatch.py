@@ -100,6 +100,13 @@ def decode_linear(x: Tensor, layer: nn.Linear, **fold) -> Tensor:
     return layer(x)
 
 
+def refuse_out_fold(out_fold: dict | None) -> None:
+    """A mixer's op path (traced, training, float64) has no kernel to fold into: a caller that
+    asks for out_proj folds there mixed the paths up, and ignoring them would be wrong."""
+    if out_fold:
+        raise ValueError(f"out_proj folds ({', '.join(out_fold)}) need the eager CUDA kernel path")
+
+
 def hands_off_norm(x_like: Tensor, out_proj: nn.Linear, next_in_proj: nn.Linear, next_norm: nn.Module) -> bool:
     """Whether a block's out_proj begins the next block's add + RMSNorm (``NormedRows``) in a
     decode step on the kernel path: both projections on the decode_linear kernel for

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _dispatch, ops  # noqa: F401  (ops registers torch.ops.mamba_export.*)
-from ._dispatch import _eager_cuda, _kernel_takes, cached_params, decode_linear, in_proj_conv
+from ._dispatch import _eager_cuda, _kernel_takes, cached_params, decode_linear, in_proj_conv, refuse_out_fold
 from .config import MambaConfig
 
 
@@ -176,6 +176,7 @@ class Mamba2Mixer(nn.Module):
         # (float64 keeps the op path: the exact reference)
         if projected is not None or (_eager_cuda(hidden) and hidden.dtype != torch.float64):
             return self._step_kernels(hidden, conv_state, ssm_state, inplace, projected, conv, out_fold or {})
+        refuse_out_fold(out_fold)
         cfg = self.cfg
         batch = hidden.shape[0]
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
 from ._dispatch import (NormedRows, _eager_cuda, add_norm_in_proj, cached_params, decode_linear, hands_off_norm,
-                        in_proj_conv)
+                        in_proj_conv, refuse_out_fold)
 from .config import MambaConfig
 from .generate import GenerationMixin
 from .mamba2 import Mamba2Mixer
@@ -160,6 +160,7 @@ class MambaMixer(nn.Module):
                 ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
                 out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight)
             return decode_linear(y, self.out_proj, **(out_fold or {})), new_conv, new_ssm
+        refuse_out_fold(out_fold)
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x, new_conv = torch.ops.mamba_export.causal_conv1d_update(
             x, conv_state, weight, self.conv1d.bias, True)

@@ -97,7 +97,7 @@ def test_mamba2_on_cuda_matches_float64(dtype, bound):
 def test_mamba2_direct_launch_step_matches_op_step_and_forward(dtype, bound, extra, monkeypatch):
     """Mamba-2 decode on eager CUDA (launchers called directly, states written in place):
     step(inplace=True) == step(inplace=False) exactly, ~ the op path, ~ forward in float64."""
-    from mamba_export import mamba2
+    from mamba_export import mamba2, model as model_mod
 
     cfg = me.MambaConfig(layer="Mamba2", d_model=64, n_layer=2, vocab_size=97, d_state=16,
                          headdim=16, ngroups=2, chunk_size=8, **extra)
@@ -113,7 +113,8 @@ def test_mamba2_direct_launch_step_matches_op_step_and_forward(dtype, bound, ext
             a, returned = gpu.step(tok, s_inplace, inplace=True)
             b, s_fun = gpu.step(tok, s_fun)
             with monkeypatch.context() as m:  # the op path (what compile/export trace)
-                m.setattr(mamba2, "_eager_cuda", lambda _: False)
+                for mod in (mamba2, model_mod):
+                    m.setattr(mod, "_eager_cuda", lambda _: False)
                 c, s_ops = gpu.step(tok, s_ops)
             assert returned.conv is s_inplace.conv and returned.ssm is s_inplace.ssm
             assert torch.equal(a, b)

@@ -366,3 +366,19 @@ def test_next_norm_epilogue_then_row_norm(rows, config, dtype, residual_dtype):
     normed = v / (v.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * nw.double()
     assert rel_err(rout.cpu(), summed) <= (1e-6 if residual_dtype == torch.float32 else 1e-3)
     assert rel_err(got.cpu(), reference(normed, w2, None)) <= TOL[dtype]
+
+
+def test_op_path_refuses_out_proj_folds():
+    """The mixers' op paths (traced, training) have no kernel to fold the next block's norm
+    into: asking for it there is an error, not a silently different result."""
+    from mamba_export import MambaConfig, MambaLM
+
+    for layer in ("Mamba1", "Mamba2"):
+        lm = MambaLM(MambaConfig(layer=layer, d_model=16, n_layer=1, vocab_size=11, d_state=4, headdim=8))
+        mixer, cfg = lm.backbone.layers[0].mixer, lm.config
+        h = torch.randn(2, 16)
+        conv = torch.zeros(2, cfg.conv_dim if layer == "Mamba2" else cfg.d_inner, cfg.d_conv - 1)
+        ssm = lm.new_state(2).ssm[0]
+        fold = dict(next_norm=(h, torch.ones(16), torch.empty(2, 16)))
+        with pytest.raises(ValueError, match="eager CUDA kernel path"):
+            mixer.step(h, conv, ssm, out_fold=fold)
