@@ -164,6 +164,9 @@ def main() -> int:
                    help="decode: the add + RMSNorm between blocks as its own kernel where it does not "
                         "fold into in_proj (default: begun in out_proj's epilogue, finished in the next "
                         "in_proj, mamba_export._dispatch.FOLD_NEXT_NORM)")
+    p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
+                   help="Mamba-2 decode state update: head channels per program and warps (default: "
+                        "kernels/ssd_update.launch_config)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
@@ -178,6 +181,11 @@ def main() -> int:
         me._dispatch.FOLD_CONV = False
     if args.no_fold_next_norm:
         me._dispatch.FOLD_NEXT_NORM = False
+    if args.ssd_update_config:
+        from mamba_export.kernels import ssd_update
+
+        block_p, warps = (int(v) for v in args.ssd_update_config.split(","))
+        ssd_update.launch_config = lambda batch, heads, headdim, *_: (min(block_p, headdim), warps)
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -190,6 +198,8 @@ def main() -> int:
     results["fold_norm"] = me._dispatch.FOLD_NORM
     results["fold_conv"] = me._dispatch.FOLD_CONV
     results["fold_next_norm"] = me._dispatch.FOLD_NEXT_NORM
+    if args.ssd_update_config:
+        results["ssd_update_config"] = args.ssd_update_config
     try:
         import triton
         results["triton"] = triton.__version__
