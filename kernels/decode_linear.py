@@ -142,7 +142,7 @@ def _decode_linear_kernel(
     residual add + RMSNorm before in_proj; residual with HAS_RES), computed by every program for
     its own use; program 0 also stores ``x + residual`` to ``rout``.
 
-    CONV (Mamba-2's in_proj): output columns ``conv_first + c`` for c < conv_dim become
+    CONV (a mixer's in_proj): output columns ``conv_first + c`` for c < conv_dim become
     silu(causal conv) of channel c at this step (_conv_epilogue), the conv state ``cs [M, C,
     WIDTH - 1]`` shifted into ``ncs``; with EARLY_W the state is read before the PDL wait too.
 
@@ -452,7 +452,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     split (``folds_norm``).
 
     ``conv = (conv_state [M, C, W - 1], conv_weight [C, W], conv_bias [C] or None, first,
-    out_state)`` (Mamba-2's in_proj): output columns ``first .. first + C - 1`` are the conv's
+    out_state)`` (a mixer's in_proj): output columns ``first .. first + C - 1`` are the conv's
     input; they are returned as silu(causal conv) at this step instead, and the conv state,
     shifted by the step, goes to ``out_state`` (may be ``conv_state``). With ``early_weight`` the
     conv state is read before the PDL wait as well.

@@ -138,7 +138,7 @@ def ssd_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt
         check_float("norm_weight", norm_weight)
         check_shape("norm_weight", norm_weight, (heads * headdim,))
         check_same_device(x.device, norm_weight=norm_weight)
-        blocks = triton.cdiv(headdim, launch_config(batch, heads, headdim, next_pow2(dstate), False)[0])
+        blocks = triton.cdiv(headdim, launch_config(batch, heads, headdim, next_pow2(dstate))[0])
         sums = new_output((batch, heads, blocks), torch.float32, x.device)
     _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, dt_limit, out, nstate, None,
             early_state, None if sums is None else (sums, norm_weight))
@@ -174,10 +174,10 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
 _MIN_PROGRAMS = 256  # decode is latency-bound: at batch 1, spread a layer over ~2 waves of SMs
 
 
-def launch_config(batch, heads, headdim, block_n, conv):
+def launch_config(batch, heads, headdim, block_n):
     """(head channels per program, warps): at most 4096 state elements per program, small
     enough that batch 1 still launches about _MIN_PROGRAMS programs (down to 8 channels), 4
-    warps. The same for both forms (``conv``: the conv folded in, or x, B, C given): the H100
+    warps. The same for both forms (the conv folded in, or x, B, C given): the H100
     sweep of 2026-11-23 (scripts/bench_ssd_update.py) timed the conv-free form alone fastest
     with 16 channels on 8 warps (mamba2-130m b16 10.78 vs 11.88 us), but in the decode step
     that made mamba2-130m's b16 step 0.628 ms/token against 0.614 with this choice."""
@@ -196,7 +196,7 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
     limit = None if dt_limit is None else (float(dt_limit[0]), float(dt_limit[1]))
     has_limit = limit is not None and limit != (0.0, math.inf)
     block_n = next_pow2(dstate)
-    block_p, warps = launch_config(batch, heads, headdim, block_n, conv is not None)
+    block_p, warps = launch_config(batch, heads, headdim, block_n)
     d_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else tuple(D.stride()))
     if conv is not None:
         cstate, cw, cb = conv

@@ -25,15 +25,15 @@ EARLY_READS = True
 # reads its weight in one tile (decode_linear.folds_norm). A switch for benchmarks
 # (scripts/bench_e2e.py --no-fold-norm).
 FOLD_NORM = True
-# The decode step folds the causal conv into in_proj's kernel wherever in_proj takes it
-# (in_proj_conv), and Mamba-2's gated RMSNorm into out_proj's (the state update writing the
-# norm's partial sums). A switch for benchmarks (scripts/bench_e2e.py --no-fold-conv).
+# The decode step folds the causal conv into in_proj's kernel where that reads its weight in one
+# tile (in_proj_conv), and then Mamba-2's gated RMSNorm into the state update and out_proj (the
+# state update writing the norm's partial sums). A switch for benchmarks
+# (scripts/bench_e2e.py --no-fold-conv).
 FOLD_CONV = True
-# Between two blocks whose out_proj / in_proj both take the decode_linear kernel in one tile but
-# where the add + RMSNorm does not fold into in_proj (several rows), the
-# add and the norm's sums run in out_proj's epilogue and in_proj applies the norm
-# (hands_off_norm): the add_rmsnorm kernel goes. A switch for benchmarks
-# (scripts/bench_e2e.py --no-fold-next-norm).
+# Between two blocks whose out_proj and in_proj both read their weight in one tile, where the add
+# + RMSNorm does not fold into in_proj (several rows), out_proj's epilogue does the add and the
+# norm's sums and in_proj applies the norm (hands_off_norm): no add_rmsnorm kernel. A switch for
+# benchmarks (scripts/bench_e2e.py --no-fold-next-norm).
 FOLD_NEXT_NORM = True
 
 
@@ -79,6 +79,7 @@ def cached_params(owner: nn.Module, params: tuple[Tensor, ...],
 
 
 def _kernel_takes(x: Tensor, layer: nn.Linear) -> bool:
+    """Whether ``decode_linear`` sends ``layer(x)`` to the Triton kernel."""
     from .kernels import decode_linear as dl
 
     return x.dim() == 2 and x.dtype != torch.float64 and x.dtype == layer.weight.dtype and \
@@ -89,7 +90,8 @@ def decode_linear(x: Tensor, layer: nn.Linear, **fold) -> Tensor:
     """``layer(x)`` in a decode step that already took the kernel path: kernels/decode_linear.py
     where it measured faster than cuBLAS (``decode_linear.model_takes``: one row, or up to 16
     for small weights), else F.linear (also for float64). ``fold``: decode_linear_fwd's ``conv``
-    / ``row_norm``, only where the kernel takes x (in_proj_conv, Mamba-2's folded norm)."""
+    / ``row_norm`` / ``next_norm``, only where the kernel takes x (the callers check); with
+    ``next_norm`` the result is ``(weighted, sums)``."""
     from .kernels import decode_linear as dl
 
     if _kernel_takes(x, layer):

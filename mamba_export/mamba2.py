@@ -198,11 +198,11 @@ class Mamba2Mixer(nn.Module):
                       out_fold: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``step`` with the Triton launchers called directly (eager CUDA; tests also run it
         on CPU, in Triton's interpreter); states written in place when ``inplace``, A/D/dt_bias
-        cached. Decode is launch-bound: each kernel saved counts. Where in_proj takes the
-        decode_linear kernel, the conv runs in its epilogue (``in_proj_conv``) and, with the
-        gate-first RMSNorm and out_proj on that kernel too, the norm is folded into out_proj:
-        three kernels (``_step_folded``). Else: in_proj, conv + SSD state update in one
-        kernel, the gated norm (which also shifts the conv state), out_proj."""
+        cached. Decode is launch-bound: each kernel saved counts. Where in_proj's kernel reads
+        its weight in one tile, the conv runs in its epilogue (``in_proj_conv``) and, with the
+        gate-first RMSNorm and out_proj on the kernel too, the norm is folded into the state
+        update and out_proj: three kernels (``_step_folded``). Else: in_proj, conv + SSD state
+        update in one kernel, the gated norm (which also shifts the conv state), out_proj."""
         from .kernels.ssd_update import ssd_conv_state_update_fwd
 
         cfg = self.cfg

@@ -117,6 +117,23 @@ def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
     assert not pdl_enabled(torch.device("cuda", 0))
 
 
+def mamba2_mixer_inputs(cfg, batch, seed):
+    """A Mamba-2 mixer with random weights (the mixer alone leaves initialisation to MambaLM)
+    on DEVICE, and a random decode input, conv state and SSM state."""
+    from mamba_export.mamba2 import Mamba2Mixer
+
+    torch.manual_seed(seed)
+    mixer = Mamba2Mixer(cfg).to(DEVICE)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        mixer.reset_ssm_parameters()
+    h = torch.randn(batch, cfg.d_model, device=DEVICE)
+    conv = torch.randn(batch, cfg.conv_dim, cfg.d_conv - 1, device=DEVICE)
+    ssm = torch.randn(batch, cfg.nheads, cfg.headdim, cfg.d_state, device=DEVICE)
+    return mixer, h, conv, ssm
+
+
 @pytest.mark.parametrize("model_rows,calls", [(1, 0), (16, 2)])
 def test_model_routes_up_to_model_rows(monkeypatch, model_rows, calls):
     """The Mamba-2 decode step (kernel path) sends its projections here for up to MODEL_ROWS rows
@@ -124,22 +141,13 @@ def test_model_routes_up_to_model_rows(monkeypatch, model_rows, calls):
     path's numbers either way."""
     from mamba_export import MambaConfig
     from mamba_export.kernels import decode_linear as dl
-    from mamba_export.mamba2 import Mamba2Mixer
 
     monkeypatch.setattr(dl, "MODEL_ROWS", model_rows)
     seen = []
     real = dl.decode_linear_fwd
     monkeypatch.setattr(dl, "decode_linear_fwd", lambda *a, **k: seen.append(a[0].shape) or real(*a, **k))
-    cfg = MambaConfig(layer="Mamba2", d_model=32, d_state=6, headdim=8, ngroups=2)
-    torch.manual_seed(1)
-    mixer = Mamba2Mixer(cfg).to(DEVICE)
-    with torch.no_grad():  # the mixer alone leaves initialisation to MambaLM
-        for p in mixer.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-        mixer.reset_ssm_parameters()
-    h = torch.randn(3, cfg.d_model, device=DEVICE)
-    conv = torch.randn(3, cfg.conv_dim, cfg.d_conv - 1, device=DEVICE)
-    ssm = torch.randn(3, cfg.nheads, cfg.headdim, cfg.d_state, device=DEVICE)
+    mixer, h, conv, ssm = mamba2_mixer_inputs(MambaConfig(layer="Mamba2", d_model=32, d_state=6, headdim=8,
+                                                          ngroups=2), batch=3, seed=1)
     want = mixer.step(h, conv.clone(), ssm.clone())[0].detach()  # grad on: the op path, also on CUDA
     with torch.no_grad():
         got = mixer._step_kernels(h, conv.clone(), ssm.clone(), False)[0]
@@ -152,18 +160,9 @@ def test_mamba2_conv_fold_without_norm_fold(variant):
     """Mamba-2 mixers whose norm out_proj cannot fold (no norm, the norm before the gate, a
     gated-MLP branch) still take the conv in in_proj's epilogue and give the op path's step."""
     from mamba_export import MambaConfig
-    from mamba_export.mamba2 import Mamba2Mixer
 
-    cfg = MambaConfig(layer="Mamba2", d_model=16, d_state=6, headdim=8, ngroups=2, **variant)
-    torch.manual_seed(2)
-    mixer = Mamba2Mixer(cfg).to(DEVICE)
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-        mixer.reset_ssm_parameters()
-    h = torch.randn(2, cfg.d_model, device=DEVICE)
-    conv = torch.randn(2, cfg.conv_dim, cfg.d_conv - 1, device=DEVICE)
-    ssm = torch.randn(2, cfg.nheads, cfg.headdim, cfg.d_state, device=DEVICE)
+    mixer, h, conv, ssm = mamba2_mixer_inputs(MambaConfig(layer="Mamba2", d_model=16, d_state=6, headdim=8,
+                                                          ngroups=2, **variant), batch=2, seed=2)
     want = [t.detach() for t in mixer.step(h, conv.clone(), ssm.clone())]  # grad on: the op path
     with torch.no_grad():
         assert mixer.in_proj_conv(h, conv, False) is not None
