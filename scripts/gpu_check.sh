@@ -2,12 +2,14 @@
 # Everything the GPU machine checks: install, GPU tests, kernel and end-to-end benchmarks, the
 # transformers switch and ONNX Runtime's CUDA provider; a short table last. Logs and JSON under
 # $OUT (or ./gpu_out). All stages together take longer than one 10-minute device command, so
-# split them over calls: `--skip-kernels --skip-e2e --tests-part=1` and `... --tests-part=2`
-# (the GPU tests: all of them overran one call on the H100 on 2026-11-23; part 1 is the model,
-# compile and Mamba-1 kernel tests, part 2 the rest), `--skip-tests --skip-e2e` (kernel
+# split them over calls: `--skip-kernels --skip-e2e --tests-part=1`, `... --tests-part=2` and
+# `... --tests-part=3` (the GPU tests: all of them overran one call on the H100 on 2026-11-23;
+# part 1 is the model, compile and Mamba-1 kernel tests, part 3 the decode projections with
+# their folds (tests/test_kernels_decode_linear.py, 170 tests; with the model and decode tests
+# ~250 s on the H100 in the seventh session), part 2 the rest), `--skip-tests --skip-e2e` (kernel
 # benchmarks), `--skip-tests --skip-kernels` (end to end; extra args go to bench_e2e.py).
 # The ONNX Runtime stage runs when onnxruntime-gpu is importable (ORT_GPU_WHEEL, see below).
-# Usage (on the GPU machine): bash scripts/gpu_check.sh [--skip-tests] [--tests-part=1|2] [--skip-kernels] [--skip-e2e] [bench_e2e.py args]
+# Usage (on the GPU machine): bash scripts/gpu_check.sh [--skip-tests] [--tests-part=1|2|3] [--skip-kernels] [--skip-e2e] [bench_e2e.py args]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -41,10 +43,12 @@ if [ "$tests" = 1 ]; then
   # gpu-marked tests, and every kernel test file (test_kernels*.py, marked "interpret"), which
   # runs natively on CUDA
   part1=(tests/test_gpu_compile.py tests/test_gpu_model.py tests/test_kernels.py
-         tests/test_kernels_decode.py tests/test_kernels_decode_linear.py)
+         tests/test_kernels_decode.py)
+  part3=(tests/test_kernels_decode_linear.py)
   case "$part" in
     1) sel=("${part1[@]}") ;;
-    2) sel=(tests); for f in "${part1[@]}"; do sel+=(--ignore="$f"); done ;;
+    3) sel=("${part3[@]}") ;;
+    2) sel=(tests); for f in "${part1[@]}" "${part3[@]}"; do sel+=(--ignore="$f"); done ;;
     *) sel=(tests) ;;
   esac
   timeout 560 python3 -m pytest "${sel[@]}" -m "gpu or interpret" -q -p no:cacheprovider -rf \
