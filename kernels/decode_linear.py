@@ -70,6 +70,18 @@ def _row_normed(x, rstd, ks, group_size, BLOCK_G: tl.constexpr):
 
 
 @device_fn
+def _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM: tl.constexpr,
+            BLOCK_G: tl.constexpr):
+    """The operand's rows ``x [BLOCK_M, BLOCK_K]`` at columns ``ks``, with ROW_NORM's 1/rms
+    applied (_row_normed)."""
+    x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
+                mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+    if ROW_NORM:
+        x = _row_normed(x, rstd, ks, group_size, BLOCK_G)
+    return x
+
+
+@device_fn
 def _conv_epilogue(out, taps, cw_ptr, cb_ptr, ncs_ptr, offs_m, ch, cmask, is_conv, out_dtype: tl.constexpr,
                    scw_c, scw_k, scb, sn_m, sn_c, sn_s, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr,
                    BLOCK_S: tl.constexpr):
@@ -179,6 +191,7 @@ def _decode_linear_kernel(
     if CONV:
         if not EARLY_W:
             taps = tl.load(tap_ptrs, mask=tap_mask, other=0.0)
+    rstd = 0.0  # (unused without ROW_NORM)
     if ROW_NORM:
         rstd = _row_rstd(sq_ptr, offs_m, mask_m, n_groups, per_group, group_size, eps, ssq_m, ssq_g,
                          BLOCK_G, BLOCK_Q)
@@ -206,10 +219,7 @@ def _decode_linear_kernel(
             if ADD_NORM:
                 x = normed
             else:
-                x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
-                            mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-                if ROW_NORM:
-                    x = _row_normed(x, rstd, ks, group_size, BLOCK_G)
+                x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
             if WIDEN:
                 x, w = x.to(tl.float32), w.to(tl.float32)
             if IEEE:
@@ -220,9 +230,8 @@ def _decode_linear_kernel(
             if ADD_NORM:
                 x = tl.sum(normed.to(tl.float32), axis=0)  # [1, K] -> [K]
             elif ROW_NORM:
-                x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
-                            mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-                x = tl.sum(_row_normed(x, rstd, ks, group_size, BLOCK_G).to(tl.float32), axis=0)
+                x = tl.sum(_x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM,
+                                   BLOCK_G).to(tl.float32), axis=0)
             else:
                 x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
             acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
@@ -230,10 +239,7 @@ def _decode_linear_kernel(
             if ADD_NORM:
                 x = normed
             else:
-                x = tl.load(x_ptr + offs_m[:, None] * sx_m + ks[None, :] * sx_k,
-                            mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-                if ROW_NORM:
-                    x = _row_normed(x, rstd, ks, group_size, BLOCK_G)
+                x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
             acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     if DOT:
         out = acc
