@@ -185,8 +185,8 @@ POISON = os.environ.get("MAMBA_EXPORT_POISON", "0") == "1"
 
 
 def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if POISON:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    if POISON:  # (indices: -1, never a valid one)
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 

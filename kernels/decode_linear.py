@@ -298,6 +298,8 @@ def default_config(rows: int, features: int, k: int,
         return 4, 128, 8, 1
     if one_tile and kp <= 2048:  # (at most 128 features: tiny K, as in tests, gave huge tiles)
         return min(128, max(16, 32768 // kp)), kp, 4, 1
+    if _vocab_wide(features):
+        return 128, 128, 8, 1
     return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
 
 
@@ -309,12 +311,20 @@ def _small_weight(features: int, k: int) -> bool:
     return features * k <= _ONE_TILE_MAX and next_pow2(k) <= 8192
 
 
+VOCAB_FEATURES = 16384  # (a switch for benchmarks: scripts/bench_e2e.py --cublas-lm-head)
+
+
+def _vocab_wide(features: int) -> bool:
+    """A projection as wide as a vocabulary (the lm_head): many feature blocks, short K."""
+    return features >= VOCAB_FEATURES
+
+
 def model_takes(rows: int, features: int, k: int) -> bool:
     """Whether the model's decode step sends this projection here rather than to cuBLAS: one
     row always; up to MODEL_ROWS rows for small weights only. H100 decode, 2026-11-23, batch 16
     (ms/token, here vs cuBLAS for the projections): mamba-130m 0.508 vs 0.574, mamba2-130m 0.700
     vs 0.771, but mamba-2.8b 4.21 vs 4.11 with its large weights here too."""
-    return rows == 1 or (rows <= MODEL_ROWS and _small_weight(features, k))
+    return rows == 1 or (rows <= MODEL_ROWS and (_small_weight(features, k) or _vocab_wide(features)))
 
 
 def folds_norm(rows: int, features: int, k: int) -> bool:

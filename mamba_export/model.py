@@ -402,11 +402,17 @@ class MambaLM(GenerationMixin, nn.Module):
         path: no state copies); the default leaves ``state`` untouched (the exported graph)."""
         self._check_ids(token_ids, 1, "token_ids")
         self._check_state(state, token_ids.shape[0])
-        hidden = self.backbone.embedding(token_ids)
+        backbone = self.backbone
+        eager = _eager_cuda(token_ids) and _eager_cuda(backbone.embedding.weight)
+        if eager:
+            from .kernels.embedding import embedding_fwd
+
+            hidden = embedding_fwd(token_ids, backbone.embedding.weight)
+        else:
+            hidden = backbone.embedding(token_ids)
         residual = None
         convs, ssms = [], []
-        layers = self.backbone.layers
-        eager = _eager_cuda(hidden)
+        layers = backbone.layers
         for i, block in enumerate(layers):
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             hand_off = eager and nxt is not None and hands_off_norm(
@@ -416,8 +422,8 @@ class MambaLM(GenerationMixin, nn.Module):
                                                          inplace, next_norm=nxt.norm if hand_off else None)
             convs.append(conv_i)
             ssms.append(ssm_i)
-        hidden = self.backbone.final_norm(hidden, residual)
         next_state = MambaState(state.conv, state.ssm) if inplace else \
             MambaState(torch.stack(convs), torch.stack(ssms))
-        logits = decode_linear(hidden, self.lm_head) if _eager_cuda(hidden) else self.lm_head(hidden)
+        hidden = backbone.final_norm(hidden, residual)
+        logits = decode_linear(hidden, self.lm_head) if eager else self.lm_head(hidden)
         return logits, next_state

@@ -31,11 +31,12 @@ SHAPES = [
     ("m1-130m in_proj", 3072, 768), ("m1-130m x_proj", 80, 1536), ("m1-130m dt_proj", 1536, 48),
     ("130m out_proj", 768, 1536), ("m2-130m in_proj", 3352, 768), ("130m lm_head", 50280, 768),
     ("m1-2.8b in_proj", 10240, 2560), ("m1-2.8b x_proj", 192, 5120), ("2.8b out_proj", 2560, 5120),
-    ("m2-2.7b in_proj", 10576, 2560),
+    ("m2-2.7b in_proj", 10576, 2560), ("2.8b lm_head", 50280, 2560),
 ]
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT)
 SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))),
-         16: list(itertools.product((16, 32), (64, 128), (4,), (1, 2, 4)))  # tensor cores
+         16: list(itertools.product((16, 32, 64), (64, 128), (4,), (1, 2, 4)))  # tensor cores
+         + list(itertools.product((64, 128), (64, 128, 256), (8,), (1,)))
          + list(itertools.product((4, 8), (64, 128), (4, 8), (1, 2)))}  # elementwise
 
 
@@ -74,6 +75,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--sweep", action="store_true", help="every config of SWEEP (else the default)")
+    p.add_argument("--shapes", default=None, help="only shapes whose name contains this text")
+    p.add_argument("--rows", default="1,16", help="row counts (comma-separated)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs CUDA", file=sys.stderr)
@@ -83,16 +86,18 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s")
     print(f"{'shape':18s} {'M':>3s} {'floor':>7s} {'cuBLAS':>7s} {'default':>7s} {'best':>7s}  config (ms per call)")
     for name, n, k in SHAPES:
+        if args.shapes and args.shapes not in name:
+            continue
         size = n * k * 2
         copies = max(8, min(512, (256 << 20) // size))
         ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * k ** -0.5 for _ in range(copies)]
-        for m in (1, 16):
+        for m in (int(r) for r in args.rows.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             outs = torch.empty(copies, m, n, device="cuda", dtype=torch.float16)
             want = x.double() @ ws[0].double().T
             cublas = graph_ms_per_call(lambda i: torch.matmul(x, ws[i].T, out=outs[i]), copies)
             default = dl.default_config(m, n, k)
-            sweep = SWEEP[m] + one_tile_configs(m, k)
+            sweep = SWEEP[1 if m == 1 else 16] + one_tile_configs(m, k)
             configs = [default] + [c for c in sweep if c != default] if args.sweep else [default]
             best, default_ms = None, None
             for cfg in configs:

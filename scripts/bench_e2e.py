@@ -23,7 +23,7 @@ import torch
 
 import mamba_export as me
 from mamba_export.compiled import compile_model
-from mamba_export.generate import CudaGraphStep
+from mamba_export.generate import CudaGraphStep, greedy_tokens
 from mamba_export.kernels import _common as kernel_common
 
 
@@ -72,8 +72,13 @@ def param_bytes(model) -> int:
     return total
 
 
+# greedy selection as generate() does it (--torch-argmax: torch's argmax instead)
+SELECT = greedy_tokens
+
+
 def decode_ms(model, batch: int, prompt: int, tokens: int, runner=None, graph: bool = True) -> float:
-    """ms per generated token: graph-replayed step + argmax, `tokens` steps timed together."""
+    """ms per generated token: graph-replayed step + greedy selection, `tokens` steps timed
+    together."""
     runner = runner or model
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
     with torch.no_grad():
@@ -83,33 +88,33 @@ def decode_ms(model, batch: int, prompt: int, tokens: int, runner=None, graph: b
             step = functools.partial(runner.step, inplace=True)  # as generate(cuda_graph=True)
         if graph:
             step = CudaGraphStep(step, state)
-        tok = logits.argmax(-1)
+        tok = SELECT(logits, model.config.vocab_size)
         for _ in range(3):  # capture / compile / warm
             logits, state = step(tok, state)
-            tok = logits.argmax(-1)
+            tok = SELECT(logits, model.config.vocab_size)
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         for _ in range(tokens):
             logits, state = step(tok, state)
-            tok = logits.argmax(-1)
+            tok = SELECT(logits, model.config.vocab_size)
         b.record()
         b.synchronize()
     return a.elapsed_time(b) / tokens
 
 
 def profile(model, what: str, batch: int = 1, length: int = 2048) -> None:
-    """Per-kernel CUDA time of an eager decode step (in place, as the CUDA-graph decode runs it)
-    or prefill (where the time goes)."""
+    """Per-kernel CUDA time of an eager decode step (in place, as the CUDA-graph decode runs it,
+    with the greedy selection that decode_ms times) or prefill (where the time goes)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     ids = torch.randint(0, model.config.vocab_size, (batch, length if what == "prefill" else 16),
                         device="cuda")
     with torch.no_grad():
         logits, state = model.prefill(ids, model.new_state(batch))
-        tok = logits.argmax(-1)
+        tok = SELECT(logits, model.config.vocab_size)
         run = (lambda: model.prefill(ids, model.new_state(batch))) if what == "prefill" else \
-            (lambda: model.step(tok, state, inplace=True))
+            (lambda: SELECT(model.step(tok, state, inplace=True)[0], model.config.vocab_size))
         for _ in range(3):
             run()
         torch.cuda.synchronize()
@@ -164,6 +169,11 @@ def main() -> int:
                    help="decode: the add + RMSNorm between blocks as its own kernel where it does not "
                         "fold into in_proj (default: begun in out_proj's epilogue, finished in the next "
                         "in_proj, mamba_export._dispatch.FOLD_NEXT_NORM)")
+    p.add_argument("--cublas-lm-head", action="store_true",
+                   help="decode: the lm_head at several rows on cuBLAS (default: kernels/decode_linear.py, "
+                        "decode_linear.VOCAB_FEATURES)")
+    p.add_argument("--torch-argmax", action="store_true",
+                   help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
                    help="Mamba-2 decode state update: head channels per program and warps (default: "
                         "kernels/ssd_update.launch_config)")
@@ -181,6 +191,13 @@ def main() -> int:
         me._dispatch.FOLD_CONV = False
     if args.no_fold_next_norm:
         me._dispatch.FOLD_NEXT_NORM = False
+    if args.cublas_lm_head:
+        from mamba_export.kernels import decode_linear
+
+        decode_linear.VOCAB_FEATURES = 1 << 62
+    if args.torch_argmax:
+        global SELECT
+        SELECT = lambda logits, vocab: logits[:, :vocab].argmax(-1)  # noqa: E731
     if args.ssd_update_config:
         from mamba_export.kernels import ssd_update
 
@@ -198,6 +215,8 @@ def main() -> int:
     results["fold_norm"] = me._dispatch.FOLD_NORM
     results["fold_conv"] = me._dispatch.FOLD_CONV
     results["fold_next_norm"] = me._dispatch.FOLD_NEXT_NORM
+    results["cublas_lm_head"] = args.cublas_lm_head
+    results["torch_argmax"] = args.torch_argmax
     if args.ssd_update_config:
         results["ssd_update_config"] = args.ssd_update_config
     try:

@@ -1,5 +1,6 @@
-"""Compile the Mamba-2, decode and selective-scan Triton kernels for sm_90 without a GPU (Triton's
-AOT path), in a process where TRITON_INTERPRET is unset. The interpreter runs a kernel's Python,
+"""Compile the Mamba-2, decode (embedding and greedy selection included) and selective-scan
+Triton kernels for sm_90 without a GPU (Triton's AOT path), in a process where TRITON_INTERPRET
+is unset. The interpreter runs a kernel's Python,
 not Triton's compiler: type and layout errors that only the compiler sees surface here, on CPU.
 Prints one line per kernel variant; exits non-zero on the first failure. Run by
 tests/test_aot_compile.py."""
@@ -11,8 +12,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mamba_export.kernels import (causal_conv1d, decode_linear, gated_rmsnorm, selective_scan,
-                                  ssd_scan, ssd_update, state_update)
+from mamba_export.kernels import (causal_conv1d, decode_linear, embedding, gated_rmsnorm, greedy,
+                                  selective_scan, ssd_scan, ssd_update, state_update)
 
 FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
 
@@ -78,6 +79,12 @@ def main():
                 lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr", "nsum_ptr", "nrout_ptr") else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
+    # the decode step's ends: embedding rows (int64 ids), greedy tokens (one chunk; several)
+    compile_for_sm90(embedding._embedding_kernel, dict(BLOCK=1024, PDL=True),
+                     lambda n: "i64" if n == "ids_ptr" else "fp16")
+    for chunks in (1, 32):
+        compile_for_sm90(greedy._greedy_kernel, dict(BLOCK=2048, CHUNKS=chunks, PDL=True),
+                         lambda n: {"logits_ptr": "fp16", "out_ptr": "i64", "part_val_ptr": "fp32"}.get(n, "i32"))
     # Mamba-1 selective scan: the forward kernels at their GPU defaults (seq, split's two passes,
     # chunk) and the backward, bf16 activations, float32 state, parameters and scratch
     act = {"u_ptr", "dt_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}

@@ -48,7 +48,7 @@ def test_matches_float64(dtype, rows, features, k, bias):
 # only 3 blocks of 128; one tile per slice), one slice, wide blocks, one tile for all of K
 # several rows: BLOCK_N < 16 takes the elementwise [M, N, K] path, >= 16 the tensor-core tiles
 @pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (8, 64, 4, 1), (32, 256, 2, 1),
-                                    (16, 64, 4, 2), (16, 512, 4, 1), (4, 512, 8, 1)])
+                                    (16, 64, 4, 2), (16, 512, 4, 1), (4, 512, 8, 1), (128, 128, 8, 1)])
 @pytest.mark.parametrize("rows", [1, 5, 16])
 @pytest.mark.parametrize("early_weight", [False, True])
 def test_every_block_config(config, rows, early_weight):
@@ -203,14 +203,15 @@ def test_add_norm_needs_one_tile_without_split():
 
 
 def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
-    """The routing measured on the H100: one row always; up to 16 rows only for weights read in
-    one tile (mamba-130m's in_proj, not mamba-2.8b's nor the lm_head)."""
+    """The routing measured on the H100: one row always; up to 16 rows for weights read in one
+    tile (mamba-130m's in_proj, not mamba-2.8b's) and for the lm_head (vocabulary-wide)."""
     from mamba_export.kernels.decode_linear import default_config, model_takes
 
     assert model_takes(1, 10240, 2560) and model_takes(1, 50280, 768)
     assert model_takes(16, 3072, 768) and model_takes(4, 768, 1536)
-    assert not model_takes(16, 10240, 2560) and not model_takes(16, 50280, 768)
+    assert not model_takes(16, 10240, 2560) and model_takes(16, 50280, 768)
     assert not model_takes(17, 3072, 768)
+    assert default_config(16, 50280, 768) == (128, 128, 8, 1)
     assert default_config(16, 3072, 768) == (32, 1024, 4, 1)  # one tile of all K
     assert default_config(1, 10240, 2560) == (4, 128, 8, 1)  # large: a loop over K
     assert default_config(16, 3072, 768, early_weight=False)[1] == 128  # read after the wait: loop
