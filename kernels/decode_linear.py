@@ -287,8 +287,9 @@ def default_config(rows: int, features: int, k: int,
     2.5-3.6 (mamba-130m's and mamba2-130m's projections; mamba-2.8b's x_proj 1.9 vs 6.0), 16 rows
     at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps). Larger weights loop over K: one row in
     thin feature slices (4, 128, 8); several rows on tensor cores, K split in 4 for the narrower
-    ones (mamba-2.8b x_proj 6.6 vs cuBLAS 7.8 us, out_proj 13.3 vs 15.0; in_proj and the
-    lm_head level with cuBLAS). Without early_weight the K loop is taken for every weight (one
+    ones (mamba-2.8b x_proj 6.6 vs cuBLAS 7.8 us, out_proj 13.3 vs 15.0; in_proj level with
+    cuBLAS); vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps (16 rows, 2026-11-23
+    sweep: 130m's 29.9-30.2 vs cuBLAS 32.6-32.7 us, 2.8b's 89.2 vs 98.3). Without early_weight the K loop is taken for every weight (one
     tile read after the wait made mamba-130m's batch-16 step 4.7x slower)."""
     kp = next_pow2(k)
     one_tile = early_weight and _small_weight(features, k)
@@ -321,9 +322,11 @@ def _vocab_wide(features: int) -> bool:
 
 def model_takes(rows: int, features: int, k: int) -> bool:
     """Whether the model's decode step sends this projection here rather than to cuBLAS: one
-    row always; up to MODEL_ROWS rows for small weights only. H100 decode, 2026-11-23, batch 16
-    (ms/token, here vs cuBLAS for the projections): mamba-130m 0.508 vs 0.574, mamba2-130m 0.700
-    vs 0.771, but mamba-2.8b 4.21 vs 4.11 with its large weights here too."""
+    row always; up to MODEL_ROWS rows for small weights and the lm_head. H100 decode, 2026-11-23,
+    batch 16 (ms/token, here vs cuBLAS for the projections): mamba-130m 0.508 vs 0.574,
+    mamba2-130m 0.700 vs 0.771, but mamba-2.8b 4.21 vs 4.11 with its large weights here too; the
+    lm_head alone here vs cuBLAS: mamba2-130m 0.593 vs 0.597, mamba-130m 0.511 vs 0.514,
+    mamba-2.8b 3.977 vs 3.984."""
     return rows == 1 or (rows <= MODEL_ROWS and (_small_weight(features, k) or _vocab_wide(features)))
 
 
