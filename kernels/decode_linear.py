@@ -5,7 +5,7 @@ sequence. cuBLAS picks GEMM tiles meant for many rows; a kernel that splits only
 features over programs and streams the weight once keeps more of the GPU's memory bandwidth busy
 for these shapes; small weights are read in one tile per program before the PDL wait, so their
 read overlaps the kernel before. The model uses it where the H100 measured it faster than cuBLAS
-(``model_takes``): one row, and up to 16 rows for small weights.
+(``model_takes``): one row, and up to 16 rows for small weights and the lm_head.
 
 Semantics: ``torch.nn.functional.linear`` with float32 accumulation; the output has x's dtype.
 """
@@ -312,22 +312,24 @@ def _small_weight(features: int, k: int) -> bool:
     return features * k <= _ONE_TILE_MAX and next_pow2(k) <= 8192
 
 
-VOCAB_FEATURES = 16384  # (a switch for benchmarks: scripts/bench_e2e.py --cublas-lm-head)
+# The model's lm_head takes this kernel at up to MODEL_ROWS rows too (model_takes(lm_head=True));
+# a switch for benchmarks (scripts/bench_e2e.py --cublas-lm-head).
+LM_HEAD = True
 
 
 def _vocab_wide(features: int) -> bool:
-    """A projection as wide as a vocabulary (the lm_head): many feature blocks, short K."""
-    return features >= VOCAB_FEATURES
+    """A projection as wide as a vocabulary (the lm_head's shape): 128-feature tiles."""
+    return features >= 16384
 
 
-def model_takes(rows: int, features: int, k: int) -> bool:
+def model_takes(rows: int, features: int, k: int, lm_head: bool = False) -> bool:
     """Whether the model's decode step sends this projection here rather than to cuBLAS: one
     row always; up to MODEL_ROWS rows for small weights and the lm_head. H100 decode, 2026-11-23,
     batch 16 (ms/token, here vs cuBLAS for the projections): mamba-130m 0.508 vs 0.574,
     mamba2-130m 0.700 vs 0.771, but mamba-2.8b 4.21 vs 4.11 with its large weights here too; the
     lm_head alone here vs cuBLAS: mamba2-130m 0.593 vs 0.597, mamba-130m 0.511 vs 0.514,
     mamba-2.8b 3.977 vs 3.984."""
-    return rows == 1 or (rows <= MODEL_ROWS and (_small_weight(features, k) or _vocab_wide(features)))
+    return rows == 1 or (rows <= MODEL_ROWS and (_small_weight(features, k) or (lm_head and LM_HEAD)))
 
 
 def folds_norm(rows: int, features: int, k: int) -> bool:

@@ -65,7 +65,8 @@ _workspaces: dict = {}
 
 def _workspace(device, rows: int, chunks: int):
     """The partial winners and the zeroed per-row counters, kept per (device, shape) for the
-    process: CUDA graphs capture their addresses, and the kernel leaves the counters at 0."""
+    process: CUDA graphs capture their addresses, and the kernel leaves the counters at 0.
+    Calls on one stream run in turn, so they share them (as decode_linear's split K does)."""
     key = (str(device), rows, chunks)
     if key not in _workspaces:
         _workspaces[key] = (torch.empty(rows, chunks, dtype=torch.float32, device=device),

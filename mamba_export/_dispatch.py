@@ -78,23 +78,23 @@ def cached_params(owner: nn.Module, params: tuple[Tensor, ...],
     return values
 
 
-def _kernel_takes(x: Tensor, layer: nn.Linear) -> bool:
+def _kernel_takes(x: Tensor, layer: nn.Linear, lm_head: bool = False) -> bool:
     """Whether ``decode_linear`` sends ``layer(x)`` to the Triton kernel."""
     from .kernels import decode_linear as dl
 
     return x.dim() == 2 and x.dtype != torch.float64 and x.dtype == layer.weight.dtype and \
-        dl.model_takes(x.shape[0], *layer.weight.shape)
+        dl.model_takes(x.shape[0], *layer.weight.shape, lm_head=lm_head)
 
 
-def decode_linear(x: Tensor, layer: nn.Linear, **fold) -> Tensor:
+def decode_linear(x: Tensor, layer: nn.Linear, lm_head: bool = False, **fold) -> Tensor:
     """``layer(x)`` in a decode step that already took the kernel path: kernels/decode_linear.py
     where it measured faster than cuBLAS (``decode_linear.model_takes``: one row, or up to 16
-    for small weights), else F.linear (also for float64). ``fold``: decode_linear_fwd's ``conv``
-    / ``row_norm`` / ``next_norm``, only where the kernel takes x (the callers check); with
-    ``next_norm`` the result is ``(weighted, sums)``."""
+    for small weights and, with ``lm_head``, the model's lm_head), else F.linear (also for
+    float64). ``fold``: decode_linear_fwd's ``conv`` / ``row_norm`` / ``next_norm``, only where
+    the kernel takes x (the callers check); with ``next_norm`` the result is ``(weighted, sums)``."""
     from .kernels import decode_linear as dl
 
-    if _kernel_takes(x, layer):
+    if _kernel_takes(x, layer, lm_head):
         return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS, **fold)
     if any(v is not None for v in fold.values()):
         raise ValueError(f"a fold ({', '.join(fold)}) needs the decode_linear kernel, which does not "

@@ -425,5 +425,5 @@ class MambaLM(GenerationMixin, nn.Module):
         next_state = MambaState(state.conv, state.ssm) if inplace else \
             MambaState(torch.stack(convs), torch.stack(ssms))
         hidden = backbone.final_norm(hidden, residual)
-        logits = decode_linear(hidden, self.lm_head) if eager else self.lm_head(hidden)
+        logits = decode_linear(hidden, self.lm_head, lm_head=True) if eager else self.lm_head(hidden)
         return logits, next_state

@@ -171,7 +171,7 @@ def main() -> int:
                         "in_proj, mamba_export._dispatch.FOLD_NEXT_NORM)")
     p.add_argument("--cublas-lm-head", action="store_true",
                    help="decode: the lm_head at several rows on cuBLAS (default: kernels/decode_linear.py, "
-                        "decode_linear.VOCAB_FEATURES)")
+                        "decode_linear.LM_HEAD)")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -194,7 +194,7 @@ def main() -> int:
     if args.cublas_lm_head:
         from mamba_export.kernels import decode_linear
 
-        decode_linear.VOCAB_FEATURES = 1 << 62
+        decode_linear.LM_HEAD = False
     if args.torch_argmax:
         global SELECT
         SELECT = lambda logits, vocab: logits[:, :vocab].argmax(-1)  # noqa: E731

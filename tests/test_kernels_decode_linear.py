@@ -209,7 +209,8 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
 
     assert model_takes(1, 10240, 2560) and model_takes(1, 50280, 768)
     assert model_takes(16, 3072, 768) and model_takes(4, 768, 1536)
-    assert not model_takes(16, 10240, 2560) and model_takes(16, 50280, 768)
+    assert not model_takes(16, 10240, 2560) and not model_takes(16, 50280, 768)
+    assert model_takes(16, 50280, 768, lm_head=True) and model_takes(16, 50280, 2560, lm_head=True)
     assert not model_takes(17, 3072, 768)
     assert default_config(16, 50280, 768) == (128, 128, 8, 1)
     assert default_config(16, 3072, 768) == (32, 1024, 4, 1)  # one tile of all K
