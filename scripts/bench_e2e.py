@@ -72,6 +72,18 @@ def param_bytes(model) -> int:
     return total
 
 
+# the decode step's switches in mamba_export._dispatch (on by default): flag, name, what the flag does
+DISPATCH_SWITCHES = [
+    ("--no-early-reads", "EARLY_READS", "Mamba-2's state update reads the state and projections their "
+     "weight after their PDL wait (default: before)"),
+    ("--no-fold-norm", "FOLD_NORM", "each block's add + RMSNorm as its own kernel (default: folded into "
+     "in_proj where it reads its weight in one tile)"),
+    ("--no-fold-conv", "FOLD_CONV", "the conv and Mamba-2's gated norm as kernels of their own (default: the "
+     "conv in in_proj's epilogue and the norm in out_proj where those take the Triton kernel)"),
+    ("--no-fold-next-norm", "FOLD_NEXT_NORM", "the add + RMSNorm between blocks as its own kernel where it "
+     "does not fold into in_proj (default: begun in out_proj's epilogue, finished in the next in_proj)"),
+]
+
 # greedy selection as generate() does it (--torch-argmax: torch's argmax instead)
 SELECT = greedy_tokens
 
@@ -153,22 +165,8 @@ def main() -> int:
                    help="also time decode with programmatic dependent launch switched the other "
                         "way (on by default on sm_90+; MAMBA_EXPORT_PDL=0 turns it off)")
     p.add_argument("--skip-prefill", action="store_true", help="decode only")
-    p.add_argument("--no-early-reads", action="store_true",
-                   help="decode: Mamba-2's state update reads the state and projections their "
-                        "weight after their PDL wait (default: before, "
-                        "mamba_export._dispatch.EARLY_READS)")
-    p.add_argument("--no-fold-norm", action="store_true",
-                   help="decode: each block's add + RMSNorm as its own kernel (default: folded "
-                        "into in_proj where it reads its weight in one tile, "
-                        "mamba_export._dispatch.FOLD_NORM)")
-    p.add_argument("--no-fold-conv", action="store_true",
-                   help="decode: the conv and Mamba-2's gated norm as kernels of their own "
-                        "(default: the conv in in_proj's epilogue and the norm in out_proj where "
-                        "those take the Triton kernel, mamba_export._dispatch.FOLD_CONV)")
-    p.add_argument("--no-fold-next-norm", action="store_true",
-                   help="decode: the add + RMSNorm between blocks as its own kernel where it does not "
-                        "fold into in_proj (default: begun in out_proj's epilogue, finished in the next "
-                        "in_proj, mamba_export._dispatch.FOLD_NEXT_NORM)")
+    for flag, name, what in DISPATCH_SWITCHES:
+        p.add_argument(flag, action="store_true", help=f"decode: {what} (mamba_export._dispatch.{name})")
     p.add_argument("--cublas-lm-head", action="store_true",
                    help="decode: the lm_head at several rows on cuBLAS (default: kernels/decode_linear.py, "
                         "decode_linear.LM_HEAD)")
@@ -183,14 +181,9 @@ def main() -> int:
         from mamba_export.kernels import decode_linear
 
         decode_linear.MODEL_ROWS = args.linear_rows
-    if args.no_early_reads:
-        me._dispatch.EARLY_READS = False
-    if args.no_fold_norm:
-        me._dispatch.FOLD_NORM = False
-    if args.no_fold_conv:
-        me._dispatch.FOLD_CONV = False
-    if args.no_fold_next_norm:
-        me._dispatch.FOLD_NEXT_NORM = False
+    for flag, name, _ in DISPATCH_SWITCHES:
+        if getattr(args, flag[2:].replace("-", "_")):
+            setattr(me._dispatch, name, False)
     if args.cublas_lm_head:
         from mamba_export.kernels import decode_linear
 
@@ -211,10 +204,8 @@ def main() -> int:
                "date": time.strftime("%Y-%m-%d"), "decode": [], "prefill": [], "long": []}
     if args.linear_rows is not None:
         results["linear_rows"] = args.linear_rows
-    results["early_reads"] = me._dispatch.EARLY_READS
-    results["fold_norm"] = me._dispatch.FOLD_NORM
-    results["fold_conv"] = me._dispatch.FOLD_CONV
-    results["fold_next_norm"] = me._dispatch.FOLD_NEXT_NORM
+    for _, name, _ in DISPATCH_SWITCHES:
+        results[name.lower()] = getattr(me._dispatch, name)
     results["cublas_lm_head"] = args.cublas_lm_head
     results["torch_argmax"] = args.torch_argmax
     if args.ssd_update_config:
