@@ -190,6 +190,19 @@ def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+_PERSISTENT: dict = {}
+
+
+def persistent_buffers(key: tuple, make):
+    """``make()``'s tensors, made once per ``key`` (kernel, device, shape) and kept for the
+    process: scratch of kernels whose programs meet through memory (partial results and
+    counters that the kernel leaves at 0 for its next call). CUDA graphs capture their
+    addresses; calls on one stream run in turn, so calls of one key share them."""
+    if key not in _PERSISTENT:
+        _PERSISTENT[key] = make()
+    return _PERSISTENT[key]
+
+
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else triton.next_power_of_2(n)
 

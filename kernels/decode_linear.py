@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ._common import (check_float, check_same_device, check_shape, device_fn, kernel, launch, new_output,
-                      next_pow2, pdl_start, use_interpreter)
+                      next_pow2, pdl_start, persistent_buffers, use_interpreter)
 
 MAX_ROWS = 16
 # The model (mamba_export._dispatch.decode_linear) sends projections of small weights with up to
@@ -440,18 +440,13 @@ def _check_next_norm(next_norm, out: torch.Tensor, blocks: int):
     return (residual, residual_out, weight, sums, residual.stride(0), residual_out.stride(0), sums.stride(0)), sums
 
 
-_workspaces: dict = {}
-
-
 def _split_workspace(device, rows: int, features: int, blocks: int, split: int):
-    """The float32 partial sums and the zeroed per-block counters of a split launch, kept per
-    (device, shape) for the process: CUDA graphs capture their addresses, and the kernel leaves
-    the counters at 0. Calls on one stream run in turn, so layers of one shape share them."""
-    key = (str(device), rows, features, blocks, split)
-    if key not in _workspaces:
-        _workspaces[key] = (torch.empty(split, rows, features, dtype=torch.float32, device=device),
-                            torch.zeros(blocks, dtype=torch.int32, device=device))
-    return _workspaces[key]
+    """The float32 partial sums and the zeroed per-block counters of a split launch
+    (``persistent_buffers``: layers of one shape share them)."""
+    return persistent_buffers(
+        ("decode_linear", str(device), rows, features, blocks, split),
+        lambda: (torch.empty(split, rows, features, dtype=torch.float32, device=device),
+                 torch.zeros(blocks, dtype=torch.int32, device=device)))
 
 
 def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

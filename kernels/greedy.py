@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_float, device_fn, kernel, launch, new_output, next_pow2, pdl_start
+from ._common import (check_float, device_fn, kernel, launch, new_output, next_pow2, pdl_start,
+                      persistent_buffers)
 
 _BLOCK = 2048  # columns per program: 16 per thread on 4 warps; 25 programs per row for 50280
 
@@ -60,19 +61,13 @@ def _greedy_kernel(logits_ptr, out_ptr, part_val_ptr, part_at_ptr, cnt_ptr, V, c
             tl.atomic_xchg(cnt_ptr + row, 0)
 
 
-_workspaces: dict = {}
-
-
 def _workspace(device, rows: int, chunks: int):
-    """The partial winners and the zeroed per-row counters, kept per (device, shape) for the
-    process: CUDA graphs capture their addresses, and the kernel leaves the counters at 0.
-    Calls on one stream run in turn, so they share them (as decode_linear's split K does)."""
-    key = (str(device), rows, chunks)
-    if key not in _workspaces:
-        _workspaces[key] = (torch.empty(rows, chunks, dtype=torch.float32, device=device),
-                            torch.empty(rows, chunks, dtype=torch.int32, device=device),
-                            torch.zeros(rows, dtype=torch.int32, device=device))
-    return _workspaces[key]
+    """The partial winners and the zeroed per-row counters (``persistent_buffers``)."""
+    return persistent_buffers(
+        ("greedy", str(device), rows, chunks),
+        lambda: (torch.empty(rows, chunks, dtype=torch.float32, device=device),
+                 torch.empty(rows, chunks, dtype=torch.int32, device=device),
+                 torch.zeros(rows, dtype=torch.int32, device=device)))
 
 
 def greedy_tokens(logits: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
