@@ -42,6 +42,7 @@ from ._common import (
     launch,
     new_output,
     next_pow2,
+    softplus_f32,
     use_interpreter,
 )
 
@@ -167,7 +168,7 @@ def _scan_fwd_kernel(
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            dt = softplus_f32(dt)
         dt = tl.where(mask, dt, 0.0)
         dtu = dt * u
         if STORE_CHUNKS:
@@ -274,7 +275,7 @@ def _seq_discretize(dt, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constex
     if HAS_BIAS:
         dtf = dtf + bias[None, :]
     if SOFTPLUS:
-        dtf = tl.where(dtf <= 20.0, tl.log(1.0 + tl.exp(dtf)), dtf)
+        dtf = softplus_f32(dtf)
     return tl.where(mask, dtf, 0.0)
 
 
@@ -562,8 +563,8 @@ def _scan_bwd_kernel(
             dt_raw = dt_raw + bias[:, None]
             dtn = dtn + bias[:, None]
         if SOFTPLUS:
-            dt = tl.where(dt_raw <= 20.0, tl.log(1.0 + tl.exp(dt_raw)), dt_raw)
-            dtn = tl.where(dtn <= 20.0, tl.log(1.0 + tl.exp(dtn)), dtn)
+            dt = softplus_f32(dt_raw)
+            dtn = softplus_f32(dtn)
         else:
             dt = dt_raw
         dt = tl.where(mask, dt, 0.0)
@@ -649,7 +650,7 @@ def _scan_bwd_kernel(
     if HAS_BIAS:
         dt0 = dt0 + bias
     if SOFTPLUS:
-        dt0 = tl.where(dt0 <= 20.0, tl.log(1.0 + tl.exp(dt0)), dt0)
+        dt0 = softplus_f32(dt0)
     dt0 = tl.where(mask0, dt0, 0.0)
     A_t = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn,
                   other=0.0).to(tl.float32)
@@ -712,21 +713,29 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
         return {"KIND": "split", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
                 "SEGMENTS": split_segments(batch, dim, length, 8, 16)}
     # sequential-in-time kernel, one warp per program: BLOCK_D channels on BLOCK_D lanes, the 16
-    # states on the other lanes (docs/kernel_notes.md, v6/v7). H100 sweep of the v10 kernels,
-    # 2026-11-23 (v12): time-contiguous inputs below 32768 rows (B1 D5120, B4 D1536) run fastest
-    # with 4 channels per warp and B/C read as stored (0.1635 vs 0.187 ms, 5.30 vs 5.69 ms: twice
-    # the warps hide latency); at B8 D5120 8 channels with B/C converted to fp32 up front (0.829
-    # vs 0.929 ms for 8x8). The model's channel-contiguous layout wants 8 channels (one 16-byte
-    # load per time step) with B/C as stored: B1 0.198 vs 0.270 ms (4x16), B8 0.874 vs 0.994
-    # (fp32 B/C), B4 L64K 6.12 vs 6.10 (fp32 B/C, a tie)
-    if channel_contiguous:
-        return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1, "BC_F32": False}
-    if batch * dim < 8 * _SEQ_MIN_ROWS:
-        return {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_F32": False}
-    return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1, "BC_F32": True}
+    # states on the other 32 / BLOCK_D lanes (docs/kernel_notes.md, v6/v7). Wider channel blocks
+    # hold more states per thread (fewer instructions per element: 16.7 / 11.9 / 10.1 SASS per
+    # element at 4 / 8 / 16 channels, Triton 3.6, v16) but give fewer warps, so: the widest block
+    # that still gives _SEQ_MIN_WARPS programs. H100 sweep of 2026-11-24 (v16): B1 D5120 L2048
+    # 4x16 0.158 ms vs 8x16 0.182; B2 D5120 8x16 0.245 vs 4x16 0.296 and 16x8 0.284; B4 D5120
+    # 16x8 0.403 vs 8x16 0.415; B8 D5120 16x8 0.682 vs 8x16 0.802; B8 D1536 L8192 8x16 0.967 vs
+    # 16x8 1.106; B4 D1536 L65536 4x16 5.23 vs 8x16 5.59. B and C: read as stored at 4 channels
+    # (half the bytes; fifth session, v12), converted to float32 up front at 8 and 16. The
+    # model's channel-contiguous layout wants at least 8 channels (one 16-byte load per time
+    # step), with B/C as stored (B1 D5120: 0.183 vs 0.241 ms converted; 16x8 at B8: 0.762 vs
+    # 0.850 for 8x16).
+    rows = batch * dim
+    if rows >= 16 * _SEQ_MIN_WARPS:
+        return {"KIND": "seq", "BLOCK_D": 16, "BLOCK_T": 8, "num_warps": 1, "BC_F32": True}
+    if channel_contiguous or rows >= 8 * _SEQ_MIN_WARPS:
+        return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
+                "BC_F32": not channel_contiguous}
+    return {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_F32": False}
 
 
 _SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
+_SEQ_MIN_WARPS = 1280  # seq kernel: channels per warp widened while this many programs remain
+# (about 2.4 one-warp programs per scheduler on the H100's 132 SMs; sweep in scan_config)
 _SPLIT_MIN_LENGTH = 8192  # below 4096 rows, split from this L (H100, B1 D1536 L8192: split S16
 # 30.8 ns/token vs chunk 53.3, sixth session; not measured below 8192)
 _SPLIT_WARPS = 2048  # split kernel: segments until about this many one-warp programs (~4/SMSP)

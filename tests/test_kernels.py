@@ -21,6 +21,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from mamba_export import reference as ref  # noqa: E402
 from mamba_export.kernels import _common  # noqa: E402
@@ -237,16 +239,55 @@ def test_scan_fwd_seq_half_bc_as_stored(dtype, monkeypatch):
 
 
 def test_scan_config_rules(monkeypatch):
-    """Seq tiles by rows and layout (H100 sweep, docs/kernel_notes.md v12), as a GPU picks them."""
+    """Seq tiles by rows and layout (H100 sweeps, docs/kernel_notes.md v12 and v16), as a GPU
+    picks them: the widest channel block that still gives 1280 programs."""
     monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
     cuda = torch.device("cuda")
     cfg = lambda *a, **k: ss_mod.scan_config(*a, torch.bfloat16, cuda, **k)  # noqa: E731
+    tiles = lambda c: (c["BLOCK_D"], c["BLOCK_T"], c["BC_F32"])  # noqa: E731
     assert cfg(1, 5120, 2048) == {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1,
                                   "BC_F32": False}
-    assert cfg(8, 5120, 2048)["BLOCK_D"] == 8 and cfg(8, 5120, 2048)["BC_F32"]
-    model = cfg(1, 5120, 2048, channel_contiguous=True)
-    assert model["BLOCK_D"] == 8 and not model["BC_F32"]
+    assert tiles(cfg(2, 5120, 2048)) == (8, 16, True)
+    assert tiles(cfg(8, 1536, 8192)) == (8, 16, True)
+    assert tiles(cfg(4, 5120, 2048)) == (16, 8, True)
+    assert tiles(cfg(8, 5120, 2048)) == (16, 8, True)
+    assert tiles(cfg(1, 5120, 2048, channel_contiguous=True)) == (8, 16, False)
+    assert tiles(cfg(8, 5120, 2048, channel_contiguous=True)) == (16, 8, True)
     assert cfg(1, 1536, 4096)["KIND"] == "chunk" and cfg(1, 1536, 8192)["KIND"] == "split"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scan_fwd_seq_wide_tiles(dtype, monkeypatch):
+    """The seq kernel with 16 channels x 8 steps per warp (8 states per thread; the GPU default
+    from 20480 rows), a partial channel block and a partial last chunk. (Shapes with enough
+    outputs: Triton's interpreter stores fp32 -> bf16 by truncation where the GPU rounds to
+    nearest, which alone costs ~3.5e-3 of the 5e-3 bf16 bound.)"""
+    cfg = {"KIND": "seq", "BLOCK_D": 16, "BLOCK_T": 8, "num_warps": 1, "BC_F32": True}
+    monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
+    check_scan_fwd(make_scan_inputs(2, 37, 27, 16, None, dtype), TOL[dtype])
+    check_scan_fwd(make_scan_inputs(1, 34, 23, 16, 2, dtype, layout="model"), TOL[dtype])
+
+
+def test_softplus_f32():
+    """The kernels' softplus against float64 log1p(exp(x)) (x above 20 as torch: x itself),
+    over the whole float32 range that matters: |rel| <= 4e-6 everywhere."""
+    x = torch.cat([torch.linspace(-40.0, 40.0, 4001), -torch.logspace(-7, 1.5, 301),
+                   torch.logspace(-7, 1.5, 301), torch.tensor([0.0, 20.0, 20.5, 88.0, -88.0])])
+    y = torch.full_like(x, float("nan"))
+    _common.launch(_softplus_kernel, (triton.cdiv(x.numel(), 1024),), x.device, x, y, x.numel(),
+                   BLOCK=1024, num_warps=4)
+    xd = x.double().cpu()
+    expected = torch.where(xd > 20, xd, torch.log1p(torch.exp(xd)))
+    err = ((y.double().cpu() - expected).abs() / expected.abs()).max().item()
+    assert err <= 4e-6, err
+
+
+@_common.kernel
+def _softplus_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    tl.store(y_ptr + offs, _common.softplus_f32(x), mask=mask)
 
 
 def test_scan_chunked_equals_whole():

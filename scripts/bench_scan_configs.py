@@ -1,0 +1,81 @@
+"""Times the Mamba-1 scan forward under given block configurations (needs CUDA), for choosing
+scan_config's defaults. do_bench medians, bench_kernels.py's inputs (bf16, z + D + delta_bias +
+softplus, N = 16), the target shapes of issue #3 unless --shapes.
+
+    python3 scripts/bench_scan_configs.py --configs seq:16x4,seq:32x4:f32,split:16x4:s4 [--out f.json]
+
+A config is KIND:BLOCK_DxBLOCK_T[:f32][:sS] (f32: B and C converted to float32 up front; sS: S
+segments for the split kernel). "default" is scan_config's choice."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+
+import torch
+import triton
+
+from bench_kernels import bench, scan_inputs
+from mamba_export.kernels import selective_scan as ss
+
+TARGET_SHAPES = "1,5120,2048;8,5120,2048;4,1536,65536"
+
+
+def parse_config(spec: str, batch: int, dim: int, length: int, model_layout: bool) -> dict:
+    if spec == "default":
+        return ss.scan_config(batch, dim, length, torch.bfloat16, torch.device("cuda"),
+                              channel_contiguous=model_layout)
+    kind, tiles, *flags = spec.split(":")
+    block_d, block_t = (int(v) for v in tiles.split("x"))
+    cfg = dict(KIND=kind, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=1, BC_F32="f32" in flags)
+    for f in flags:
+        if f.startswith("s"):
+            cfg["SEGMENTS"] = int(f[1:])
+        if f.startswith("w"):
+            cfg["num_warps"] = int(f[1:])
+    return cfg
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="default")
+    ap.add_argument("--shapes", default=TARGET_SHAPES, help="batch,dim,length;...")
+    ap.add_argument("--model-layout", action="store_true",
+                    help="u, delta, z as the model passes them: [B, L, D] buffers seen as [B, D, L]")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    rows = []
+    meta = dict(date=datetime.date.today().isoformat(), gpu=torch.cuda.get_device_name(),
+                torch=torch.__version__, triton=triton.__version__,
+                model_layout=args.model_layout)
+    print(json.dumps(meta), flush=True)
+    for shape in args.shapes.split(";"):
+        b, d, l = (int(v) for v in shape.split(","))
+        kw = scan_inputs(b, d, l)
+        if args.model_layout:
+            for name in ("u", "delta", "z"):
+                kw[name] = kw[name].transpose(1, 2).contiguous().transpose(1, 2)
+        for spec in args.configs.split(","):
+            cfg = parse_config(spec, b, d, l, args.model_layout)
+            fn = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
+                                     kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
+            try:
+                fn()
+                ms = bench(fn, 10, 50)
+            except Exception as e:  # a config may not compile (registers, shared memory)
+                ms, cfg = None, dict(cfg, error=repr(e)[:200])
+            rows.append(dict(shape=f"B{b} D{d} L{l}", spec=spec, cfg=cfg, ms=ms))
+            print(json.dumps(rows[-1]), flush=True)
+        del kw
+        torch.cuda.empty_cache()
+    print(f"{'shape':22s} {'config':22s} ms")
+    for r in rows:
+        print(f"{r['shape']:22s} {r['spec']:22s} {r['ms'] if r['ms'] is None else round(r['ms'], 4)}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(meta, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
