@@ -333,7 +333,7 @@ def _scan_fwd_seq_kernel(
     sh0_b, sh0_d, sh0_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, BC_ROW: tl.constexpr, DSTATE: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Sequential-in-time forward (v6). Tiles are [BLOCK_T, BLOCK_N, BLOCK_D] (time, state,
     channel): with Triton's default layout for this order, lanes cover channels first (up to
@@ -360,8 +360,9 @@ def _scan_fwd_seq_kernel(
     first = (offs_t == 0)[:, None, None]
     is_last = (offs_t == BLOCK_T - 1)[:, None, None]
 
-    # software prefetch: the tiles of chunk c + 1 are loaded before chunk c is computed, so the
-    # loads' latency hides behind a chunk of arithmetic (few warps per SM at small batch)
+    # software prefetch: the tiles of chunk c + PREFETCH (1 or 2) are loaded before chunk c is
+    # computed, so the loads' latency hides behind PREFETCH chunks of arithmetic (few warps per
+    # SM at small batch; docs/kernel_notes.md v7 and v16)
     t0 = b64 * 0  # int64: chunk offsets along L in 64 bits
     mask_t = offs_t < length
     mask = mask_t[:, None] & mask_d[None, :]
@@ -370,23 +371,36 @@ def _scan_fwd_seq_kernel(
         mask_t[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
         HAS_Z, True, BC_ROW)
     dtf = _seq_discretize(dt, bias, mask, HAS_BIAS, SOFTPLUS)
-    for c in range(n_chunks):
-        # next chunk's tiles (fully masked past the end: no memory traffic)
-        t1 = t0 + BLOCK_T
-        mask_t1 = ((c + 1) * BLOCK_T + offs_t) < length
+    if PREFETCH == 2:  # chunk 1's tiles, carried one iteration ahead of chunk c + 1's
+        mask_t1 = (BLOCK_T + offs_t) < length
         mask1 = mask_t1[:, None] & mask_d[None, :]
-        u_nx, dt_nx, z_nx, B_nx, C_nx = _seq_chunk_tiles(
-            u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t1, offs_t, offs_n, mask1,
-            mask_t1[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n, sC_l,
-            HAS_Z, True, BC_ROW)
+        u1, dt1, z1, B1, C1 = _seq_chunk_tiles(
+            u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t0 + BLOCK_T, offs_t, offs_n, mask1,
+            mask_t1[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l, sC_n,
+            sC_l, HAS_Z, True, BC_ROW)
+    for c in range(n_chunks):
+        # chunk c + PREFETCH's tiles (fully masked past the end: no memory traffic)
+        mask_tp = ((c + PREFETCH) * BLOCK_T + offs_t) < length
+        maskp = mask_tp[:, None] & mask_d[None, :]
+        u_p, dt_p, z_p, B_p, C_p = _seq_chunk_tiles(
+            u_rows, dt_rows, z_rows, B_ptrs, C_ptrs, t0 + PREFETCH * BLOCK_T, offs_t, offs_n,
+            maskp, mask_tp[:, None] & mask_n[None, :], mask_d, su_l, sdt_l, sz_l, sB_n, sB_l,
+            sC_n, sC_l, HAS_Z, True, BC_ROW)
         hs, h, uf = _seq_chunk_states(u, dtf, Bt, h, A2, first, is_last, BC_ROW)
         y = _seq_chunk_out(hs, Ct, uf, z, Dv, HAS_D, HAS_Z, BC_ROW)
         tl.store(out_rows[None, :] + t0 + offs_t[:, None], y.to(out_ptr.dtype.element_ty),
                  mask=mask)
-        t0 = t1
-        mask = mask1
-        u, z, Bt, Ct = u_nx, z_nx, B_nx, C_nx
-        dtf = _seq_discretize(dt_nx, bias, mask1, HAS_BIAS, SOFTPLUS)  # next chunk's (see there)
+        t0 += BLOCK_T
+        if PREFETCH == 2:
+            mask_t1 = ((c + 1) * BLOCK_T + offs_t) < length
+            mask = mask_t1[:, None] & mask_d[None, :]
+            u, z, Bt, Ct = u1, z1, B1, C1
+            dtf = _seq_discretize(dt1, bias, mask, HAS_BIAS, SOFTPLUS)  # next chunk's (see there)
+            u1, dt1, z1, B1, C1 = u_p, dt_p, z_p, B_p, C_p
+        else:
+            mask = maskp
+            u, z, Bt, Ct = u_p, z_p, B_p, C_p
+            dtf = _seq_discretize(dt_p, bias, maskp, HAS_BIAS, SOFTPLUS)  # next chunk's (see there)
 
     tl.store(hlast_ptr + (b64 * dim + d64)[None, :] * DSTATE + offs_n[:, None], h, mask=mask_nd)
 
@@ -724,12 +738,20 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     # model's channel-contiguous layout wants at least 8 channels (one 16-byte load per time
     # step), with B/C as stored (B1 D5120: 0.183 vs 0.241 ms converted; 16x8 at B8: 0.762 vs
     # 0.850 for 8x16).
+    # Between 768 and 1056 programs of 8 channels and from L = 8192, 8 channels with the tiles
+    # loaded two chunks ahead (PREFETCH 2; 255 registers, so at most two warps per scheduler,
+    # hence the upper bound) beat 4 channels: B4 D1536 L65536 4.98 vs 5.23 ms, L8192 0.640 vs
+    # 0.661, B2 D3072 L16384 1.254 vs 1.310; at 640 programs (B1 D5120) or L = 2048 they do not
+    # (1.223 vs 1.211 at B1 D5120 L16384, 0.175 vs 0.171 at B4 D1536 L2048; v16).
     rows = batch * dim
     if rows >= 16 * _SEQ_MIN_WARPS:
         return {"KIND": "seq", "BLOCK_D": 16, "BLOCK_T": 8, "num_warps": 1, "BC_F32": True}
     if channel_contiguous or rows >= 8 * _SEQ_MIN_WARPS:
         return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
                 "BC_F32": not channel_contiguous}
+    if 768 <= triton.cdiv(rows, 8) <= 1056 and length >= 8192:
+        return {"KIND": "seq", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1, "BC_F32": True,
+                "PREFETCH": 2}
     return {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_F32": False}
 
 
@@ -886,7 +908,7 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, BC_ROW=bc_row,
             DSTATE=dstate, BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t,
-            num_warps=cfg["num_warps"],
+            PREFETCH=cfg.get("PREFETCH", 1), num_warps=cfg["num_warps"],
         )
         return out, last, last
     chunks = (new_output((batch, dim, max(n_chunks, 1), dstate), torch.float32, device)

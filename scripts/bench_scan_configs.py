@@ -4,8 +4,9 @@ softplus, N = 16), the target shapes of issue #3 unless --shapes.
 
     python3 scripts/bench_scan_configs.py --configs seq:16x4,seq:32x4:f32,split:16x4:s4 [--out f.json]
 
-A config is KIND:BLOCK_DxBLOCK_T[:f32][:sS] (f32: B and C converted to float32 up front; sS: S
-segments for the split kernel). "default" is scan_config's choice."""
+A config is KIND:BLOCK_DxBLOCK_T[:f32][:sS][:wW][:pP] (f32: B and C converted to float32 up
+front; sS: S segments for the split kernel; wW: W warps; pP: the seq kernel's prefetch distance in
+chunks). "default" is scan_config's choice."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def parse_config(spec: str, batch: int, dim: int, length: int, model_layout: boo
             cfg["SEGMENTS"] = int(f[1:])
         if f.startswith("w"):
             cfg["num_warps"] = int(f[1:])
+        if f.startswith("p"):
+            cfg["PREFETCH"] = int(f[1:])
     return cfg
 
 

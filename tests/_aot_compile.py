@@ -92,8 +92,10 @@ def main():
     scan = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BC_ROW=True, DSTATE=16,
                 BLOCK_N=16)
     ss = selective_scan
-    compile_for_sm90(ss._scan_fwd_seq_kernel, dict(scan, HAS_H0=True, BLOCK_D=8, BLOCK_T=16), ptr,
-                     num_warps=1)
+    for block_d, block_t, prefetch in ((8, 16, 1), (4, 16, 2), (16, 8, 1)):
+        compile_for_sm90(ss._scan_fwd_seq_kernel, dict(scan, HAS_H0=True, BLOCK_D=block_d,
+                                                       BLOCK_T=block_t, PREFETCH=prefetch), ptr,
+                         num_warps=1)
     for states_only in (True, False):
         compile_for_sm90(ss._scan_fwd_split_kernel, dict(scan, HAS_H0=True, STATES_ONLY=states_only,
                                                          BLOCK_D=8, BLOCK_T=16), ptr, num_warps=1)

@@ -251,21 +251,28 @@ def test_scan_config_rules(monkeypatch):
     assert tiles(cfg(8, 1536, 8192)) == (8, 16, True)
     assert tiles(cfg(4, 5120, 2048)) == (16, 8, True)
     assert tiles(cfg(8, 5120, 2048)) == (16, 8, True)
+    assert cfg(4, 1536, 65536)["PREFETCH"] == 2 and tiles(cfg(4, 1536, 65536)) == (8, 16, True)
+    assert "PREFETCH" not in cfg(4, 1536, 2048) and "PREFETCH" not in cfg(1, 5120, 65536)
     assert tiles(cfg(1, 5120, 2048, channel_contiguous=True)) == (8, 16, False)
     assert tiles(cfg(8, 5120, 2048, channel_contiguous=True)) == (16, 8, True)
     assert cfg(1, 1536, 4096)["KIND"] == "chunk" and cfg(1, 1536, 8192)["KIND"] == "split"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_scan_fwd_seq_wide_tiles(dtype, monkeypatch):
+@pytest.mark.parametrize("dtype,prefetch", [(torch.float32, 1), (torch.bfloat16, 1),
+                                            (torch.float32, 2), (torch.bfloat16, 2)])
+def test_scan_fwd_seq_wide_tiles(dtype, prefetch, monkeypatch):
     """The seq kernel with 16 channels x 8 steps per warp (8 states per thread; the GPU default
-    from 20480 rows), a partial channel block and a partial last chunk. (Shapes with enough
+    from 20480 rows), a partial channel block and a partial last chunk; tiles loaded one or two
+    chunks ahead (L = 9: two chunks, both prefetched before the loop). (Shapes with enough
     outputs: Triton's interpreter stores fp32 -> bf16 by truncation where the GPU rounds to
     nearest, which alone costs ~3.5e-3 of the 5e-3 bf16 bound.)"""
-    cfg = {"KIND": "seq", "BLOCK_D": 16, "BLOCK_T": 8, "num_warps": 1, "BC_F32": True}
+    cfg = {"KIND": "seq", "BLOCK_D": 16, "BLOCK_T": 8, "num_warps": 1, "BC_F32": True,
+           "PREFETCH": prefetch}
     monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
     check_scan_fwd(make_scan_inputs(2, 37, 27, 16, None, dtype), TOL[dtype])
     check_scan_fwd(make_scan_inputs(1, 34, 23, 16, 2, dtype, layout="model"), TOL[dtype])
+    check_scan_fwd(make_scan_inputs(1, 40, 9, 16, None, dtype), TOL[dtype])
+    check_scan_fwd(make_scan_inputs(2, 5, 1, 3, None, dtype), TOL[dtype])
 
 
 def test_softplus_f32():
