@@ -287,8 +287,8 @@ def default_config(rows: int, features: int, k: int,
     2.5-3.6 (mamba-130m's and mamba2-130m's projections; mamba-2.8b's x_proj 1.9 vs 6.0), 16 rows
     at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps). Larger weights loop over K: one row in
     thin feature slices (4, 128, 8); several rows on tensor cores, K split in 4 for the narrower
-    ones (mamba-2.8b x_proj 6.6 vs cuBLAS 7.8 us, out_proj 13.3 vs 15.0; in_proj level with
-    cuBLAS); vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps (16 rows, 2026-11-23
+    ones (out_proj 13.3 vs cuBLAS 15.0; in_proj level with cuBLAS), in 16 for the narrowest
+    (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split in 4 and 7.7 on cuBLAS); vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps (16 rows, 2026-11-23
     sweep: 130m's 29.9-30.2 vs cuBLAS 32.6-32.7 us, 2.8b's 89.2 vs 98.3). Without early_weight the K loop is taken for every weight (one
     tile read after the wait made mamba-130m's batch-16 step 4.7x slower)."""
     kp = next_pow2(k)
@@ -301,6 +301,8 @@ def default_config(rows: int, features: int, k: int,
         return min(128, max(16, 32768 // kp)), kp, 4, 1
     if _vocab_wide(features):
         return 128, 128, 8, 1
+    if features <= 512 and k >= 4096:  # x_proj of the wide models: ~320 of K per program
+        return 16, 128, 4, 16
     return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
 
 

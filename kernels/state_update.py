@@ -6,6 +6,7 @@ Semantics: ``mamba_export.reference.selective_state_update``. State ``[B, D, N]`
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -19,6 +20,7 @@ from ._common import (
     new_output,
     next_pow2,
     pdl_start,
+    softplus_f32,
     use_interpreter,
 )
 
@@ -65,7 +67,7 @@ def _state_update_kernel(
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        dt = softplus_f32(dt)
     A = tl.load(A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask,
                 other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b64 * sB_b + grp[:, None] * sB_g + offs_n[None, :] * sB_n, mask=mask,
@@ -86,19 +88,110 @@ def _state_update_kernel(
     tl.store(out_ptr + b64 * dim + d64, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+
+@kernel
+def _state_update_rows_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, W_ptr,
+    out_ptr, nstate_ptr,
+    batch, dim, dstate, ch_per_group, dt_rank, sW_d, sW_r,
+    ss_b, ss_d, ss_n,
+    sx_b, sx_d,
+    sdt_b, sdt_d,
+    sA_d, sA_n,
+    sB_b, sB_g, sB_n,
+    sC_b, sC_g, sC_n,
+    sD, sz_b, sz_d, sbias,
+    sn_b, sn_d, sn_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    DT_PROJ: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """Every batch row of BLOCK_D channels in one program (several-row decode). The fused
+    dt_proj is one [BLOCK_M, R] x [R, BLOCK_D] product on tensor cores, so its weight tile is
+    read once per step instead of once per row (the one-row kernel at 16 rows re-reads it 16
+    times from L2: 26 MB per mamba-2.8b layer against 5.2 MB of state)."""
+    pdl_start(PDL)
+    pid_d = tl.program_id(0)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < batch
+    m64 = offs_m.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    d64 = offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < dstate
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    mask = mask_md[:, :, None] & mask_n[None, None, :]
+    grp = (offs_d // ch_per_group).to(tl.int64)
+
+    if DT_PROJ:
+        # dt = dt_low @ dt_proj.weight.T: dt_ptr holds dt_low [B, R] (sdt_d is its R stride)
+        offs_r = tl.arange(0, BLOCK_R)
+        mask_r = offs_r < dt_rank
+        low = tl.load(dt_ptr + m64[:, None] * sdt_b + offs_r[None, :] * sdt_d,
+                      mask=mask_m[:, None] & mask_r[None, :], other=0.0)
+        W = tl.load(W_ptr + offs_r[:, None] * sW_r + d64[None, :] * sW_d,
+                    mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+        if IEEE:  # float32 or mixed inputs (or the interpreter, whose bf16 dot reads raw bits)
+            dt = tl.dot(low.to(tl.float32), W.to(tl.float32), input_precision="ieee",
+                        out_dtype=tl.float32)
+        else:
+            dt = tl.dot(low, W, out_dtype=tl.float32)
+    else:
+        dt = tl.load(dt_ptr + m64[:, None] * sdt_b + d64[None, :] * sdt_d, mask=mask_md,
+                     other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    if SOFTPLUS:
+        dt = softplus_f32(dt)
+    x = tl.load(x_ptr + m64[:, None] * sx_b + d64[None, :] * sx_d, mask=mask_md,
+                other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n,
+                mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+    rows_g = m64[:, None, None]
+    Bv = tl.load(B_ptr + rows_g * sB_b + grp[None, :, None] * sB_g + offs_n[None, None, :] * sB_n,
+                 mask=mask, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + rows_g * sC_b + grp[None, :, None] * sC_g + offs_n[None, None, :] * sC_n,
+                 mask=mask, other=0.0).to(tl.float32)
+    h = tl.load(state_ptr + rows_g * ss_b + d64[None, :, None] * ss_d + offs_n[None, None, :] * ss_n,
+                mask=mask, other=0.0).to(tl.float32)
+    h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * Bv
+    y = tl.sum(h * Cv, axis=2)
+    if HAS_D:
+        y += x * tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    if HAS_Z:
+        z = tl.load(z_ptr + m64[:, None] * sz_b + d64[None, :] * sz_d, mask=mask_md,
+                    other=0.0).to(tl.float32)
+        y = y * (z * tl.sigmoid(z))
+    tl.store(nstate_ptr + rows_g * sn_b + d64[None, :, None] * sn_d + offs_n[None, None, :] * sn_n,
+             h.to(nstate_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + m64[:, None] * dim + d64[None, :], y.to(out_ptr.dtype.element_ty),
+             mask=mask_md)
+
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
+# The several-row kernel (16 channels x every row on 2 warps) from this batch and width: H100,
+# 2026-11-24, mamba-2.8b layer (D 5120) at batch 16 7.36 vs 10.41 us; mamba-370m's (D 2048)
+# 3.88 vs 3.50 for the best one-row config (docs/kernel_notes.md v16)
+_ROWS_MIN_BATCH = 16
+_ROWS_MIN_DIM = 4096
 
 
-def launch_config(batch: int, dim: int, block_n: int) -> tuple[int, int]:
-    """(channels per program, warps): one warp, the widest block (4 to 32 channels, at most 512
-    states) that still launches _MIN_PROGRAMS programs. H100 sweep (scripts/bench_state_update.py,
-    2026-11-23, dt_proj fused): batch 1 fastest at 4 channels (mamba-2.8b layer 2.52 vs 2.98 us
-    for the former 16 x 2 warps), batch 16 at 32 (10.21 vs 11.83 us; mamba-370m 3.79 vs 4.83)."""
+def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False) -> tuple[int, int, int]:
+    """(channels per program, warps, rows per program). Every row per program for wide layers at
+    large batch (_ROWS_MIN_*); else one row per program: one warp, the widest
+    block (4 to 32 channels, at most 512 states) that still launches _MIN_PROGRAMS programs. H100
+    sweep (scripts/bench_state_update.py, 2026-11-23, dt_proj fused): batch 1 fastest at 4
+    channels (mamba-2.8b layer 2.52 vs 2.98 us for the former 16 x 2 warps), batch 16 at 32
+    (10.21 vs 11.83 us; mamba-370m 3.79 vs 4.83). The interpreter: 4 channels, one row."""
+    if interpret:
+        return 4, 1, 1
+    if batch >= _ROWS_MIN_BATCH and dim >= _ROWS_MIN_DIM:
+        return 16, 2, 16
     block_d = 4
     while (block_d < 32 and (2 * block_d) * block_n <= 512
            and batch * triton.cdiv(dim, 2 * block_d) >= _MIN_PROGRAMS):
         block_d *= 2
-    return block_d, 1
+    return block_d, 1, 1
 
 
 def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
@@ -149,15 +242,26 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     nstate = out_state if out_state is not None else new_output((batch, dim, dstate),
                                                                 state.dtype, device)
     block_n = next_pow2(dstate)
-    block_d, num_warps = (4, 1) if use_interpreter(device) else launch_config(batch, dim, block_n)
-    grid = (triton.cdiv(dim, block_d), batch)
+    block_d, num_warps, rows = launch_config(batch, dim, block_n, use_interpreter(device))
+    if rows > 1:  # every row in each program (tensor-core dt_proj): one program per channel block
+        W_dtype = dt_proj_weight.dtype if dt_proj_weight is not None else dt.dtype
+        grid = (triton.cdiv(dim, block_d),)
+        kern, head = _state_update_rows_kernel, (batch, dim)
+        tiles = dict(BLOCK_M=max(16, next_pow2(batch)), BLOCK_D=max(16, block_d),
+                     IEEE=(use_interpreter(device) or dt.dtype != W_dtype
+                           or torch.float32 in (dt.dtype, W_dtype)))
+        if batch > 16:
+            raise ValueError(f"the several-row state update takes at most 16 rows, got {batch}")
+    else:
+        grid = (triton.cdiv(dim, block_d), batch)
+        kern, head, tiles = _state_update_kernel, (dim,), dict(BLOCK_D=block_d)
     launch(
-        _state_update_kernel, grid, device,
+        kern, grid, device,
         state, x, dt, A, B, C,
         D if D is not None else x, z if z is not None else x, dt_bias if dt_bias is not None else x,
         dt_proj_weight if dt_proj_weight is not None else x,
         out, nstate,
-        dim, dstate, dim // gB, dt_rank,
+        *head, dstate, dim // gB, dt_rank,
         *(dt_proj_weight.stride() if dt_proj_weight is not None else (0, 0)),
         state.stride(0), state.stride(1), state.stride(2),
         x.stride(0), x.stride(1),
@@ -169,8 +273,8 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         dt_bias.stride(0) if dt_bias is not None else 0,
         nstate.stride(0), nstate.stride(1), nstate.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), DT_PROJ=dt_proj_weight is not None, BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_R=next_pow2(max(dt_rank, 1)), num_warps=num_warps, pdl=True,
+        SOFTPLUS=bool(dt_softplus), DT_PROJ=dt_proj_weight is not None, BLOCK_N=block_n,
+        BLOCK_R=max(16, next_pow2(max(dt_rank, 1))), num_warps=num_warps, pdl=True, **tiles,
     )
     return out, nstate
 

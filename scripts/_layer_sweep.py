@@ -62,7 +62,7 @@ def summary(times: dict, model: str, batch: int, floor_us: float) -> dict:
           flush=True)
     return dict(model=model, batch=batch, floor_us=floor_us, default_us=times[None],
                 best_us=times[best], best=best,
-                all={f"{k[0]}x{k[1]}": v for k, v in times.items() if k is not None})
+                all={"x".join(str(v) for v in k): t for k, t in times.items() if k is not None})
 
 
 def write_json(path: str | None, rows: list, copy_bw: float) -> None:

@@ -35,7 +35,7 @@ SHAPES = [
 ]
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT)
 SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))),
-         16: list(itertools.product((16, 32, 64), (64, 128), (4,), (1, 2, 4)))  # tensor cores
+         16: list(itertools.product((16, 32, 64), (64, 128), (4,), (1, 2, 4, 8, 16)))  # tensor cores
          + list(itertools.product((64, 128), (64, 128, 256), (8,), (1,)))
          + list(itertools.product((4, 8), (64, 128), (4, 8), (1, 2)))}  # elementwise
 

@@ -22,7 +22,10 @@ from mamba_export.kernels import state_update as su
 
 from _layer_sweep import rel_err, start, summary, sweep, write_json  # scripts/ is on sys.path
 
-CONFIGS = [(bd, w) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4)]
+# (channels per program, warps, rows per program): one row (the one-row kernel), or every row
+# (the several-row kernel, only timed at batch > 1)
+CONFIGS = [(bd, w, 1) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4)]
+ROWS_CONFIGS = [(bd, w, 16) for bd in (16, 32, 64) for w in (2, 4, 8)]
 
 
 def layer_inputs(cfg, batch, copies):
@@ -53,14 +56,14 @@ def check(inp):
 
 
 def main() -> int:
-    started = start("block_d, warps")
+    started = start("block_d, warps, rows")
     if started is None:
         return 1
     out, bw = started
     rows, default_config = [], su.launch_config
-    for name in ("mamba-370m", "mamba-2.8b"):
+    for name in ("mamba-370m", "mamba-1.4b", "mamba-2.8b"):
         cfg = MambaConfig.preset(name)
-        for batch in (1, 16):
+        for batch in (1, 8, 16):
             state_bytes = batch * cfg.d_inner * cfg.d_state * 4
             copies = max(8, min(256, (256 << 20) // state_bytes))
             inp = layer_inputs(cfg, batch, copies)
@@ -69,7 +72,8 @@ def main() -> int:
             def use(c):  # (block_d, warps), or None: the launcher's own
                 su.launch_config = default_config if c is None else (lambda *a: c)
 
-            times = sweep(CONFIGS, use, lambda: check(inp),
+            configs = CONFIGS + (ROWS_CONFIGS if batch > 1 else [])
+            times = sweep(configs, use, lambda: check(inp),
                           lambda i: run(inp, inp["states"][i], inp["states"][i]), copies,
                           f"{name} B{batch}")
             rows.append(summary(times, name, batch, floor))

@@ -387,7 +387,13 @@ def update_ref(kw):
     (6, 7, 5, None, torch.float32),
     (9, 6, 16, 3, torch.bfloat16),
 ])
-def test_state_update(batch, dim, dstate, groups, dtype):
+@pytest.mark.parametrize("rows", [False, True])
+def test_state_update(batch, dim, dstate, groups, dtype, rows, monkeypatch):
+    """rows: the several-row kernel (every batch row of a channel block in one program)."""
+    from mamba_export.kernels import state_update as su
+
+    if rows:
+        monkeypatch.setattr(su, "launch_config", lambda *a: (16, 4, 16))
     kw = make_update_inputs(batch, dim, dstate, groups, dtype)
     out, new = selective_state_update_fwd(**kw)
     r_out, r_new = update_ref(kw)

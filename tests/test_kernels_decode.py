@@ -10,11 +10,19 @@ from mamba_export import reference as ref
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.mark.parametrize("rows", [False, True])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])
 @pytest.mark.parametrize("batch,dim,rank,dstate,groups", [(1, 7, 3, 5, 0), (3, 24, 5, 16, 2),
-                                                         (6, 9, 4, 16, 3)])
-def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups):
+                                                         (6, 9, 4, 16, 3), (16, 37, 20, 16, 0)])
+def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups, rows,
+                                         monkeypatch):
+    """rows: every batch row of a channel block in one program, dt_proj as a tensor-core
+    product (the several-row kernel), forced here; else the launcher's choice."""
+    from mamba_export.kernels import state_update as su
     from mamba_export.kernels.state_update import selective_state_update_fwd
+
+    if rows:
+        monkeypatch.setattr(su, "launch_config", lambda *a: (16, 4, 16))
 
     bc = (batch, groups, dstate) if groups else (batch, dstate)
     x, z = (torch.randn(batch, dim).to(dtype) for _ in range(2))
@@ -32,6 +40,16 @@ def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate,
         bias.double(), True)
     assert rel_err(y.cpu(), want_y) <= bound
     assert rel_err(new.cpu(), want_state) <= 1e-5 if dtype == torch.float32 else bound
+
+
+def test_state_update_launch_rules():
+    """Every row per program for wide layers at batch 16 (H100 sweep, docs/kernel_notes.md v16),
+    one row per program otherwise; the interpreter's small one-row config."""
+    from mamba_export.kernels.state_update import launch_config
+
+    assert launch_config(16, 5120, 16) == (16, 2, 16)
+    assert launch_config(16, 2048, 16)[2] == 1 and launch_config(1, 5120, 16) == (4, 1, 1)
+    assert launch_config(16, 5120, 16, interpret=True) == (4, 1, 1)
 
 
 @pytest.mark.parametrize("residual_in_fp32", [True, False])

@@ -215,6 +215,7 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 50280, 768) == (128, 128, 8, 1)
     assert default_config(16, 3072, 768) == (32, 1024, 4, 1)  # one tile of all K
     assert default_config(1, 10240, 2560) == (4, 128, 8, 1)  # large: a loop over K
+    assert default_config(16, 192, 5120) == (16, 128, 4, 16)  # mamba-2.8b's x_proj: K split 16
     assert default_config(16, 3072, 768, early_weight=False)[1] == 128  # read after the wait: loop
 
 
