@@ -169,23 +169,26 @@ def _state_update_rows_kernel(
              mask=mask_md)
 
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
-# The several-row kernel (16 channels x every row on 2 warps) from this batch and width: H100,
-# 2026-11-24, mamba-2.8b layer (D 5120) at batch 16 7.36 vs 10.41 us; mamba-370m's (D 2048)
-# 3.88 vs 3.50 for the best one-row config (docs/kernel_notes.md v16)
-_ROWS_MIN_BATCH = 16
-_ROWS_MIN_DIM = 4096
+# The several-row kernel (16 channels x every row on 2 warps) when the one-row kernel would
+# re-read at least this many dt_proj weight elements per step (batch x dim x rank). H100,
+# 2026-11-24 (docs/kernel_notes.md v16), us per layer, several-row vs the one-row default:
+# mamba-2.8b (5120 x 160) 7.36 vs 10.41 at batch 16, 5.57 vs 6.03 at 8; mamba-1.4b (4096 x 128)
+# 5.91 vs 5.78 at 16, 4.87 vs 4.12 at 8; mamba-370m (2048 x 64) 4.67 vs 3.86 at 16.
+_ROWS_MIN_REREAD = 6_500_000
 
 
-def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False) -> tuple[int, int, int]:
-    """(channels per program, warps, rows per program). Every row per program for wide layers at
-    large batch (_ROWS_MIN_*); else one row per program: one warp, the widest
+def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False,
+                  rank: int = 0) -> tuple[int, int, int]:
+    """(channels per program, warps, rows per program). Every row per program where the fused
+    dt_proj (``rank``: its inner size, 0 if not fused) would otherwise be re-read too often
+    (_ROWS_MIN_REREAD, at most 16 rows); else one row per program: one warp, the widest
     block (4 to 32 channels, at most 512 states) that still launches _MIN_PROGRAMS programs. H100
     sweep (scripts/bench_state_update.py, 2026-11-23, dt_proj fused): batch 1 fastest at 4
     channels (mamba-2.8b layer 2.52 vs 2.98 us for the former 16 x 2 warps), batch 16 at 32
     (10.21 vs 11.83 us; mamba-370m 3.79 vs 4.83). The interpreter: 4 channels, one row."""
     if interpret:
         return 4, 1, 1
-    if batch >= _ROWS_MIN_BATCH and dim >= _ROWS_MIN_DIM:
+    if batch <= 16 and batch * dim * rank >= _ROWS_MIN_REREAD:
         return 16, 2, 16
     block_d = 4
     while (block_d < 32 and (2 * block_d) * block_n <= 512
@@ -242,7 +245,8 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     nstate = out_state if out_state is not None else new_output((batch, dim, dstate),
                                                                 state.dtype, device)
     block_n = next_pow2(dstate)
-    block_d, num_warps, rows = launch_config(batch, dim, block_n, use_interpreter(device))
+    block_d, num_warps, rows = launch_config(batch, dim, block_n, use_interpreter(device),
+                                             dt_rank)
     if rows > 1:  # every row in each program (tensor-core dt_proj): one program per channel block
         W_dtype = dt_proj_weight.dtype if dt_proj_weight is not None else dt.dtype
         grid = (triton.cdiv(dim, block_d),)

@@ -43,13 +43,19 @@ def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate,
 
 
 def test_state_update_launch_rules():
-    """Every row per program for wide layers at batch 16 (H100 sweep, docs/kernel_notes.md v16),
-    one row per program otherwise; the interpreter's small one-row config."""
+    """Every row per program where the one-row kernel would re-read the fused dt_proj weight
+    most (H100 sweep, docs/kernel_notes.md v16), one row per program otherwise; the
+    interpreter's small one-row config."""
     from mamba_export.kernels.state_update import launch_config
 
-    assert launch_config(16, 5120, 16) == (16, 2, 16)
-    assert launch_config(16, 2048, 16)[2] == 1 and launch_config(1, 5120, 16) == (4, 1, 1)
-    assert launch_config(16, 5120, 16, interpret=True) == (4, 1, 1)
+    assert launch_config(16, 5120, 16, rank=160) == (16, 2, 16)  # mamba-2.8b
+    assert launch_config(8, 5120, 16, rank=160) == (16, 2, 16)
+    assert launch_config(16, 4096, 16, rank=128) == (16, 2, 16)  # mamba-1.4b
+    assert launch_config(8, 4096, 16, rank=128)[2] == 1
+    assert launch_config(16, 2048, 16, rank=64)[2] == 1  # mamba-370m
+    assert launch_config(16, 5120, 16)[2] == 1  # dt given: no weight to share
+    assert launch_config(1, 5120, 16, rank=160) == (4, 1, 1)
+    assert launch_config(16, 5120, 16, interpret=True, rank=160) == (4, 1, 1)
 
 
 @pytest.mark.parametrize("residual_in_fp32", [True, False])
