@@ -276,10 +276,11 @@ def test_scan_fwd_seq_wide_tiles(dtype, prefetch, monkeypatch):
 
 
 def test_softplus_f32():
-    """The kernels' softplus against float64 log1p(exp(x)) (x above 20 as torch: x itself),
-    over the whole float32 range that matters: |rel| <= 4e-6 everywhere."""
+    """The kernels' softplus against float64 log1p(exp(x)) (x above 20 as torch: x itself):
+    |rel| <= 4e-6 from x = -80 up (below about -87 the result is a float32 subnormal, which the
+    GPU flushes to zero)."""
     x = torch.cat([torch.linspace(-40.0, 40.0, 4001), -torch.logspace(-7, 1.5, 301),
-                   torch.logspace(-7, 1.5, 301), torch.tensor([0.0, 20.0, 20.5, 88.0, -88.0])])
+                   torch.logspace(-7, 1.5, 301), torch.tensor([0.0, 20.0, 20.5, 88.0, -80.0])])
     y = torch.full_like(x, float("nan"))
     _common.launch(_softplus_kernel, (triton.cdiv(x.numel(), 1024),), x.device, x, y, x.numel(),
                    BLOCK=1024, num_warps=4)
