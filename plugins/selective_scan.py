@@ -129,7 +129,8 @@ def _build_wrapper():
               1, 1,                        # D, delta_bias
               s_bdl, len64, 1,             # z
               s_bdn, DSTATE, 1,            # initial_state
-              HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, True, DSTATE, BLOCK_N, BLOCK_D, BLOCK_T)
+              HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, True, DSTATE, BLOCK_N, BLOCK_D, BLOCK_T,
+              1)                           # PREFETCH: tiles one chunk ahead
 
     # JITFunction directly (not triton.jit): never the interpreter, whatever TRITON_INTERPRET
     return JITFunction(selective_scan_trt)
