@@ -279,18 +279,20 @@ def _decode_linear_kernel(
 
 def default_config(rows: int, features: int, k: int,
                    early_weight: bool = True) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, SPLIT), from the H100 sweep of 2026-11-23
+    """(BLOCK_N, BLOCK_K, num_warps, SPLIT), from the H100 sweeps of 2026-11-23 and 2026-11-24
     (scripts/bench_decode_linear.py --sweep, configs run with early_weight as the model does).
 
     With ``early_weight``, weights up to _ONE_TILE_MAX elements take one tile per program
     covering all of K, read before the PDL wait: one row at 1.3-3.0 us where the K loop took
     2.5-3.6 (mamba-130m's and mamba2-130m's projections; mamba-2.8b's x_proj 1.9 vs 6.0), 16 rows
-    at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps). Larger weights loop over K: one row in
-    thin feature slices (4, 128, 8); several rows on tensor cores, K split in 4 for the narrower
-    ones (out_proj 13.3 vs cuBLAS 15.0; in_proj level with cuBLAS), in 16 for the narrowest
-    (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split in 4 and 7.7 on cuBLAS); vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps (16 rows, 2026-11-23
-    sweep: 130m's 29.9-30.2 vs cuBLAS 32.6-32.7 us, 2.8b's 89.2 vs 98.3). Without early_weight the K loop is taken for every weight (one
-    tile read after the wait made mamba-130m's batch-16 step 4.7x slower)."""
+    at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps).
+    Larger weights loop over K: one row in thin feature slices (4, 128, 8); several rows on
+    tensor cores, K split in 4 for the narrower ones (out_proj 13.3 vs cuBLAS 15.0; in_proj level
+    with cuBLAS), in 16 for the narrowest (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split
+    in 4 and 7.7 on cuBLAS); vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps
+    (16 rows, 2026-11-23 sweep: 130m's 29.9-30.2 vs cuBLAS 32.6-32.7 us, 2.8b's 89.2 vs 98.3).
+    Without early_weight the K loop is taken for every weight (one tile read after the wait made
+    mamba-130m's batch-16 step 4.7x slower)."""
     kp = next_pow2(k)
     one_tile = early_weight and _small_weight(features, k)
     if rows == 1:

@@ -88,7 +88,6 @@ def _state_update_kernel(
     tl.store(out_ptr + b64 * dim + d64, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
-
 @kernel
 def _state_update_rows_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, W_ptr,
@@ -167,6 +166,7 @@ def _state_update_rows_kernel(
              h.to(nstate_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + m64[:, None] * dim + d64[None, :], y.to(out_ptr.dtype.element_ty),
              mask=mask_md)
+
 
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 # The several-row kernel (16 channels x every row on 2 warps) when the one-row kernel would
@@ -248,14 +248,15 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     block_d, num_warps, rows = launch_config(batch, dim, block_n, use_interpreter(device),
                                              dt_rank)
     if rows > 1:  # every row in each program (tensor-core dt_proj): one program per channel block
+        if batch > 16:
+            raise ValueError(f"the several-row state update takes at most 16 rows, got {batch}")
+        block_d = max(16, block_d)  # tl.dot's smallest tile
         W_dtype = dt_proj_weight.dtype if dt_proj_weight is not None else dt.dtype
         grid = (triton.cdiv(dim, block_d),)
         kern, head = _state_update_rows_kernel, (batch, dim)
-        tiles = dict(BLOCK_M=max(16, next_pow2(batch)), BLOCK_D=max(16, block_d),
+        tiles = dict(BLOCK_M=16, BLOCK_D=block_d,
                      IEEE=(use_interpreter(device) or dt.dtype != W_dtype
                            or torch.float32 in (dt.dtype, W_dtype)))
-        if batch > 16:
-            raise ValueError(f"the several-row state update takes at most 16 rows, got {batch}")
     else:
         grid = (triton.cdiv(dim, block_d), batch)
         kern, head, tiles = _state_update_kernel, (dim,), dict(BLOCK_D=block_d)

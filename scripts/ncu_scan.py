@@ -1,9 +1,14 @@
 """Runs the Mamba-1 scan forward a few times at one shape, for Nsight Compute (needs CUDA).
 
-    ncu --kernel-name regex:_scan_fwd --launch-skip 3 --launch-count 1 --section WarpStateStats \
+    PYTHONPATH=scripts:. ncu --clock-control none --kernel-name regex:_scan_fwd --launch-skip 2 \
+        --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+        --section Occupancy --section LaunchStats --section SchedulerStats \
+        --section WarpStateStats --section InstructionStats --section MemoryWorkloadAnalysis \
         python3 scripts/ncu_scan.py --shape 1,5120,2048 [--kind seq] [--block-d 4 --block-t 16]
 
-The inputs are bench_kernels.py's (bf16, z + D + delta_bias + softplus, N = 16)."""
+(how docs/data/ncu_scan_2026-11-24_s9_*.txt were taken; per-instruction stall samples:
+``--section SourceCounters --page source --print-source sass --csv``). The inputs are
+bench_kernels.py's (bf16, z + D + delta_bias + softplus, N = 16)."""
 
 from __future__ import annotations
 
