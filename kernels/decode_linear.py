@@ -319,6 +319,17 @@ def _small_weight(features: int, k: int) -> bool:
 # The model's lm_head takes this kernel at up to MODEL_ROWS rows too (model_takes(lm_head=True));
 # a switch for benchmarks (scripts/bench_e2e.py --cublas-lm-head).
 LM_HEAD = True
+# The large projections of the wide models at several rows take this kernel too
+# (_large_rows_weight); a switch for benchmarks (scripts/bench_e2e.py --cublas-large-weights).
+LARGE_WEIGHTS = True
+
+
+def _large_rows_weight(features: int, k: int) -> bool:
+    """in_proj / out_proj of models from d_model 2048 (K >= 2048, >= 8M elements), not the lm_head.
+    H100 decode at batch 16, 2026-11-24 (ms/token, here vs cuBLAS, same calls): mamba-2.8b 3.485
+    vs 3.767, mamba-1.4b 2.061 vs 2.174, mamba2-2.7b 5.173 vs 5.397; mamba-790m (K 1536 / 4.7M
+    elements) 1.902-1.910 vs 1.746-2.051, left on cuBLAS."""
+    return LARGE_WEIGHTS and k >= 2048 and features * k >= (8 << 20) and not _vocab_wide(features)
 
 
 def _vocab_wide(features: int) -> bool:
@@ -328,12 +339,15 @@ def _vocab_wide(features: int) -> bool:
 
 def model_takes(rows: int, features: int, k: int, lm_head: bool = False) -> bool:
     """Whether the model's decode step sends this projection here rather than to cuBLAS: one
-    row always; up to MODEL_ROWS rows for small weights and the lm_head. H100 decode, 2026-11-23,
-    batch 16 (ms/token, here vs cuBLAS for the projections): mamba-130m 0.508 vs 0.574,
-    mamba2-130m 0.700 vs 0.771, but mamba-2.8b 4.21 vs 4.11 with its large weights here too; the
-    lm_head alone here vs cuBLAS: mamba2-130m 0.593 vs 0.597, mamba-130m 0.511 vs 0.514,
-    mamba-2.8b 3.977 vs 3.984."""
-    return rows == 1 or (rows <= MODEL_ROWS and (_small_weight(features, k) or (lm_head and LM_HEAD)))
+    row always; up to MODEL_ROWS rows for small weights, the large ones of the wide models
+    (_large_rows_weight) and the lm_head. H100 decode, 2026-11-23, batch 16 (ms/token, here vs
+    cuBLAS for the projections): mamba-130m 0.508 vs 0.574, mamba2-130m 0.700 vs 0.771 (and
+    mamba-2.8b then 4.21 vs 4.11 with its large weights here too: since reversed by the later
+    configs and folds, see _large_rows_weight); the lm_head alone here vs cuBLAS: mamba2-130m
+    0.593 vs 0.597, mamba-130m 0.511 vs 0.514, mamba-2.8b 3.977 vs 3.984."""
+    return rows == 1 or (rows <= MODEL_ROWS and (_small_weight(features, k)
+                                                 or _large_rows_weight(features, k)
+                                                 or (lm_head and LM_HEAD)))
 
 
 def folds_norm(rows: int, features: int, k: int) -> bool:

@@ -170,6 +170,9 @@ def main() -> int:
     p.add_argument("--cublas-lm-head", action="store_true",
                    help="decode: the lm_head at several rows on cuBLAS (default: kernels/decode_linear.py, "
                         "decode_linear.LM_HEAD)")
+    p.add_argument("--cublas-large-weights", action="store_true",
+                   help="decode: the large in_proj / out_proj of the wide models at several rows on "
+                        "cuBLAS (default: kernels/decode_linear.py, decode_linear.LARGE_WEIGHTS)")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -188,6 +191,10 @@ def main() -> int:
         from mamba_export.kernels import decode_linear
 
         decode_linear.LM_HEAD = False
+    if args.cublas_large_weights:
+        from mamba_export.kernels import decode_linear
+
+        decode_linear.LARGE_WEIGHTS = False
     if args.torch_argmax:
         global SELECT
         SELECT = lambda logits, vocab: logits[:, :vocab].argmax(-1)  # noqa: E731
@@ -207,6 +214,7 @@ def main() -> int:
     for _, name, _ in DISPATCH_SWITCHES:
         results[name.lower()] = getattr(me._dispatch, name)
     results["cublas_lm_head"] = args.cublas_lm_head
+    results["cublas_large_weights"] = args.cublas_large_weights
     results["torch_argmax"] = args.torch_argmax
     if args.ssd_update_config:
         results["ssd_update_config"] = args.ssd_update_config

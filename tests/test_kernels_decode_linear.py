@@ -204,12 +204,16 @@ def test_add_norm_needs_one_tile_without_split():
 
 def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     """The routing measured on the H100: one row always; up to 16 rows for weights read in one
-    tile (mamba-130m's in_proj, not mamba-2.8b's) and for the lm_head (vocabulary-wide)."""
+    tile (mamba-130m's in_proj), the large in_proj / out_proj of models from d_model 2048 (not
+    mamba-790m's) and the lm_head (vocabulary-wide) as such."""
     from mamba_export.kernels.decode_linear import default_config, model_takes
 
     assert model_takes(1, 10240, 2560) and model_takes(1, 50280, 768)
     assert model_takes(16, 3072, 768) and model_takes(4, 768, 1536)
-    assert not model_takes(16, 10240, 2560) and not model_takes(16, 50280, 768)
+    assert model_takes(16, 10240, 2560) and model_takes(16, 2560, 5120)  # mamba-2.8b
+    assert model_takes(16, 8192, 2048) and model_takes(16, 2048, 4096)  # mamba-1.4b
+    assert not model_takes(16, 6144, 1536) and not model_takes(16, 1536, 3072)  # mamba-790m
+    assert not model_takes(16, 50280, 768) and not model_takes(16, 50280, 2560)
     assert model_takes(16, 50280, 768, lm_head=True) and model_takes(16, 50280, 2560, lm_head=True)
     assert not model_takes(17, 3072, 768)
     assert default_config(16, 50280, 768) == (128, 128, 8, 1)
@@ -263,6 +267,43 @@ def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch
     assert sum(folded) == (3 * cfg.n_layer if folds == "all" and batch == 1 else 0)  # every in_proj, or none
     hand_off = folds == "no_add_norm" or (folds == "all" and batch > 1)
     assert sum(handed) == (3 * (cfg.n_layer - 1) if hand_off else 0)  # every out_proj but the last
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+def test_wide_model_decode_step_at_16_rows_equals_op_step(layer, monkeypatch):
+    """A model as wide as mamba-1.4b (d_model 2048) at batch 16: its in_proj and out_proj take
+    the K-loop kernel (model_takes' large-weight rule) with the between-block norm hand-off; the
+    kernel path's step equals the op path's (float32, two layers, two steps)."""
+    from mamba_export import mamba2, model as model_mod
+    from mamba_export.kernels import decode_linear as dl
+
+    shapes = []
+    real = dl.decode_linear_fwd
+    monkeypatch.setattr(dl, "decode_linear_fwd",
+                        lambda x, w, *a, **k: shapes.append((x.shape[0], *w.shape)) or real(x, w, *a, **k))
+    extra = dict(layer="Mamba2", headdim=64) if layer == "Mamba2" else {}
+    cfg = me.MambaConfig(d_model=2048, n_layer=2, vocab_size=64, **extra)
+    torch.manual_seed(5)
+    lm = me.MambaLM(cfg).to(DEVICE).eval()
+    ids = torch.randint(0, 64, (16, 6), device=DEVICE)
+    with torch.no_grad():
+        _, state = lm.prefill(ids[:, :4], lm.new_state(16))
+        kern = me.MambaState(state.conv.clone(), state.ssm.clone())
+        for t in (4, 5):
+            for kernel_path in (False, True):
+                with monkeypatch.context() as m:
+                    for mod in (model_mod, mamba2):
+                        m.setattr(mod, "_eager_cuda", lambda _, k=kernel_path: k)
+                    if kernel_path:
+                        got, kern = lm.step(ids[:, t], kern, inplace=True)
+                    else:
+                        want, state = lm.step(ids[:, t], state)
+            assert rel_err(got, want) <= 1e-5
+            assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
+    mixer = lm.backbone.layers[0].mixer
+    in_proj, out_proj = mixer.in_proj.weight, mixer.out_proj.weight
+    assert (16, *in_proj.shape) in shapes and (16, *out_proj.shape) in shapes
 
 
 def conv_reference(projected, first, conv_state, cw, cb):
