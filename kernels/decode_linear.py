@@ -277,8 +277,8 @@ def _decode_linear_kernel(
                  out.to(out_ptr.dtype.element_ty), mask=tile)
 
 
-def default_config(rows: int, features: int, k: int,
-                   early_weight: bool = True) -> tuple[int, int, int, int]:
+def default_config(rows: int, features: int, k: int, early_weight: bool = True,
+                   itemsize: int = 2) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, SPLIT), from the H100 sweeps of 2026-11-23 and 2026-11-24
     (scripts/bench_decode_linear.py --sweep, configs run with early_weight as the model does).
 
@@ -292,15 +292,18 @@ def default_config(rows: int, features: int, k: int,
     in 4 and 7.7 on cuBLAS); vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps
     (16 rows, 2026-11-23 sweep: 130m's 29.9-30.2 vs cuBLAS 32.6-32.7 us, 2.8b's 89.2 vs 98.3).
     Without early_weight the K loop is taken for every weight (one tile read after the wait made
-    mamba-130m's batch-16 step 4.7x slower)."""
+    mamba-130m's batch-16 step 4.7x slower). ``itemsize``: bytes per element of x and the
+    weight; a several-row tile whose tensor-core operands would exceed _ONE_TILE_SMEM (float32
+    with K over 512: 256 KB at K = 2048, more than an H100 SM holds) loops over K instead."""
     kp = next_pow2(k)
     one_tile = early_weight and _small_weight(features, k)
     if rows == 1:
         if one_tile:
             return max(2, min(8, 8192 // kp)), kp, 8 if kp >= 2048 else 4, 1
         return 4, 128, 8, 1
-    if one_tile and kp <= 2048:  # (at most 128 features: tiny K, as in tests, gave huge tiles)
-        return min(128, max(16, 32768 // kp)), kp, 4, 1
+    block_n = min(128, max(16, 32768 // kp))  # (at most 128 features: tiny K gave huge tiles)
+    if one_tile and kp <= 2048 and (MAX_ROWS + block_n) * kp * itemsize <= _ONE_TILE_SMEM:
+        return block_n, kp, 4, 1
     if _vocab_wide(features):
         return 128, 128, 8, 1
     if features <= 512 and k >= 4096:  # x_proj of the wide models: ~320 of K per program
@@ -309,6 +312,7 @@ def default_config(rows: int, features: int, k: int,
 
 
 _ONE_TILE_MAX = 4 << 20  # weight elements (8 MiB in fp16): mamba-130m's projections, not the lm_head
+_ONE_TILE_SMEM = 160 << 10  # bytes of x and weight tile a several-row one-tile program stages
 
 
 def _small_weight(features: int, k: int) -> bool:
@@ -357,11 +361,11 @@ def folds_norm(rows: int, features: int, k: int) -> bool:
     vs 0.711, mamba2-130m 0.324 vs 0.348; at batch 16 the folded tensor-core path was 2.5-3.5x
     slower (0.887 vs 0.708 mamba2-130m, 1.817 vs 0.520 mamba-130m), so several rows keep the
     add + RMSNorm kernel."""
-    _, block_k, _, split = default_config(rows, features, k, early_weight=True)
+    _, block_k, _, split = default_config(rows, features, k, early_weight=True)  # (one row)
     return rows == 1 and block_k >= k and split == 1
 
 
-def one_tile(rows: int, features: int, k: int) -> bool:
+def one_tile(rows: int, features: int, k: int, itemsize: int = 2) -> bool:
     """Whether the model's decode step reads this projection's weight in one tile per program
     (small weights, ``default_config`` with early weight reads; no split), which is where its
     kernel takes folds at both ends: the conv (in_proj), the add + RMSNorm between blocks
@@ -369,7 +373,7 @@ def one_tile(rows: int, features: int, k: int) -> bool:
     mamba-2.8b's K-loop projections the b1 step took 3.43-3.45 ms/token against 2.76 without
     (the kernel the fold removes no longer separates two long weight-streaming kernels whose
     programs, launched early by PDL, then hold SM slots while the one before streams)."""
-    _, block_k, _, split = default_config(rows, features, k, early_weight=True)
+    _, block_k, _, split = default_config(rows, features, k, early_weight=True, itemsize=itemsize)
     return model_takes(rows, features, k) and block_k >= k and split == 1
 
 
@@ -524,7 +528,8 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError("decode_linear_fwd: float64 is not supported; use F.linear")
     if out is None:
         out = new_output((rows, features), x.dtype, x.device)
-    block_n, block_k, warps, split = config or default_config(rows, features, k, early_weight)
+    block_n, block_k, warps, split = config or default_config(
+        rows, features, k, early_weight, max(x.element_size(), weight.element_size()))
     dot = rows > 1 and block_n >= 16  # tensor-core tiles need 16 features; narrower: elementwise
     if split < 1 or block_n < 1 or block_k < 1:
         raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT), got {config}")

@@ -118,8 +118,9 @@ def hands_off_norm(x_like: Tensor, out_proj: nn.Linear, next_in_proj: nn.Linear,
 
     rows = x_like.shape[0]
     return (FOLD_NEXT_NORM and next_norm.weight.dtype == x_like.dtype and _kernel_takes(x_like, out_proj)
-            and _kernel_takes(x_like, next_in_proj) and dl.one_tile(rows, *out_proj.weight.shape)
-            and dl.one_tile(rows, *next_in_proj.weight.shape)
+            and _kernel_takes(x_like, next_in_proj)
+            and dl.one_tile(rows, *out_proj.weight.shape, out_proj.weight.element_size())
+            and dl.one_tile(rows, *next_in_proj.weight.shape, next_in_proj.weight.element_size())
             and not (FOLD_NORM and EARLY_READS and dl.folds_norm(rows, *next_in_proj.weight.shape)))
 
 
@@ -132,7 +133,8 @@ def in_proj_conv(x_like: Tensor, in_proj: nn.Linear, conv1d: nn.Conv1d, conv_sta
     ``inplace``, else to a new tensor."""
     from .kernels import decode_linear as dl
 
-    if not (FOLD_CONV and _kernel_takes(x_like, in_proj) and dl.one_tile(x_like.shape[0], *in_proj.weight.shape)
+    if not (FOLD_CONV and _kernel_takes(x_like, in_proj)
+            and dl.one_tile(x_like.shape[0], *in_proj.weight.shape, in_proj.weight.element_size())
             and conv_state.dim() == 3 and conv_state.shape[2] == conv1d.weight.shape[-1] - 1):
         return None
     out_state = conv_state if inplace else torch.empty_like(conv_state)

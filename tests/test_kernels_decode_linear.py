@@ -221,6 +221,11 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(1, 10240, 2560) == (4, 128, 8, 1)  # large: a loop over K
     assert default_config(16, 192, 5120) == (16, 128, 4, 16)  # mamba-2.8b's x_proj: K split 16
     assert default_config(16, 3072, 768, early_weight=False)[1] == 128  # read after the wait: loop
+    # float32 operands of a one-tile several-row program would not fit in shared memory past
+    # K = 512 (256 KB at K = 2048): a K loop instead; half precision keeps the tile
+    assert default_config(16, 768, 1536) == (16, 2048, 4, 1)
+    assert default_config(16, 768, 1536, itemsize=4)[1] == 128
+    assert default_config(16, 64, 512, itemsize=4)[1] == 512
 
 
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
@@ -273,8 +278,9 @@ def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 def test_wide_model_decode_step_at_16_rows_equals_op_step(layer, monkeypatch):
     """A model as wide as mamba-1.4b (d_model 2048) at batch 16: its in_proj and out_proj take
-    the K-loop kernel (model_takes' large-weight rule) with the between-block norm hand-off; the
-    kernel path's step equals the op path's (float32, two layers, two steps)."""
+    the K-loop kernel (model_takes' large-weight rule); the kernel path's step equals the op
+    path's (float32, two layers, two steps; the small lm_head's float32 one-tile config would
+    need 256 KB of shared memory: it loops over K)."""
     from mamba_export import mamba2, model as model_mod
     from mamba_export.kernels import decode_linear as dl
 
