@@ -228,6 +228,26 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 64, 512, itemsize=4)[1] == 512
 
 
+def steps_equal_op_steps(lm, ids, state, monkeypatch):
+    """Decode ``ids [B, T]`` from ``state`` twice, step by step: on the path eager CUDA takes
+    (launchers called directly, in place) and on the op path (on CUDA too); outputs and states
+    equal within 1e-5 after every step."""
+    from mamba_export import mamba2, model as model_mod
+
+    kern = me.MambaState(state.conv.clone(), state.ssm.clone())
+    for t in range(ids.shape[1]):
+        for kernel_path in (False, True):
+            with monkeypatch.context() as m:
+                for mod in (model_mod, mamba2):
+                    m.setattr(mod, "_eager_cuda", lambda _, k=kernel_path: k)
+                if kernel_path:
+                    got, kern = lm.step(ids[:, t], kern, inplace=True)
+                else:
+                    want, state = lm.step(ids[:, t], state)
+        assert rel_err(got, want) <= 1e-5
+        assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
+
+
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 @pytest.mark.parametrize("folds", ["all", "no_add_norm", "none"])
 @pytest.mark.parametrize("residual_in_fp32,batch", [(True, 1), (False, 1), (True, 3)])
@@ -239,7 +259,7 @@ def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch
     Mamba-2's gated norm in out_proj; "no_add_norm": no add + RMSNorm in in_proj alone (split
     over out_proj / in_proj from the second block on at batch 1 too); "none": the conv and
     the norms by their own kernels (Mamba-2: the conv in the state update)."""
-    from mamba_export import _dispatch, mamba2, model as model_mod
+    from mamba_export import _dispatch
     from mamba_export.kernels import decode_linear as dl
 
     folded, handed = [], []
@@ -254,21 +274,10 @@ def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch
     ids = torch.randint(0, 61, (batch, 9), device=DEVICE)
     with torch.no_grad():
         _, state = lm.prefill(ids[:, :6], lm.new_state(batch))
-        kern = me.MambaState(state.conv.clone(), state.ssm.clone())
         monkeypatch.setattr(_dispatch, "FOLD_NORM", folds == "all")
         monkeypatch.setattr(_dispatch, "FOLD_CONV", folds != "none")
         monkeypatch.setattr(_dispatch, "FOLD_NEXT_NORM", folds != "none")
-        for t in range(6, 9):
-            for kernel_path in (False, True):  # (the op path on CUDA too)
-                with monkeypatch.context() as m:
-                    for mod in (model_mod, mamba2):
-                        m.setattr(mod, "_eager_cuda", lambda _, k=kernel_path: k)
-                    if kernel_path:
-                        got, kern = lm.step(ids[:, t], kern, inplace=True)
-                    else:
-                        want, state = lm.step(ids[:, t], state)
-            assert rel_err(got, want) <= 1e-5
-            assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
+        steps_equal_op_steps(lm, ids[:, 6:], state, monkeypatch)
     assert sum(folded) == (3 * cfg.n_layer if folds == "all" and batch == 1 else 0)  # every in_proj, or none
     hand_off = folds == "no_add_norm" or (folds == "all" and batch > 1)
     assert sum(handed) == (3 * (cfg.n_layer - 1) if hand_off else 0)  # every out_proj but the last
@@ -281,7 +290,6 @@ def test_wide_model_decode_step_at_16_rows_equals_op_step(layer, monkeypatch):
     the K-loop kernel (model_takes' large-weight rule); the kernel path's step equals the op
     path's (float32, two layers, two steps; the small lm_head's float32 one-tile config would
     need 256 KB of shared memory: it loops over K)."""
-    from mamba_export import mamba2, model as model_mod
     from mamba_export.kernels import decode_linear as dl
 
     shapes = []
@@ -295,18 +303,7 @@ def test_wide_model_decode_step_at_16_rows_equals_op_step(layer, monkeypatch):
     ids = torch.randint(0, 64, (16, 6), device=DEVICE)
     with torch.no_grad():
         _, state = lm.prefill(ids[:, :4], lm.new_state(16))
-        kern = me.MambaState(state.conv.clone(), state.ssm.clone())
-        for t in (4, 5):
-            for kernel_path in (False, True):
-                with monkeypatch.context() as m:
-                    for mod in (model_mod, mamba2):
-                        m.setattr(mod, "_eager_cuda", lambda _, k=kernel_path: k)
-                    if kernel_path:
-                        got, kern = lm.step(ids[:, t], kern, inplace=True)
-                    else:
-                        want, state = lm.step(ids[:, t], state)
-            assert rel_err(got, want) <= 1e-5
-            assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
+        steps_equal_op_steps(lm, ids[:, 4:], state, monkeypatch)
     mixer = lm.backbone.layers[0].mixer
     in_proj, out_proj = mixer.in_proj.weight, mixer.out_proj.weight
     assert (16, *in_proj.shape) in shapes and (16, *out_proj.shape) in shapes
