@@ -141,6 +141,16 @@ def in_proj_conv(x_like: Tensor, in_proj: nn.Linear, conv1d: nn.Conv1d, conv_sta
     return conv_state, conv1d.weight.squeeze(1), conv1d.bias, first, out_state
 
 
+def folds_add_norm(hidden: Tensor, norm: nn.Module, in_proj: nn.Linear) -> bool:
+    """Whether :func:`add_norm_in_proj` applies to ``hidden`` (asked first by a caller that
+    prepares a conv fold for it, so that nothing is allocated for a fold that will not run)."""
+    from .kernels import decode_linear as dl
+
+    return (FOLD_NORM and EARLY_READS and hidden.dim() == 2 and hidden.dtype != torch.float64
+            and hidden.dtype == in_proj.weight.dtype == norm.weight.dtype
+            and dl.folds_norm(hidden.shape[0], *in_proj.weight.shape))
+
+
 def add_norm_in_proj(hidden: Tensor, residual: Tensor | None, norm: nn.Module, in_proj: nn.Linear,
                      residual_in_fp32: bool, conv: tuple | None = None) -> tuple[Tensor, Tensor] | None:
     """``(in_proj(norm(hidden + residual)), hidden + residual)`` from one kernel (a block's
@@ -151,10 +161,7 @@ def add_norm_in_proj(hidden: Tensor, residual: Tensor | None, norm: nn.Module, i
     the mixer's in_proj_conv, folded in as well."""
     from .kernels import decode_linear as dl
 
-    rows, (features, k) = hidden.shape[0], in_proj.weight.shape
-    if not (FOLD_NORM and EARLY_READS and hidden.dim() == 2 and hidden.dtype != torch.float64
-            and hidden.dtype == in_proj.weight.dtype == norm.weight.dtype
-            and dl.folds_norm(rows, features, k)):
+    if not folds_add_norm(hidden, norm, in_proj):
         return None
     dtype = torch.float32 if residual_in_fp32 else (hidden.dtype if residual is None else residual.dtype)
     residual_out = torch.empty(hidden.shape, dtype=dtype, device=hidden.device)

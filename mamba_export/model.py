@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
-from ._dispatch import (NormedRows, _eager_cuda, add_norm_in_proj, cached_params, decode_linear, hands_off_norm,
-                        in_proj_conv, refuse_out_fold)
+from ._dispatch import (NormedRows, _eager_cuda, add_norm_in_proj, cached_params, decode_linear, folds_add_norm,
+                        hands_off_norm, in_proj_conv, refuse_out_fold)
 from .config import MambaConfig
 from .generate import GenerationMixin
 from .mamba2 import Mamba2Mixer
@@ -200,7 +200,7 @@ class Block(nn.Module):
             projected = decode_linear(hidden.weighted, self.mixer.in_proj,
                                       row_norm=(hidden.sums, self.norm.eps), conv=conv)
             fused = projected, residual
-        elif _eager_cuda(hidden):
+        elif _eager_cuda(hidden) and folds_add_norm(hidden, self.norm, self.mixer.in_proj):
             conv = self.mixer.in_proj_conv(hidden, conv_state, inplace)
             fused = add_norm_in_proj(hidden, residual, self.norm, self.mixer.in_proj,
                                      self.residual_in_fp32, conv=conv)

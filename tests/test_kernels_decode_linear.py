@@ -283,6 +283,31 @@ def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch
     assert sum(handed) == (3 * (cfg.n_layer - 1) if hand_off else 0)  # every out_proj but the last
 
 
+def test_block_prepares_the_conv_fold_only_for_a_fold_that_runs(monkeypatch):
+    """With the add + RMSNorm fold off, a Mamba-1 block's step (not in place) leaves the conv
+    fold to its mixer: one in_proj_conv per layer and step (one conv out_state allocated), and
+    the step still equals the op path's."""
+    from mamba_export import _dispatch, model as model_mod
+
+    calls = []
+    real = model_mod.in_proj_conv
+    monkeypatch.setattr(model_mod, "in_proj_conv", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_dispatch, "FOLD_NORM", False)
+    cfg = me.MambaConfig(d_model=32, n_layer=2, vocab_size=61)
+    torch.manual_seed(6)
+    lm = me.MambaLM(cfg).to(DEVICE).eval()
+    ids = torch.randint(0, 61, (1, 5), device=DEVICE)
+    with torch.no_grad():
+        _, state = lm.prefill(ids[:, :4], lm.new_state(1))
+        want, want_state = lm.step(ids[:, 4], state)
+        with monkeypatch.context() as m:
+            m.setattr(model_mod, "_eager_cuda", lambda _: True)
+            got, got_state = lm.step(ids[:, 4], state, inplace=False)
+    assert len(calls) == cfg.n_layer
+    assert rel_err(got, want) <= 1e-5 and rel_err(got_state.ssm, want_state.ssm) <= 1e-5
+    assert rel_err(got_state.conv, want_state.conv) <= 1e-5
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 def test_wide_model_decode_step_at_16_rows_equals_op_step(layer, monkeypatch):
