@@ -142,8 +142,9 @@ def in_proj_conv(x_like: Tensor, in_proj: nn.Linear, conv1d: nn.Conv1d, conv_sta
 
 
 def folds_add_norm(hidden: Tensor, norm: nn.Module, in_proj: nn.Linear) -> bool:
-    """Whether :func:`add_norm_in_proj` applies to ``hidden`` (asked first by a caller that
-    prepares a conv fold for it, so that nothing is allocated for a fold that will not run)."""
+    """Whether :func:`add_norm_in_proj` applies to ``hidden`` (``decode_linear.folds_norm``: one
+    row, in_proj's weight in one tile covering K; the weights in hidden's dtype). Asked before
+    the conv fold for it is prepared, so that nothing is allocated for a fold that will not run."""
     from .kernels import decode_linear as dl
 
     return (FOLD_NORM and EARLY_READS and hidden.dim() == 2 and hidden.dtype != torch.float64
@@ -152,17 +153,14 @@ def folds_add_norm(hidden: Tensor, norm: nn.Module, in_proj: nn.Linear) -> bool:
 
 
 def add_norm_in_proj(hidden: Tensor, residual: Tensor | None, norm: nn.Module, in_proj: nn.Linear,
-                     residual_in_fp32: bool, conv: tuple | None = None) -> tuple[Tensor, Tensor] | None:
+                     residual_in_fp32: bool, conv: tuple | None = None) -> tuple[Tensor, Tensor]:
     """``(in_proj(norm(hidden + residual)), hidden + residual)`` from one kernel (a block's
-    add_norm and its mixer's in_proj in a decode step that took the kernel path), or None where
-    that kernel does not apply (``decode_linear.folds_norm``: one row, in_proj's weight in one
-    tile covering K) or the weights are not in hidden's dtype. The residual is float32 with
+    add_norm and its mixer's in_proj in a decode step that took the kernel path), where
+    :func:`folds_add_norm` holds (the caller asks). The residual is float32 with
     ``residual_in_fp32``, else in the dtype it has (hidden's for the first block). ``conv``:
     the mixer's in_proj_conv, folded in as well."""
     from .kernels import decode_linear as dl
 
-    if not folds_add_norm(hidden, norm, in_proj):
-        return None
     dtype = torch.float32 if residual_in_fp32 else (hidden.dtype if residual is None else residual.dtype)
     residual_out = torch.empty(hidden.shape, dtype=dtype, device=hidden.device)
     projected = dl.decode_linear_fwd(hidden, in_proj.weight, in_proj.bias, early_weight=True,

@@ -189,9 +189,9 @@ class Block(nn.Module):
              ) -> tuple[Tensor | NormedRows, Tensor, Tensor, Tensor]:
         """One decode step of the block: (mixer out, residual', conv_state', ssm_state'). On
         eager CUDA the add + norm is folded into in_proj's kernel where that applies
-        (``_dispatch.add_norm_in_proj``): one launch less per layer. ``hidden`` may be the
-        block before's ``NormedRows`` (residual then already includes its out): in_proj
-        finishes the norm. ``next_norm`` (the next block's norm; the caller checked
+        (``_dispatch.folds_add_norm``, ``add_norm_in_proj``): one launch less per layer.
+        ``hidden`` may be the block before's ``NormedRows`` (residual then already includes its
+        out): in_proj finishes the norm. ``next_norm`` (the next block's norm; the caller checked
         ``hands_off_norm``): out_proj begins that block's add + norm and the block returns
         ``NormedRows`` and the next residual."""
         fused = None

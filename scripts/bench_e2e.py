@@ -25,6 +25,7 @@ import mamba_export as me
 from mamba_export.compiled import compile_model
 from mamba_export.generate import CudaGraphStep, greedy_tokens
 from mamba_export.kernels import _common as kernel_common
+from mamba_export.kernels import decode_linear
 
 
 def log(msg: str) -> None:
@@ -82,6 +83,15 @@ DISPATCH_SWITCHES = [
      "conv in in_proj's epilogue and the norm in out_proj where those take the Triton kernel)"),
     ("--no-fold-next-norm", "FOLD_NEXT_NORM", "the add + RMSNorm between blocks as its own kernel where it "
      "does not fold into in_proj (default: begun in out_proj's epilogue, finished in the next in_proj)"),
+]
+
+# the decode projections' routing switches in kernels/decode_linear.py (on by default): flag,
+# name, what the flag does (recorded in the JSON under the flag's name)
+DECODE_LINEAR_SWITCHES = [
+    ("--cublas-lm-head", "LM_HEAD", "the lm_head at several rows on cuBLAS (default: "
+     "kernels/decode_linear.py)"),
+    ("--cublas-large-weights", "LARGE_WEIGHTS", "the large in_proj / out_proj of the wide models at "
+     "several rows on cuBLAS (default: kernels/decode_linear.py)"),
 ]
 
 # greedy selection as generate() does it (--torch-argmax: torch's argmax instead)
@@ -167,12 +177,8 @@ def main() -> int:
     p.add_argument("--skip-prefill", action="store_true", help="decode only")
     for flag, name, what in DISPATCH_SWITCHES:
         p.add_argument(flag, action="store_true", help=f"decode: {what} (mamba_export._dispatch.{name})")
-    p.add_argument("--cublas-lm-head", action="store_true",
-                   help="decode: the lm_head at several rows on cuBLAS (default: kernels/decode_linear.py, "
-                        "decode_linear.LM_HEAD)")
-    p.add_argument("--cublas-large-weights", action="store_true",
-                   help="decode: the large in_proj / out_proj of the wide models at several rows on "
-                        "cuBLAS (default: kernels/decode_linear.py, decode_linear.LARGE_WEIGHTS)")
+    for flag, name, what in DECODE_LINEAR_SWITCHES:
+        p.add_argument(flag, action="store_true", help=f"decode: {what} (decode_linear.{name})")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -181,20 +187,11 @@ def main() -> int:
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
-        from mamba_export.kernels import decode_linear
-
         decode_linear.MODEL_ROWS = args.linear_rows
-    for flag, name, _ in DISPATCH_SWITCHES:
-        if getattr(args, flag[2:].replace("-", "_")):
-            setattr(me._dispatch, name, False)
-    if args.cublas_lm_head:
-        from mamba_export.kernels import decode_linear
-
-        decode_linear.LM_HEAD = False
-    if args.cublas_large_weights:
-        from mamba_export.kernels import decode_linear
-
-        decode_linear.LARGE_WEIGHTS = False
+    for switches, owner in ((DISPATCH_SWITCHES, me._dispatch), (DECODE_LINEAR_SWITCHES, decode_linear)):
+        for flag, name, _ in switches:
+            if getattr(args, flag[2:].replace("-", "_")):
+                setattr(owner, name, False)
     if args.torch_argmax:
         global SELECT
         SELECT = lambda logits, vocab: logits[:, :vocab].argmax(-1)  # noqa: E731
@@ -213,8 +210,9 @@ def main() -> int:
         results["linear_rows"] = args.linear_rows
     for _, name, _ in DISPATCH_SWITCHES:
         results[name.lower()] = getattr(me._dispatch, name)
-    results["cublas_lm_head"] = args.cublas_lm_head
-    results["cublas_large_weights"] = args.cublas_large_weights
+    for flag, _, _ in DECODE_LINEAR_SWITCHES:
+        key = flag[2:].replace("-", "_")
+        results[key] = getattr(args, key)
     results["torch_argmax"] = args.torch_argmax
     if args.ssd_update_config:
         results["ssd_update_config"] = args.ssd_update_config
