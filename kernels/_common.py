@@ -113,6 +113,12 @@ def pdl_start(PDL: tl.constexpr):
 
 
 @device_fn
+def affine_combine(a1, b1, a2, b2):
+    """The scans' combine function: (a1, b1) then (a2, b2) is h -> a2 * (a1 * h + b1) + b2."""
+    return a1 * a2, b1 * a2 + b2
+
+
+@device_fn
 def softplus_f32(x):
     """log(1 + exp(x)) for float32 ``x``, as max(x, 0) + log1p(e) with e = exp(-|x|) <= 1 and
     log1p(e) = 2 atanh(s) = 2 (s + s^3/3 + ... + s^13/13), s = e / (2 + e) <= 1/3. One exp, one

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    affine_combine as _affine_combine,
     bc_layout,
     check_float,
     check_same_device,
@@ -42,15 +43,11 @@ from ._common import (
     launch,
     new_output,
     next_pow2,
+    _tracing,
     softplus_f32,
     use_interpreter,
 )
-
-
-@device_fn
-def _affine_combine(a1, b1, a2, b2):
-    # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2
-    return a1 * a2, b1 * a2 + b2
+from . import scan_gluon
 
 
 @device_fn
@@ -685,7 +682,7 @@ _TARGET_PROGRAMS = 4 * 132  # enough programs to fill an H100 several deep
 
 def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: torch.device,
                 backward: bool = False, kind: str | None = None,
-                channel_contiguous: bool = False) -> dict:
+                channel_contiguous: bool = False, allow_gluon: bool = True) -> dict:
     """Block sizes and warps for the scan kernels, from shapes and dtype only.
 
     Forward: ``kind="seq"`` (the sequential-in-time kernel), ``"chunk"`` (the chunk-scan kernel,
@@ -694,9 +691,22 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     and 6144; split slower there, docs/kernel_notes.md v8), else split when L >= 8192 (H100
     2026-11-23, B1 D1536: 27-31 vs 53 ns/token for chunk at L = 8K..1M), else chunk. The
     interpreter defaults to seq. ``channel_contiguous``: u/delta/z have channel stride 1 (the
-    model's [B, L, D] buffers seen as [B, D, L]), which favours wider channel blocks."""
+    model's [B, L, D] buffers seen as [B, D, L]), which favours wider channel blocks.
+
+    ``kind="gluon"`` (kernels/scan_gluon.py, CUDA only), chosen by default (``allow_gluon``) for
+    contiguous u/delta/z below _GLUON_MAX_ROWS rows, except where the split kernel is chosen
+    (fewer than _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 8 steps per warp. H100 graph
+    replays, 2026-11-24 (ms, Gluon vs the choice before): B1 D5120 L2048 0.137 vs 0.155, L16384
+    1.014 vs 1.198; B4 D1536 L65536 4.63 vs 4.97; B2 D3072 L16384 1.137 vs 1.243; B2 D1536 L2048
+    0.108 vs 0.136, B1 D2560 0.104 vs 0.122, B1 D1536 0.079 vs 0.120 (chunk kernel); slower at
+    B2 D5120 (0.264 vs 0.237), B4/B8 D5120 and B1 D1536 L16384 (0.805 vs 0.442 split)."""
+    rows = batch * dim
     if kind is None:
-        if use_interpreter(device) or batch * dim >= _SEQ_MIN_ROWS:
+        if (allow_gluon and not channel_contiguous and device.type == "cuda" and not use_interpreter(device)
+                and rows < _GLUON_MAX_ROWS and (rows >= _SEQ_MIN_ROWS or length < _SPLIT_MIN_LENGTH)
+                and scan_gluon.available(device.index or 0)):
+            kind = "gluon"
+        elif use_interpreter(device) or rows >= _SEQ_MIN_ROWS:
             kind = "seq"
         elif length >= _SPLIT_MIN_LENGTH:
             kind = "split"
@@ -707,8 +717,8 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
         # (LAST_LEVELS=2 exercises the in-thread last-column extraction of the GPU layout)
         if kind == "split" and not backward:
             return {"KIND": "split", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "SEGMENTS": 3}
-        if kind == "seq" and not backward:
-            return {"KIND": "seq", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
+        if kind in ("seq", "gluon") and not backward:  # (gluon runs as seq here: same semantics)
+            return {"KIND": kind, "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
         return {"KIND": "chunk", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "LAST_LEVELS": 2}
     if backward:
         block_t, block_d, num_warps = 64, 8, 4
@@ -726,6 +736,8 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     if kind == "split":
         return {"KIND": "split", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
                 "SEGMENTS": split_segments(batch, dim, length, 8, 16)}
+    if kind == "gluon":  # (see the docstring; kernels/scan_gluon.py, docs/kernel_notes.md v17)
+        return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
     # sequential-in-time kernel, one warp per program: BLOCK_D channels on BLOCK_D lanes, the 16
     # states on the other 32 / BLOCK_D lanes (docs/kernel_notes.md, v6/v7). Wider channel blocks
     # hold more states per thread (fewer instructions per element: 16.7 / 11.9 / 10.1 SASS per
@@ -743,7 +755,6 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     # hence the upper bound) beat 4 channels: B4 D1536 L65536 4.98 vs 5.23 ms, L8192 0.640 vs
     # 0.661, B2 D3072 L16384 1.254 vs 1.310; at 640 programs (B1 D5120) or L = 2048 they do not
     # (1.223 vs 1.211 at B1 D5120 L16384, 0.175 vs 0.171 at B4 D1536 L2048; v16).
-    rows = batch * dim
     if rows >= 16 * _SEQ_MIN_WARPS:
         return {"KIND": "seq", "BLOCK_D": 16, "BLOCK_T": 8, "num_warps": 1, "BC_F32": True}
     if channel_contiguous or rows >= 8 * _SEQ_MIN_WARPS:
@@ -756,6 +767,7 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
 
 
 _SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
+_GLUON_MAX_ROWS = 10240  # batch * dim from which the seq kernel's 8- and 16-channel tiles win
 _SEQ_MIN_WARPS = 1280  # seq kernel: channels per warp widened while this many programs remain
 # (about 2.4 one-warp programs per scheduler on the H100's 132 SMs; sweep in scan_config)
 _SPLIT_MIN_LENGTH = 8192  # below 4096 rows, split from this L (H100, B1 D1536 L8192: split S16
@@ -825,7 +837,7 @@ def _bc_args(B, C, gB, sB, gC, sC, dim, block_d):
         # expand the coarser one so both index with one channel->group map
         raise ValueError(f"B and C must have the same number of groups, got {gB} and {gC}")
     ch_per_group = dim // gB
-    bc_row = ch_per_group % block_d == 0
+    bc_row = gB == 1 or ch_per_group % block_d == 0  # (one group: every block is in it)
     return ch_per_group, bc_row, sB, sC
 
 
@@ -836,7 +848,25 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
     device = u.device
     block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
     ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
-    if cfg.get("BC_F32", True) and B.dtype in (torch.float16, torch.bfloat16):
+    kind = cfg.get("KIND", "chunk")
+    if kind == "gluon" and not (device.type == "cuda" and not use_interpreter(device)
+                                and scan_gluon.available(device.index or 0)
+                                and scan_gluon.supports(block_d, block_t, next_pow2(dstate), bc_row,
+                                                        cfg.get("DPT", 1))
+                                and not _tracing((u,))):
+        # the Triton kernels' choice instead (same semantics; the Gluon kernel is for eager CUDA
+        # calls, see kernels/scan_gluon.py)
+        cfg = scan_config(batch, dim, length, u.dtype, device, allow_gluon=False,
+                          channel_contiguous=u.stride(1) == 1 and dim > 1)
+        kind = cfg["KIND"] = "seq" if cfg.get("KIND") == "gluon" else cfg.get("KIND", "chunk")
+        block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
+        ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
+    if kind == "gluon":
+        # float32 with the states contiguous: each lane's loads then cover one row per step
+        B, C = (scan_gluon.states_contiguous_f32(t) for t in (B, C))
+        sB = bc_layout("B", B, batch, dim, dstate, length)[1]
+        sC = bc_layout("C", C, batch, dim, dstate, length)[1]
+    elif cfg.get("BC_F32", True) and B.dtype in (torch.float16, torch.bfloat16):
         # B and C are small (no channel axis) and read once per channel block: converting them
         # up front saves the kernel an unpack per element and state (about 3 of ~19 instr.)
         B, C = B.float(), C.float()
@@ -845,7 +875,6 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
     n_chunks = triton.cdiv(length, block_t)
     out = new_output((batch, dim, length), u.dtype, device) if write_out else u
     last = new_output((batch, dim, dstate), torch.float32, device)
-    kind = cfg.get("KIND", "chunk")
     if kind == "split":
         if not write_out or store_chunks:
             raise ValueError("the split scan kernel only computes outputs")
@@ -884,6 +913,14 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
         # pass 2: chain the segment states, rescan every segment from its true start state
         launch(_scan_fwd_split_kernel, (nd, n_seg, batch), device, *ptrs, *common,
                STATES_ONLY=False, num_warps=cfg["num_warps"], **flags)
+        return out, last, last
+    if kind == "gluon":
+        if not write_out or store_chunks:
+            raise ValueError("the sequential scan kernel only computes outputs")
+        scan_gluon.launch_fwd(
+            (triton.cdiv(dim, block_d), batch), u, delta, A, B, C, D, z, delta_bias, initial_state, out,
+            last, dim, length, n_chunks, ch_per_group, sB, sC, softplus, dstate, block_d, block_t,
+            cfg.get("DPT", 1), cfg.get("MAXNREG"))
         return out, last, last
     if kind == "seq":
         if not write_out or store_chunks:

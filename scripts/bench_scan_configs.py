@@ -4,15 +4,17 @@ softplus, N = 16), the target shapes of issue #3 unless --shapes.
 
     python3 scripts/bench_scan_configs.py --configs seq:16x4,seq:32x4:f32,split:16x4:s4 [--out f.json]
 
-A config is KIND:BLOCK_DxBLOCK_T[:f32][:sS][:wW][:pP] (f32: B and C converted to float32 up
+A config is KIND:BLOCK_DxBLOCK_T[:f32][:sS][:wW][:pP][:rR][:cC] (f32: B and C converted to float32 up
 front; sS: S segments for the split kernel; wW: W warps; pP: the seq kernel's prefetch distance in
-chunks). "default" is scan_config's choice."""
+chunks; rR: at most R registers per thread, cC: C channels per
+lane, both the gluon kernel). "default" is scan_config's choice."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import time
 
 import torch
 import triton
@@ -37,6 +39,10 @@ def parse_config(spec: str, batch: int, dim: int, length: int, model_layout: boo
             cfg["num_warps"] = int(f[1:])
         if f.startswith("p"):
             cfg["PREFETCH"] = int(f[1:])
+        if f.startswith("r"):
+            cfg["MAXNREG"] = int(f[1:])
+        if f.startswith("c"):
+            cfg["DPT"] = int(f[1:])
     return cfg
 
 
@@ -63,18 +69,30 @@ def main():
             cfg = parse_config(spec, b, d, l, args.model_layout)
             fn = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
                                      kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
+            ms_graph = host_us = None
             try:
                 fn()
                 ms = bench(fn, 10, 50)
+                # device time alone (a CUDA-graph replay) and the host's time per eager call
+                ms_graph = triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    fn()
+                host_us = (time.perf_counter() - t0) / 20 * 1e6
+                torch.cuda.synchronize()
             except Exception as e:  # a config may not compile (registers, shared memory)
                 ms, cfg = None, dict(cfg, error=repr(e)[:200])
-            rows.append(dict(shape=f"B{b} D{d} L{l}", spec=spec, cfg=cfg, ms=ms))
+            rows.append(dict(shape=f"B{b} D{d} L{l}", spec=spec, cfg=cfg, ms=ms, graph_ms=ms_graph,
+                             host_us=host_us))
             print(json.dumps(rows[-1]), flush=True)
         del kw
         torch.cuda.empty_cache()
-    print(f"{'shape':22s} {'config':22s} ms")
+    print(f"{'shape':22s} {'config':22s} {'ms':>8s} {'graph ms':>9s} {'host us':>8s}")
+    fmt = lambda v, n: "-" if v is None else f"{v:.{n}f}"  # noqa: E731
     for r in rows:
-        print(f"{r['shape']:22s} {r['spec']:22s} {r['ms'] if r['ms'] is None else round(r['ms'], 4)}")
+        print(f"{r['shape']:22s} {r['spec']:22s} {fmt(r['ms'], 4):>8s} {fmt(r['graph_ms'], 4):>9s} "
+              f"{fmt(r['host_us'], 0):>8s}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(meta, rows=rows), f, indent=1)

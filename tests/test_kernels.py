@@ -34,6 +34,7 @@ from mamba_export.kernels.selective_scan import (  # noqa: E402
     selective_scan_bwd,
     selective_scan_fwd,
 )
+from mamba_export.kernels import scan_gluon  # noqa: E402
 from mamba_export.kernels import selective_scan as ss_mod  # noqa: E402
 from mamba_export.kernels.state_update import selective_state_update_fwd  # noqa: E402
 
@@ -221,7 +222,7 @@ def test_split_segments_rule():
     assert seg(1, 8, 70001, 8, 16) == 16 and seg(1, 5120, 16, 8, 16) == 1
 
 
-@pytest.mark.parametrize("kind", ["seq", "chunk", "split"])
+@pytest.mark.parametrize("kind", ["seq", "chunk", "split", "gluon"])  # (gluon: seq in the interpreter)
 def test_scan_fwd_kinds(kind, monkeypatch):
     force_scan_kind(monkeypatch, kind)
     check_scan_fwd(make_scan_inputs(2, 7, 37, 4), TOL[torch.float32])
@@ -242,6 +243,7 @@ def test_scan_config_rules(monkeypatch):
     """Seq tiles by rows and layout (H100 sweeps, docs/kernel_notes.md v12 and v16), as a GPU
     picks them: the widest channel block that still gives 1280 programs."""
     monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
+    monkeypatch.setattr(scan_gluon, "available", lambda index: False)
     cuda = torch.device("cuda")
     cfg = lambda *a, **k: ss_mod.scan_config(*a, torch.bfloat16, cuda, **k)  # noqa: E731
     tiles = lambda c: (c["BLOCK_D"], c["BLOCK_T"], c["BC_F32"])  # noqa: E731
@@ -256,6 +258,24 @@ def test_scan_config_rules(monkeypatch):
     assert tiles(cfg(1, 5120, 2048, channel_contiguous=True)) == (8, 16, False)
     assert tiles(cfg(8, 5120, 2048, channel_contiguous=True)) == (16, 8, True)
     assert cfg(1, 1536, 4096)["KIND"] == "chunk" and cfg(1, 1536, 8192)["KIND"] == "split"
+
+
+def test_scan_config_gluon_rules(monkeypatch):
+    """Where a GPU with Gluon takes the Gluon kernel (H100 graph replays, docs/kernel_notes.md
+    v17): contiguous inputs below 10240 rows, not where the split kernel runs; elsewhere, and
+    with allow_gluon=False (the fallback while tracing), the Triton kernels' rules."""
+    monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
+    monkeypatch.setattr(scan_gluon, "available", lambda index: True)
+    cfg = lambda *a, **k: ss_mod.scan_config(*a, torch.bfloat16, torch.device("cuda"), **k)  # noqa: E731
+    gluon = {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
+    for shape in [(1, 5120, 2048), (4, 1536, 65536), (2, 3072, 16384), (1, 1536, 2048), (2, 1536, 4096)]:
+        assert cfg(*shape) == gluon, shape
+    assert cfg(2, 5120, 2048)["KIND"] == "seq" and cfg(8, 5120, 2048)["KIND"] == "seq"
+    assert cfg(1, 1536, 8192)["KIND"] == "split"
+    assert cfg(1, 5120, 2048, channel_contiguous=True)["KIND"] == "seq"
+    assert cfg(1, 5120, 2048, allow_gluon=False)["KIND"] == "seq"
+    assert cfg(1, 1536, 2048, allow_gluon=False)["KIND"] == "chunk"
+    assert ss_mod.scan_config(1, 5120, 2048, torch.bfloat16, torch.device("cpu"))["KIND"] == "seq"
 
 
 @pytest.mark.parametrize("dtype,prefetch", [(torch.float32, 1), (torch.bfloat16, 1),
@@ -564,6 +584,35 @@ def test_gpu_scan_fwd_seq_configs(dtype, block_d, block_t, bc_f32, monkeypatch):
     for batch, dim, length, groups in [(2, 70, 301, None), (1, 36, 37, 2)]:
         kw = make_scan_inputs(batch, dim, length, 16, groups, dtype, "cuda", layout="model")
         check_scan_fwd(kw, TOL[dtype])
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("block_d,block_t,dpt", [(4, 8, 1), (4, 16, 1), (8, 8, 1), (2, 16, 1), (8, 8, 2),
+                                                  (16, 8, 2)])
+def test_gpu_scan_fwd_gluon(dtype, block_d, block_t, dpt, monkeypatch):
+    """The Gluon kernel (kernels/scan_gluon.py) at its tiles (dpt: channels per lane): odd D and
+    L, L = 1, L shorter than a chunk, exactly one to three chunks (the unmasked main loop's
+    edges), grouped B/C, a state size that is not a power of two, no options, the model's
+    layout; each case checked to have run on it (not the seq fallback)."""
+    if not scan_gluon.available(0):
+        pytest.skip("Gluon not available")
+    ran = []
+    launch = scan_gluon.launch_fwd
+    monkeypatch.setattr(scan_gluon, "launch_fwd", lambda *a: ran.append(1) or launch(*a))
+    cfg = {"KIND": "gluon", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": 1, "DPT": dpt}
+    monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
+    cases = [(2, 70, 301, 16, None, True, "contiguous"), (1, 37, 1, 16, None, True, "contiguous"),
+             (3, 16, 5, 16, None, True, "contiguous"), (1, 32, block_t, 16, None, True, "contiguous"),
+             (1, 32, 2 * block_t, 16, None, True, "contiguous"), (1, 32, 3 * block_t + 1, 16, 2, True,
+                                                                   "contiguous"),
+             (2, 40, 77, 12, None, True, "contiguous"), (1, 24, 50, 16, None, False, "contiguous"),
+             (2, 48, 257, 16, None, True, "model")]
+    for batch, dim, length, dstate, groups, options, layout in cases:
+        ran.clear()
+        kw = make_scan_inputs(batch, dim, length, dstate, groups, dtype, "cuda", options, layout)
+        check_scan_fwd(kw, TOL[dtype])
+        assert ran, (batch, dim, length, dstate)
 
 
 @gpu

@@ -1,0 +1,299 @@
+"""Selective scan forward in Gluon (Triton's explicit-layout dialect): the seq kernel's algorithm
+with layouts chosen by hand, for CUDA only.
+
+Why: the Triton seq kernel (selective_scan._scan_fwd_seq_kernel) lets the compiler place its
+tiles. At 4 channels per warp (the layout that gives the B1 D5120 scan enough warps) that costs
+17 SASS instructions per (channel, step, state) element against the 5 of the recurrence
+(docs/kernel_notes.md v16): three shuffle rounds per step to sum y over the 8 lanes that hold
+the states, B and C moved through shared memory into the layout the recurrence uses, and the
+per-(step, channel) work replicated over the state lanes. Here:
+
+- B and C are loaded straight into the layout of the recurrence: each lane reads its own
+  states' values for every step of the chunk (repeated over the channel lanes, from L1), from
+  float32 copies laid out [L, N] by the launcher (states_contiguous_f32), so that each load is
+  one vector of consecutive states at a constant offset.
+- y is reduced over the states in two stages: in-thread over the states a lane holds, then one
+  layout conversion (through shared memory) to a layout in which each lane holds all state
+  groups of BLOCK_T / SL steps, and an in-thread sum: a reduce-scatter instead of an all-reduce.
+- dt (softplus), u, z and the output live in that last layout, one value per (step, channel)
+  per lane, not replicated; dt and dt * u reach the recurrence by one conversion each.
+
+Layouts, for one warp: BLOCK_D = DL x DPT channels (DL lanes, DPT channels per lane), SL = 32 / DL
+lanes on states, SPT = BLOCK_N / SL states per lane, time in-thread: the recurrence tile is
+[BLOCK_T, SL, SPT, BLOCK_D]. A lane's DPT channels share its B and C values: fewer bytes per
+element through L1, which bounds the kernel at 4 x 8 (Nsight Compute), but half the warps, which
+measured slower (docs/kernel_notes.md v17); the default is 4 x 8 with DPT 1.
+Gluon has no interpreter: CPU tests run the Triton seq kernel in its place (same semantics);
+this kernel is checked against float64 on the GPU (tests/test_kernels.py,
+test_gpu_scan_fwd_gluon), and torch.compile / export trace the Triton kernel (torch's
+wrap_triton takes Triton JIT functions only).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:  # Gluon ships with Triton >= 3.4; its layout classes are still marked experimental
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+except ImportError:  # pragma: no cover - older Triton
+    gluon = gl = None
+
+from ._common import affine_combine, next_pow2, softplus_f32
+
+
+def _gluon_jit(fn):
+    return gluon.jit(fn) if gluon is not None else fn
+
+
+# the Triton kernels' helpers, their bodies traced with Gluon's semantics
+_softplus = _gluon_jit(softplus_f32.fn)
+_affine = _gluon_jit(affine_combine.fn)
+
+
+@_gluon_jit
+def _step_tiles(u_rows, dt_rows, z_rows, t, offs_t, mask_d2, length, su_l, sdt_l, sz_l,
+                HAS_Z: gl.constexpr, MASK_T: gl.constexpr):
+    """u, dt, z [T, D] of the chunk at step ``t`` (int64): one value per lane and step, masked
+    on channels, and on steps past L with MASK_T."""
+    mask = mask_d2
+    if MASK_T:
+        mask = mask & (t + offs_t < length)[:, None]
+    u = gl.load(u_rows[None, :] + t * su_l + (offs_t * su_l)[:, None], mask=mask, other=0.0)
+    dt = gl.load(dt_rows[None, :] + t * sdt_l + (offs_t * sdt_l)[:, None], mask=mask, other=0.0)
+    z = u
+    if HAS_Z:
+        z = gl.load(z_rows[None, :] + t * sz_l + (offs_t * sz_l)[:, None], mask=mask, other=0.0)
+    return u, dt, z
+
+
+@_gluon_jit
+def _bc_tiles(B_rows, C_rows, t, t_b, mask_nb, length, DSTATE: gl.constexpr, MASK_T: gl.constexpr):
+    """B, C [T, SL, SPT] (float32) of the chunk at step ``t``; ``mask_nb`` (the state rows that
+    exist) folds away when DSTATE is the padded size."""
+    mask = mask_nb
+    if MASK_T:
+        mask = mask & (t + t_b < length)[:, None, None]
+    Bt = gl.load(B_rows + t * DSTATE, mask=mask, other=0.0)
+    Ct = gl.load(C_rows + t * DSTATE, mask=mask, other=0.0)
+    return Bt, Ct
+
+
+@_gluon_jit
+def _chunk(u, dt, z, Bt, Ct, h, A2, bias, Dv, first, is_last, out_rows, t, offs_t, mask, L_TD: gl.constexpr,
+           R3: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+           SOFTPLUS: gl.constexpr, MASK_T: gl.constexpr):
+    """One chunk: its outputs stored (``mask``: the tile's valid (step, channel) entries), the
+    state after its last step returned."""
+    # per (step, channel), once per lane: dt (bias, softplus) and dt * u, then broadcast to the
+    # state lanes (broadcasting dt and u as loaded and discretising on every state lane instead:
+    # 1.9x the instructions, B1 0.228 vs 0.135 ms; docs/kernel_notes.md v17)
+    dtf = dt.to(gl.float32)
+    if HAS_BIAS:
+        dtf = dtf + bias[None, :]
+    if SOFTPLUS:
+        dtf = _softplus(dtf)
+    if MASK_T:
+        dtf = gl.where(mask, dtf, 0.0)  # steps past L: decay 1, drive 0 (the state is carried)
+    uf = u.to(gl.float32)
+    dt4 = gl.convert_layout(dtf, L_TD)[:, None, None, :]
+    dtu4 = gl.convert_layout(dtf * uf, L_TD)[:, None, None, :]
+
+    # the recurrence, in-thread along time
+    a = gl.exp2(dt4 * A2[None, :, :, :])
+    drive = dtu4 * Bt[:, :, :, None]
+    drive = gl.where(first, drive + a * h[None, :, :, :], drive)
+    _, hs = gl.associative_scan((a, drive), axis=0, combine_fn=_affine)
+    h = gl.sum(gl.where(is_last, hs, 0.0), axis=0)
+
+    # y = C . h: in-thread over the lane's states, then reduce-scattered over the state lanes
+    y = gl.sum(hs * Ct[:, :, :, None], axis=2)
+    y = gl.sum(gl.convert_layout(y, R3), axis=1)
+    if HAS_D:
+        y += Dv[None, :] * uf
+    if HAS_Z:
+        zf = z.to(gl.float32)
+        y = y * (zf / (1.0 + gl.exp2(-1.4426950408889634 * zf)))
+    gl.store(out_rows[None, :] + t + offs_t[:, None], y.to(out_rows.dtype.element_ty), mask=mask)
+    return h
+
+
+@_gluon_jit
+def _scan_fwd_gluon_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, hlast_ptr,
+    dim, length, n_chunks, ch_per_group,
+    su_b, su_d, su_l,
+    sdt_b, sdt_d, sdt_l,
+    sA_d, sA_n,
+    sB_b, sB_g,
+    sC_b, sC_g,
+    sD, sbias,
+    sz_b, sz_d, sz_l,
+    sh0_b, sh0_d, sh0_n,
+    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+    HAS_H0: gl.constexpr, DSTATE: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
+    BLOCK_T: gl.constexpr, DPT: gl.constexpr,
+):
+    """Program (channel block, sequence); one warp. The arguments are the seq kernel's, but B
+    and C are float32 [batch, groups, L, DSTATE] contiguous in their last two dims
+    (states_contiguous_f32), so that every load offset within a chunk is a constant; one group
+    per channel block."""
+    DL: gl.constexpr = BLOCK_D // DPT  # lanes on channels (DPT channels per lane)
+    SL: gl.constexpr = 32 // DL
+    SPT: gl.constexpr = BLOCK_N // SL
+    RT: gl.constexpr = BLOCK_T // SL
+    # the recurrence: [T, SL, SPT, D]; time and SPT states in-thread, states then channels on lanes
+    # (registers: a lane's SPT states fastest, so that B/C loads vectorise along N)
+    P4: gl.constexpr = gl.BlockedLayout([BLOCK_T, 1, SPT, DPT], [1, SL, 1, DL], [1, 1, 1, 1],
+                                        [2, 0, 1, 3])
+    L_TSD: gl.constexpr = gl.SliceLayout(2, P4)  # [T, SL, D]: y summed over a lane's states
+    L_TD: gl.constexpr = gl.SliceLayout(1, L_TSD)  # [T, D] broadcast over the state lanes
+    L_TSS: gl.constexpr = gl.SliceLayout(3, P4)  # [T, SL, SPT]: B, C (broadcast over channels)
+    L_SSD: gl.constexpr = gl.SliceLayout(0, P4)  # [SL, SPT, D]: the carried state, A
+    # y's second stage: [T, SL, D] with the SL state groups in-thread and time on those lanes
+    R3: gl.constexpr = gl.BlockedLayout([RT, SL, DPT], [SL, 1, DL], [1, 1, 1], [0, 1, 2])
+    YL: gl.constexpr = gl.SliceLayout(1, R3)  # [T, D]: RT steps of one channel per lane
+
+    pid_d = gl.program_id(0)
+    b64 = gl.program_id(1).to(gl.int64)
+
+    # per-(step, channel) tiles in YL
+    offs_ty = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, YL))
+    offs_dy = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, YL))
+    mask_dy = offs_dy < dim
+    dy64 = offs_dy.to(gl.int64)
+    u_rows = u_ptr + b64 * su_b + dy64 * su_d
+    dt_rows = dt_ptr + b64 * sdt_b + dy64 * sdt_d
+    z_rows = z_ptr + b64 * sz_b + dy64 * sz_d
+    out_rows = out_ptr + (b64 * dim + dy64) * length
+    bias = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(0, YL))
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + offs_dy * sbias, mask=mask_dy, other=0.0).to(gl.float32)
+    Dv = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(0, YL))
+    if HAS_D:
+        Dv = gl.load(D_ptr + offs_dy * sD, mask=mask_dy, other=0.0).to(gl.float32)
+
+    # B, C rows [T, SL, SPT] of the block's group
+    grp = ((pid_d * BLOCK_D) // ch_per_group).to(gl.int64)
+    t_b = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, gl.SliceLayout(2, L_TSS)))
+    l_b = gl.arange(0, SL, layout=gl.SliceLayout(0, gl.SliceLayout(2, L_TSS)))
+    s_b = gl.arange(0, SPT, layout=gl.SliceLayout(0, gl.SliceLayout(1, L_TSS)))
+    n_b = l_b[None, :, None] * SPT + s_b[None, None, :]
+    mask_nb = n_b < DSTATE
+    B_rows = B_ptr + b64 * sB_b + grp * sB_g + n_b + t_b[:, None, None] * DSTATE
+    C_rows = C_ptr + b64 * sC_b + grp * sC_g + n_b + t_b[:, None, None] * DSTATE
+
+    # the carried state and A (log2 units) [SL, SPT, D]
+    l_h = gl.arange(0, SL, layout=gl.SliceLayout(1, gl.SliceLayout(2, L_SSD)))
+    s_h = gl.arange(0, SPT, layout=gl.SliceLayout(0, gl.SliceLayout(2, L_SSD)))
+    d_h = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, gl.SliceLayout(1, L_SSD)))
+    n_h = l_h[:, None, None] * SPT + s_h[None, :, None]
+    mask_h = (n_h < DSTATE) & (d_h < dim)[None, None, :]
+    A2 = gl.load(A_ptr + n_h * sA_n + d_h[None, None, :] * sA_d, mask=mask_h,
+                 other=0.0).to(gl.float32) * 1.4426950408889634
+    if HAS_H0:
+        h = gl.load(h0_ptr + b64 * sh0_b + d_h[None, None, :] * sh0_d + n_h * sh0_n, mask=mask_h,
+                    other=0.0).to(gl.float32)
+    else:
+        h = gl.zeros([SL, SPT, BLOCK_D], gl.float32, layout=L_SSD)
+
+    t_p = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, P4))))
+    first = (t_p == 0)[:, None, None, None]
+    is_last = (t_p == BLOCK_T - 1)[:, None, None, None]
+    mask_d2 = mask_dy[None, :] | (offs_ty < 0)[:, None]  # [T, D]: the channel mask alone
+
+    # Main loop: chunks whose tiles are all inside L, loaded unmasked ahead of use (masked loads
+    # zero their registers first: 32 instructions per chunk for B and C at 4 x 16), u, dt, z two
+    # chunks ahead (from DRAM; a few registers), B and C one (L1/L2: every warp reads them). Two
+    # chunks per iteration, so that the prefetched tiles alternate between register sets instead
+    # of being copied (about 70 moves per chunk otherwise). The last 2-4 chunks: masked loads.
+    n_full = length // BLOCK_T
+    pairs = gl.maximum(n_full - 2, 0) // 2
+    t0 = b64 * 0
+    u0, dt0, z0 = _step_tiles(u_rows, dt_rows, z_rows, t0, offs_ty, mask_d2, length, su_l, sdt_l, sz_l, HAS_Z,
+                              True)  # (L may be shorter than the prefetch)
+    u1, dt1, z1 = _step_tiles(u_rows, dt_rows, z_rows, t0 + BLOCK_T, offs_ty, mask_d2, length, su_l, sdt_l,
+                              sz_l, HAS_Z, True)
+    B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, True)
+    for _ in range(pairs):
+        B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+        u2, dt2, z2 = _step_tiles(u_rows, dt_rows, z_rows, t0 + 2 * BLOCK_T, offs_ty, mask_d2, length, su_l,
+                                  sdt_l, sz_l, HAS_Z, False)
+        h = _chunk(u0, dt0, z0, B0, C0, h, A2, bias, Dv, first, is_last, out_rows, t0, offs_ty, mask_d2, L_TD,
+                   R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False)
+        B0, C0 = _bc_tiles(B_rows, C_rows, t0 + 2 * BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+        u3, dt3, z3 = _step_tiles(u_rows, dt_rows, z_rows, t0 + 3 * BLOCK_T, offs_ty, mask_d2, length, su_l,
+                                  sdt_l, sz_l, HAS_Z, False)
+        h = _chunk(u1, dt1, z1, B1, C1, h, A2, bias, Dv, first, is_last, out_rows, t0 + BLOCK_T, offs_ty,
+                   mask_d2, L_TD, R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False)
+        u0, dt0, z0, u1, dt1, z1 = u2, dt2, z2, u3, dt3, z3
+        t0 += 2 * BLOCK_T
+    for _ in range(2 * pairs, n_chunks):
+        u0, dt0, z0 = _step_tiles(u_rows, dt_rows, z_rows, t0, offs_ty, mask_d2, length, su_l, sdt_l, sz_l,
+                                  HAS_Z, True)
+        B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, True)
+        mask = (t0 + offs_ty < length)[:, None] & mask_d2
+        h = _chunk(u0, dt0, z0, B0, C0, h, A2, bias, Dv, first, is_last, out_rows, t0, offs_ty, mask, L_TD,
+                   R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True)
+        t0 += BLOCK_T
+
+    gl.store(hlast_ptr + (b64 * dim + d_h.to(gl.int64))[None, None, :] * DSTATE + n_h, h, mask=mask_h)
+
+
+def launch_fwd(grid, u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, dim, length, n_chunks,
+               ch_per_group, sB, sC, softplus, dstate, block_d, block_t, dpt=1, maxnreg=None):
+    """Launch on validated inputs (selective_scan._run_fwd): the seq kernel's arguments."""
+    if any(g == 0 for g in grid):
+        return
+    _scan_fwd_gluon_kernel[grid](
+        u, delta, A, B, C,
+        D if D is not None else u,
+        z if z is not None else u,
+        delta_bias if delta_bias is not None else u,
+        initial_state if initial_state is not None else u,
+        out, last,
+        dim, length, n_chunks, ch_per_group,
+        *u.stride(), *delta.stride(), *A.stride(), *sB[:2], *sC[:2],
+        D.stride(0) if D is not None else 0,
+        delta_bias.stride(0) if delta_bias is not None else 0,
+        *(z.stride() if z is not None else (0, 0, 0)),
+        *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, DSTATE=dstate,
+        BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t, DPT=dpt, num_warps=1,
+        **({} if maxnreg is None else {"maxnreg": maxnreg}),
+    )
+
+
+def states_contiguous_f32(t: torch.Tensor) -> torch.Tensor:
+    """B or C ([B, N, L] or [B, G, N, L]) as float32 with stride 1 along N: a lane holds a few
+    consecutive states of every step of the chunk, so each of its loads reads one row segment
+    (with N contiguous along L instead, every load instruction touched one 128-byte line per
+    state lane, 8 at 4 channels per warp, which made the kernel bound by L1 wavefronts)."""
+    n, length = t.shape[-2:]
+    if t.dtype == torch.float32 and t.stride(-2) == 1 and (t.stride(-1) == n or length == 1):
+        return t
+    out = torch.empty((*t.shape[:-2], length, n), dtype=torch.float32, device=t.device).transpose(-1, -2)
+    return out.copy_(t)  # (one kernel: conversion and transposition)
+
+
+@functools.lru_cache(maxsize=None)
+def available(device_index: int) -> bool:
+    """Gluon importable and a GPU it targets (compute capability 8.0 or newer)."""
+    return gluon is not None and torch.cuda.get_device_capability(device_index) >= (8, 0)
+
+
+def supports(block_d: int, block_t: int, block_n: int, bc_row: bool, dpt: int = 1) -> bool:
+    """Whether this kernel covers the tile: ``dpt`` channels per lane on 2..16 lanes, the states
+    split evenly over the other lanes (32 / lanes on channels), time over them too, and the
+    block's channels in one B/C group."""
+    if dpt < 1 or block_d % dpt or block_d // dpt not in (2, 4, 8, 16):
+        return False
+    sl = 32 // (block_d // dpt)
+    return bc_row and block_n % sl == 0 and block_t % sl == 0
+
+
+__all__ = ["available", "launch_fwd", "states_contiguous_f32", "supports"]
