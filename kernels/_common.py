@@ -114,7 +114,9 @@ def pdl_start(PDL: tl.constexpr):
 
 @device_fn
 def affine_combine(a1, b1, a2, b2):
-    """The scans' combine function: (a1, b1) then (a2, b2) is h -> a2 * (a1 * h + b1) + b2."""
+    """The scans' combine function: (a1, b1) then (a2, b2) is h -> a2 * (a1 * h + b1) + b2.
+    Kernels must refer to it by this name (Inductor regenerates kernel sources from the names of
+    the JIT functions they call: an import alias compiled to a NameError under torch.compile)."""
     return a1 * a2, b1 * a2 + b2
 
 

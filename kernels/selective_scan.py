@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    affine_combine as _affine_combine,
+    affine_combine,
     bc_layout,
     check_float,
     check_same_device,
@@ -184,7 +184,7 @@ def _scan_fwd_kernel(
                              mask=mask, other=0.0).to(tl.float32)
             a = tl.exp2(dt * A2[:, None])
             drive = dtu * Bn
-            P, S = tl.associative_scan((a, drive), axis=1, combine_fn=_affine_combine)
+            P, S = tl.associative_scan((a, drive), axis=1, combine_fn=affine_combine)
             hs = P * h_in[:, None] + S
             if WRITE_OUT:
                 if BC_ROW:
@@ -293,7 +293,7 @@ def _seq_chunk_states(u, dtf, Bt, h, A2, first, is_last, BC_ROW: tl.constexpr):
     a = tl.exp2(dtf[:, None, :] * A2[None, :, :])
     drive = dtu[:, None, :] * Bf
     drive = tl.where(first, drive + a * h[None, :, :], drive)
-    _, hs = tl.associative_scan((a, drive), axis=0, combine_fn=_affine_combine)
+    _, hs = tl.associative_scan((a, drive), axis=0, combine_fn=affine_combine)
     h = tl.sum(tl.where(is_last, hs, 0.0), axis=0)
     return hs, h, uf
 
@@ -610,7 +610,7 @@ def _scan_bwd_kernel(
             # states of this chunk, recomputed from the stored chunk-start state
             a = tl.exp2(dt * A2[:, None])
             drive = dtu * Bn
-            P, S = tl.associative_scan((a, drive), axis=1, combine_fn=_affine_combine)
+            P, S = tl.associative_scan((a, drive), axis=1, combine_fn=affine_combine)
             h_in = tl.load(chunk_rows + n, mask=mask_d, other=0.0)
             hs = P * h_in[:, None] + S
             if HAS_Z:
@@ -618,7 +618,7 @@ def _scan_bwd_kernel(
             # adjoint: g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}
             a_next = tl.exp2(dtn * A2[:, None])
             x = Cn * dy
-            Pr, G = tl.associative_scan((a_next, x), axis=1, combine_fn=_affine_combine,
+            Pr, G = tl.associative_scan((a_next, x), axis=1, combine_fn=affine_combine,
                                         reverse=True)
             g_in = tl.sum(tl.where(offs_n[None, :] == n, gc, 0.0), axis=1)
             g = G + Pr * g_in[:, None]
@@ -693,16 +693,18 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     interpreter defaults to seq. ``channel_contiguous``: u/delta/z have channel stride 1 (the
     model's [B, L, D] buffers seen as [B, D, L]), which favours wider channel blocks.
 
-    ``kind="gluon"`` (kernels/scan_gluon.py, CUDA only), chosen by default (``allow_gluon``) for
-    contiguous u/delta/z below _GLUON_MAX_ROWS rows, except where the split kernel is chosen
-    (fewer than _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 8 steps per warp. H100 graph
-    replays, 2026-11-24 (ms, Gluon vs the choice before): B1 D5120 L2048 0.137 vs 0.155, L16384
-    1.014 vs 1.198; B4 D1536 L65536 4.63 vs 4.97; B2 D3072 L16384 1.137 vs 1.243; B2 D1536 L2048
-    0.108 vs 0.136, B1 D2560 0.104 vs 0.122, B1 D1536 0.079 vs 0.120 (chunk kernel); slower at
-    B2 D5120 (0.264 vs 0.237), B4/B8 D5120 and B1 D1536 L16384 (0.805 vs 0.442 split)."""
+    ``kind="gluon"`` (kernels/scan_gluon.py, CUDA only), chosen by default (``allow_gluon``)
+    below _GLUON_MAX_ROWS rows, except where the split kernel is chosen (fewer than
+    _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 8 steps per warp. H100 graph replays,
+    2026-11-24 (ms, Gluon vs the choice before): B1 D5120 L2048 0.137 vs 0.155, L16384 1.014 vs
+    1.198; B4 D1536 L65536 4.63 vs 4.97; B2 D3072 L16384 1.137 vs 1.243; B2 D1536 L2048 0.108 vs
+    0.136, B1 D2560 0.104 vs 0.122, B1 D1536 0.079 vs 0.120 (chunk kernel); in the model's
+    layout B1 D5120 0.161 vs 0.179, B1 D2560 0.142 vs 0.181, B1 D1536 0.092 vs 0.110, B4 D1536
+    L65536 5.46 vs 5.73; slower at B2 D5120 (0.264 vs 0.237; model layout 0.333 vs 0.252), B4 /
+    B8 D5120 and B1 D1536 L16384 (0.805 vs 0.442 split)."""
     rows = batch * dim
     if kind is None:
-        if (allow_gluon and not channel_contiguous and device.type == "cuda" and not use_interpreter(device)
+        if (allow_gluon and device.type == "cuda" and not use_interpreter(device)
                 and rows < _GLUON_MAX_ROWS and (rows >= _SEQ_MIN_ROWS or length < _SPLIT_MIN_LENGTH)
                 and scan_gluon.available(device.index or 0)):
             kind = "gluon"

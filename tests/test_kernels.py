@@ -262,7 +262,7 @@ def test_scan_config_rules(monkeypatch):
 
 def test_scan_config_gluon_rules(monkeypatch):
     """Where a GPU with Gluon takes the Gluon kernel (H100 graph replays, docs/kernel_notes.md
-    v17): contiguous inputs below 10240 rows, not where the split kernel runs; elsewhere, and
+    v17): below 10240 rows in either layout, not where the split kernel runs; elsewhere, and
     with allow_gluon=False (the fallback while tracing), the Triton kernels' rules."""
     monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
     monkeypatch.setattr(scan_gluon, "available", lambda index: True)
@@ -272,7 +272,8 @@ def test_scan_config_gluon_rules(monkeypatch):
         assert cfg(*shape) == gluon, shape
     assert cfg(2, 5120, 2048)["KIND"] == "seq" and cfg(8, 5120, 2048)["KIND"] == "seq"
     assert cfg(1, 1536, 8192)["KIND"] == "split"
-    assert cfg(1, 5120, 2048, channel_contiguous=True)["KIND"] == "seq"
+    assert cfg(1, 5120, 2048, channel_contiguous=True) == gluon
+    assert cfg(2, 5120, 2048, channel_contiguous=True)["KIND"] == "seq"
     assert cfg(1, 5120, 2048, allow_gluon=False)["KIND"] == "seq"
     assert cfg(1, 1536, 2048, allow_gluon=False)["KIND"] == "chunk"
     assert ss_mod.scan_config(1, 5120, 2048, torch.bfloat16, torch.device("cpu"))["KIND"] == "seq"
