@@ -260,6 +260,26 @@ def test_scan_config_rules(monkeypatch):
     assert cfg(1, 1536, 4096)["KIND"] == "chunk" and cfg(1, 1536, 8192)["KIND"] == "split"
 
 
+def test_jit_helpers_bound_under_their_own_names():
+    """Inductor regenerates a traced kernel's source with each JIT helper it calls defined under
+    the helper's own name, so a kernel must refer to helpers by that name (an import alias
+    compiled to a NameError under torch.compile on the GPU). Gluon's module is exempt: its
+    kernel is never traced."""
+    import importlib
+    import pkgutil
+
+    import mamba_export.kernels as pkg
+    from triton.runtime.jit import JITFunction
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name == "scan_gluon":
+            continue
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, JITFunction):
+                assert name == obj.fn.__name__, (info.name, name, obj.fn.__name__)
+
+
 def test_scan_config_gluon_rules(monkeypatch):
     """Where a GPU with Gluon takes the Gluon kernel (H100 graph replays, docs/kernel_notes.md
     v17): below 10240 rows in either layout, not where the split kernel runs; elsewhere, and
