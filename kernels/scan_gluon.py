@@ -22,7 +22,8 @@ Layouts, for one warp: BLOCK_D = DL x DPT channels (DL lanes, DPT channels per l
 lanes on states, SPT = BLOCK_N / SL states per lane, time in-thread: the recurrence tile is
 [BLOCK_T, SL, SPT, BLOCK_D]. A lane's DPT channels share its B and C values: fewer bytes per
 element through L1, which bounds the kernel at 4 x 8 (Nsight Compute), but half the warps, which
-measured slower (docs/kernel_notes.md v17); the default is 4 x 8 with DPT 1.
+measured slower (docs/kernel_notes.md v17). scan_config's choices: 4 x 16 with B/C loaded when
+used (BC_AHEAD False), and 4 x 8 with B/C a chunk ahead for the model's channel-contiguous layout.
 Gluon has no interpreter: CPU tests run the Triton seq kernel in its place (same semantics);
 this kernel is checked against float64 on the GPU (tests/test_kernels.py,
 test_gpu_scan_fwd_gluon), and torch.compile / export trace the Triton kernel (torch's
@@ -135,7 +136,7 @@ def _scan_fwd_gluon_kernel(
     sh0_b, sh0_d, sh0_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     HAS_H0: gl.constexpr, DSTATE: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
-    BLOCK_T: gl.constexpr, DPT: gl.constexpr,
+    BLOCK_T: gl.constexpr, DPT: gl.constexpr, BC_AHEAD: gl.constexpr,
 ):
     """Program (channel block, sequence); one warp. The arguments are the seq kernel's, but B
     and C are float32 [batch, groups, L, DSTATE] contiguous in their last two dims
@@ -205,11 +206,13 @@ def _scan_fwd_gluon_kernel(
     is_last = (t_p == BLOCK_T - 1)[:, None, None, None]
     mask_d2 = mask_dy[None, :] | (offs_ty < 0)[:, None]  # [T, D]: the channel mask alone
 
-    # Main loop: chunks whose tiles are all inside L, loaded unmasked ahead of use (masked loads
-    # zero their registers first: 32 instructions per chunk for B and C at 4 x 16), u, dt, z two
-    # chunks ahead (from DRAM; a few registers), B and C one (L1/L2: every warp reads them). Two
-    # chunks per iteration, so that the prefetched tiles alternate between register sets instead
-    # of being copied (about 70 moves per chunk otherwise). The last 2-4 chunks: masked loads.
+    # Main loop: chunks whose tiles are all inside L, loaded unmasked (masked loads zero their
+    # registers first: 32 instructions per chunk for B and C at 4 x 16); u, dt, z two chunks
+    # ahead (from DRAM; a few registers), B and C one chunk ahead (BC_AHEAD) or when used (they
+    # hit L1/L2: every warp of the sequence reads them; at 4 x 16 that saves the second register
+    # set, 235 -> 155 registers). Two chunks per iteration, so that prefetched tiles alternate
+    # between register sets instead of being copied (about 70 moves per chunk otherwise). The
+    # last 2-4 chunks: masked loads.
     n_full = length // BLOCK_T
     pairs = gl.maximum(n_full - 2, 0) // 2
     t0 = b64 * 0
@@ -219,12 +222,18 @@ def _scan_fwd_gluon_kernel(
                               sz_l, HAS_Z, True)
     B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, True)
     for _ in range(pairs):
-        B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+        if BC_AHEAD:
+            B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+        else:
+            B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, False)
         u2, dt2, z2 = _step_tiles(u_rows, dt_rows, z_rows, t0 + 2 * BLOCK_T, offs_ty, mask_d2, length, su_l,
                                   sdt_l, sz_l, HAS_Z, False)
         h = _chunk(u0, dt0, z0, B0, C0, h, A2, bias, Dv, first, is_last, out_rows, t0, offs_ty, mask_d2, L_TD,
                    R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False)
-        B0, C0 = _bc_tiles(B_rows, C_rows, t0 + 2 * BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+        if BC_AHEAD:
+            B0, C0 = _bc_tiles(B_rows, C_rows, t0 + 2 * BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+        else:
+            B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False)
         u3, dt3, z3 = _step_tiles(u_rows, dt_rows, z_rows, t0 + 3 * BLOCK_T, offs_ty, mask_d2, length, su_l,
                                   sdt_l, sz_l, HAS_Z, False)
         h = _chunk(u1, dt1, z1, B1, C1, h, A2, bias, Dv, first, is_last, out_rows, t0 + BLOCK_T, offs_ty,
@@ -244,7 +253,7 @@ def _scan_fwd_gluon_kernel(
 
 
 def launch_fwd(grid, u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, dim, length, n_chunks,
-               ch_per_group, sB, sC, softplus, dstate, block_d, block_t, dpt=1, maxnreg=None):
+               ch_per_group, sB, sC, softplus, dstate, block_d, block_t, dpt=1, maxnreg=None, bc_ahead=True):
     """Launch on validated inputs (selective_scan._run_fwd): the seq kernel's arguments."""
     if any(g == 0 for g in grid):
         return
@@ -263,7 +272,7 @@ def launch_fwd(grid, u, delta, A, B, C, D, z, delta_bias, initial_state, out, la
         *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, DSTATE=dstate,
-        BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t, DPT=dpt, num_warps=1,
+        BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t, DPT=dpt, BC_AHEAD=bool(bc_ahead), num_warps=1,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
 

@@ -695,13 +695,18 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
 
     ``kind="gluon"`` (kernels/scan_gluon.py, CUDA only), chosen by default (``allow_gluon``)
     below _GLUON_MAX_ROWS rows, except where the split kernel is chosen (fewer than
-    _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 8 steps per warp. H100 graph replays,
-    2026-11-24 (ms, Gluon vs the choice before): B1 D5120 L2048 0.137 vs 0.155, L16384 1.014 vs
-    1.198; B4 D1536 L65536 4.63 vs 4.97; B2 D3072 L16384 1.137 vs 1.243; B2 D1536 L2048 0.108 vs
-    0.136, B1 D2560 0.104 vs 0.122, B1 D1536 0.079 vs 0.120 (chunk kernel); in the model's
-    layout B1 D5120 0.161 vs 0.179, B1 D2560 0.142 vs 0.181, B1 D1536 0.092 vs 0.110, B4 D1536
-    L65536 5.46 vs 5.73; slower at B2 D5120 (0.264 vs 0.237; model layout 0.333 vs 0.252), B4 /
-    B8 D5120 and B1 D1536 L16384 (0.805 vs 0.442 split)."""
+    _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 16 steps per warp, B/C loaded when used
+    (not a chunk ahead: 155 instead of 235 registers, so 12 warps fit per SM); in the model's
+    channel-contiguous layout 4 x 8 with B/C a chunk ahead (4 x 16 there: B1 D5120 0.249 vs 0.160
+    ms, B4 D1536 L65536 7.88 vs 5.45). H100 graph
+    replays, 2026-11-24 (ms, Gluon 4 x 8 with B/C ahead vs the choice before): B1 D5120 L2048
+    0.137 vs 0.155, L16384 1.014 vs 1.198; B4 D1536 L65536 4.63 vs 4.97; B2 D3072 L16384 1.137
+    vs 1.243; B2 D1536 L2048 0.108 vs 0.136, B1 D2560 0.104 vs 0.122, B1 D1536 0.079 vs 0.120
+    (chunk kernel); in the model's layout B1 D5120 0.161 vs 0.179, B1 D2560 0.142 vs 0.181, B1
+    D1536 0.092 vs 0.110, B4 D1536 L65536 5.46 vs 5.73; slower at B2 D5120 (0.264 vs 0.237; model
+    layout 0.333 vs 0.252), B4 / B8 D5120 and B1 D1536 L16384 (0.805 vs 0.442 split). Then 4 x 16
+    with B/C at use vs 4 x 8: B1 D5120 0.131 vs 0.137, B4 D1536 L65536 4.23-4.26 vs 4.60, B2 D3072
+    L16384 1.03 vs 1.14."""
     rows = batch * dim
     if kind is None:
         if (allow_gluon and device.type == "cuda" and not use_interpreter(device)
@@ -739,7 +744,9 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
         return {"KIND": "split", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
                 "SEGMENTS": split_segments(batch, dim, length, 8, 16)}
     if kind == "gluon":  # (see the docstring; kernels/scan_gluon.py, docs/kernel_notes.md v17)
-        return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
+        if channel_contiguous:
+            return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "BC_AHEAD": True}
+        return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": False}
     # sequential-in-time kernel, one warp per program: BLOCK_D channels on BLOCK_D lanes, the 16
     # states on the other 32 / BLOCK_D lanes (docs/kernel_notes.md, v6/v7). Wider channel blocks
     # hold more states per thread (fewer instructions per element: 16.7 / 11.9 / 10.1 SASS per
@@ -922,7 +929,7 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
         scan_gluon.launch_fwd(
             (triton.cdiv(dim, block_d), batch), u, delta, A, B, C, D, z, delta_bias, initial_state, out,
             last, dim, length, n_chunks, ch_per_group, sB, sC, softplus, dstate, block_d, block_t,
-            cfg.get("DPT", 1), cfg.get("MAXNREG"))
+            cfg.get("DPT", 1), cfg.get("MAXNREG"), cfg.get("BC_AHEAD", True))
         return out, last, last
     if kind == "seq":
         if not write_out or store_chunks:

@@ -287,12 +287,12 @@ def test_scan_config_gluon_rules(monkeypatch):
     monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
     monkeypatch.setattr(scan_gluon, "available", lambda index: True)
     cfg = lambda *a, **k: ss_mod.scan_config(*a, torch.bfloat16, torch.device("cuda"), **k)  # noqa: E731
-    gluon = {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1}
+    gluon = {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": False}
     for shape in [(1, 5120, 2048), (4, 1536, 65536), (2, 3072, 16384), (1, 1536, 2048), (2, 1536, 4096)]:
         assert cfg(*shape) == gluon, shape
     assert cfg(2, 5120, 2048)["KIND"] == "seq" and cfg(8, 5120, 2048)["KIND"] == "seq"
     assert cfg(1, 1536, 8192)["KIND"] == "split"
-    assert cfg(1, 5120, 2048, channel_contiguous=True) == gluon
+    assert cfg(1, 5120, 2048, channel_contiguous=True) == dict(gluon, BLOCK_T=8, BC_AHEAD=True)
     assert cfg(2, 5120, 2048, channel_contiguous=True)["KIND"] == "seq"
     assert cfg(1, 5120, 2048, allow_gluon=False)["KIND"] == "seq"
     assert cfg(1, 1536, 2048, allow_gluon=False)["KIND"] == "chunk"
@@ -609,19 +609,22 @@ def test_gpu_scan_fwd_seq_configs(dtype, block_d, block_t, bc_f32, monkeypatch):
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("block_d,block_t,dpt", [(4, 8, 1), (4, 16, 1), (8, 8, 1), (2, 16, 1), (8, 8, 2),
-                                                  (16, 8, 2)])
-def test_gpu_scan_fwd_gluon(dtype, block_d, block_t, dpt, monkeypatch):
-    """The Gluon kernel (kernels/scan_gluon.py) at its tiles (dpt: channels per lane): odd D and
-    L, L = 1, L shorter than a chunk, exactly one to three chunks (the unmasked main loop's
-    edges), grouped B/C, a state size that is not a power of two, no options, the model's
-    layout; each case checked to have run on it (not the seq fallback)."""
+@pytest.mark.parametrize("block_d,block_t,dpt,bc_ahead", [
+    (4, 16, 1, False), (4, 8, 1, False), (4, 8, 1, True), (4, 16, 1, True), (8, 8, 1, True), (2, 16, 1, True),
+    (8, 8, 2, True), (16, 8, 2, True)])
+def test_gpu_scan_fwd_gluon(dtype, block_d, block_t, dpt, bc_ahead, monkeypatch):
+    """The Gluon kernel (kernels/scan_gluon.py) at its tiles (dpt: channels per lane; bc_ahead:
+    B/C loaded a chunk ahead or when used): odd D and L, L = 1, L shorter than a chunk, exactly
+    one to three chunks (the unmasked main loop's edges), grouped B/C, a state size that is not
+    a power of two, no options, the model's layout; each case checked to have run on it (not
+    the seq fallback)."""
     if not scan_gluon.available(0):
         pytest.skip("Gluon not available")
     ran = []
     launch = scan_gluon.launch_fwd
     monkeypatch.setattr(scan_gluon, "launch_fwd", lambda *a: ran.append(1) or launch(*a))
-    cfg = {"KIND": "gluon", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": 1, "DPT": dpt}
+    cfg = {"KIND": "gluon", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": 1, "DPT": dpt,
+           "BC_AHEAD": bc_ahead}
     monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
     cases = [(2, 70, 301, 16, None, True, "contiguous"), (1, 37, 1, 16, None, True, "contiguous"),
              (3, 16, 5, 16, None, True, "contiguous"), (1, 32, block_t, 16, None, True, "contiguous"),
