@@ -272,7 +272,8 @@ def launch_fwd(grid, u, delta, A, B, C, D, z, delta_bias, initial_state, out, la
         *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, DSTATE=dstate,
-        BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t, DPT=dpt, BC_AHEAD=bool(bc_ahead), num_warps=1,
+        BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t, DPT=dpt, BC_AHEAD=bool(bc_ahead),
+        num_warps=1,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
 
