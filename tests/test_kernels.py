@@ -640,7 +640,7 @@ def test_gpu_scan_fwd_gluon(dtype, block_d, block_t, dpt, bc_ahead, monkeypatch)
 
 
 @gpu
-@pytest.mark.parametrize("kind", ["seq", "chunk", "split"])
+@pytest.mark.parametrize("kind", ["seq", "chunk", "split", "gluon"])
 def test_gpu_scan_fwd_long(kind, monkeypatch):
     force_scan_kind(monkeypatch, kind)
     kw = make_scan_inputs(1, 8, 70001, 16, None, torch.bfloat16, "cuda")
