@@ -528,8 +528,8 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError("decode_linear_fwd: float64 is not supported; use F.linear")
     if out is None:
         out = new_output((rows, features), x.dtype, x.device)
-    block_n, block_k, warps, split = config or default_config(
-        rows, features, k, early_weight, max(x.element_size(), weight.element_size()))
+    block_n, block_k, warps, split = config or default_config(rows, features, k, early_weight,
+                                                              x.element_size())  # (weight: x's dtype)
     dot = rows > 1 and block_n >= 16  # tensor-core tiles need 16 features; narrower: elementwise
     if split < 1 or block_n < 1 or block_k < 1:
         raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT), got {config}")

@@ -42,7 +42,7 @@ try:  # Gluon ships with Triton >= 3.4; its layout classes are still marked expe
 except ImportError:  # pragma: no cover - older Triton
     gluon = gl = None
 
-from ._common import affine_combine, next_pow2, softplus_f32
+from ._common import affine_combine, softplus_f32
 
 
 def _gluon_jit(fn):
@@ -252,30 +252,14 @@ def _scan_fwd_gluon_kernel(
     gl.store(hlast_ptr + (b64 * dim + d_h.to(gl.int64))[None, None, :] * DSTATE + n_h, h, mask=mask_h)
 
 
-def launch_fwd(grid, u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, dim, length, n_chunks,
-               ch_per_group, sB, sC, softplus, dstate, block_d, block_t, dpt=1, maxnreg=None, bc_ahead=True):
-    """Launch on validated inputs (selective_scan._run_fwd): the seq kernel's arguments."""
+def launch_fwd(grid, *args, maxnreg=None, **constexprs):
+    """Launch on validated inputs, one warp per program: selective_scan._run_fwd passes the seq
+    kernel's arguments, with B's and C's strides along N and L left out (B/C from
+    states_contiguous_f32) and the DPT / BC_AHEAD constexprs; ``maxnreg`` caps registers."""
     if any(g == 0 for g in grid):
         return
-    _scan_fwd_gluon_kernel[grid](
-        u, delta, A, B, C,
-        D if D is not None else u,
-        z if z is not None else u,
-        delta_bias if delta_bias is not None else u,
-        initial_state if initial_state is not None else u,
-        out, last,
-        dim, length, n_chunks, ch_per_group,
-        *u.stride(), *delta.stride(), *A.stride(), *sB[:2], *sC[:2],
-        D.stride(0) if D is not None else 0,
-        delta_bias.stride(0) if delta_bias is not None else 0,
-        *(z.stride() if z is not None else (0, 0, 0)),
-        *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, DSTATE=dstate,
-        BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t, DPT=dpt, BC_AHEAD=bool(bc_ahead),
-        num_warps=1,
-        **({} if maxnreg is None else {"maxnreg": maxnreg}),
-    )
+    _scan_fwd_gluon_kernel[grid](*args, num_warps=1, **constexprs,
+                                 **({} if maxnreg is None else {"maxnreg": maxnreg}))
 
 
 def states_contiguous_f32(t: torch.Tensor) -> torch.Tensor:

@@ -850,6 +850,14 @@ def _bc_args(B, C, gB, sB, gC, sC, dim, block_d):
     return ch_per_group, bc_row, sB, sC
 
 
+def _gluon_runs(u, block_d: int, block_t: int, block_n: int, bc_row: bool, dpt: int) -> bool:
+    """Whether this call may take the Gluon kernel: an eager call on a GPU it serves, with a
+    tile it covers (kernels/scan_gluon.py)."""
+    return (u.device.type == "cuda" and not use_interpreter(u.device)
+            and scan_gluon.available(u.device.index or 0)
+            and scan_gluon.supports(block_d, block_t, block_n, bc_row, dpt) and not _tracing((u,)))
+
+
 def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
              write_out=True, store_chunks=False):
     batch, dim, length, dstate, gB, sB, gC, sC = _validate(u, delta, A, B, C, D, z, delta_bias,
@@ -858,11 +866,8 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
     block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
     ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
     kind = cfg.get("KIND", "chunk")
-    if kind == "gluon" and not (device.type == "cuda" and not use_interpreter(device)
-                                and scan_gluon.available(device.index or 0)
-                                and scan_gluon.supports(block_d, block_t, next_pow2(dstate), bc_row,
-                                                        cfg.get("DPT", 1))
-                                and not _tracing((u,))):
+    if kind == "gluon" and not _gluon_runs(u, block_d, block_t, next_pow2(dstate), bc_row,
+                                           cfg.get("DPT", 1)):
         # the Triton kernels' choice instead (same semantics; the Gluon kernel is for eager CUDA
         # calls, see kernels/scan_gluon.py)
         cfg = scan_config(batch, dim, length, u.dtype, device, allow_gluon=False,
@@ -870,23 +875,35 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
         kind = cfg["KIND"] = "seq" if cfg.get("KIND") == "gluon" else cfg.get("KIND", "chunk")
         block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
         ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
+    B_in = B
     if kind == "gluon":
         # float32 with the states contiguous: each lane's loads then cover one row per step
         B, C = (scan_gluon.states_contiguous_f32(t) for t in (B, C))
-        sB = bc_layout("B", B, batch, dim, dstate, length)[1]
-        sC = bc_layout("C", C, batch, dim, dstate, length)[1]
     elif cfg.get("BC_F32", True) and B.dtype in (torch.float16, torch.bfloat16):
         # B and C are small (no channel axis) and read once per channel block: converting them
         # up front saves the kernel an unpack per element and state (about 3 of ~19 instr.)
         B, C = B.float(), C.float()
+    if B is not B_in:
         sB = bc_layout("B", B, batch, dim, dstate, length)[1]
         sC = bc_layout("C", C, batch, dim, dstate, length)[1]
     n_chunks = triton.cdiv(length, block_t)
     out = new_output((batch, dim, length), u.dtype, device) if write_out else u
     last = new_output((batch, dim, dstate), torch.float32, device)
+    # what every forward kernel takes: the optional inputs (u stands in for absent ones), the
+    # strides (0 for absent inputs) and the options
+    optional = tuple(t if t is not None else u for t in (D, z, delta_bias, initial_state))
+    in_strides = (*u.stride(), *delta.stride(), *A.stride())
+    opt_strides = (D.stride(0) if D is not None else 0,
+                   delta_bias.stride(0) if delta_bias is not None else 0,
+                   *(z.stride() if z is not None else (0, 0, 0)),
+                   *(initial_state.stride() if initial_state is not None else (0, 0, 0)))
+    options = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                   SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, DSTATE=dstate,
+                   BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t)
+    if kind in ("split", "seq", "gluon") and (not write_out or store_chunks):
+        raise ValueError("the split scan kernel only computes outputs" if kind == "split" else
+                         "the sequential scan kernel only computes outputs")
     if kind == "split":
-        if not write_out or store_chunks:
-            raise ValueError("the split scan kernel only computes outputs")
         # segments of whole chunks; fewer segments if L is short (none empty)
         seg_chunks = max(1, triton.cdiv(n_chunks, cfg["SEGMENTS"]))
         n_seg = triton.cdiv(n_chunks, seg_chunks)
@@ -895,95 +912,41 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
     if kind == "split":
         hseg = torch.empty((batch, n_seg - 1, dstate, dim), dtype=torch.float32, device=device)
         dtsum = torch.empty((batch, n_seg - 1, dim), dtype=torch.float32, device=device)
-        common = (
-            dim, length, seg_chunks, n_seg, ch_per_group,
-            u.stride(0), u.stride(1), u.stride(2),
-            delta.stride(0), delta.stride(1), delta.stride(2),
-            A.stride(0), A.stride(1),
-            *sB, *sC,
-            D.stride(0) if D is not None else 0,
-            delta_bias.stride(0) if delta_bias is not None else 0,
-            *(z.stride() if z is not None else (0, 0, 0)),
-            *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
-        )
-        ptrs = (u, delta, A, B, C,
-                D if D is not None else u,
-                z if z is not None else u,
-                delta_bias if delta_bias is not None else u,
-                initial_state if initial_state is not None else u,
-                out, last, hseg, dtsum)
-        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, BC_ROW=bc_row,
-                     DSTATE=dstate, BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t)
+        args = (u, delta, A, B, C, *optional, out, last, hseg, dtsum,
+                dim, length, seg_chunks, n_seg, ch_per_group, *in_strides, *sB, *sC, *opt_strides)
         nd = triton.cdiv(dim, block_d)
         # pass 1: end state (from zero) and dt sum of every segment but the last
-        launch(_scan_fwd_split_kernel, (nd, n_seg - 1, batch), device, *ptrs, *common,
-               STATES_ONLY=True, num_warps=cfg["num_warps"], **flags)
+        launch(_scan_fwd_split_kernel, (nd, n_seg - 1, batch), device, *args,
+               STATES_ONLY=True, num_warps=cfg["num_warps"], BC_ROW=bc_row, **options)
         # pass 2: chain the segment states, rescan every segment from its true start state
-        launch(_scan_fwd_split_kernel, (nd, n_seg, batch), device, *ptrs, *common,
-               STATES_ONLY=False, num_warps=cfg["num_warps"], **flags)
+        launch(_scan_fwd_split_kernel, (nd, n_seg, batch), device, *args,
+               STATES_ONLY=False, num_warps=cfg["num_warps"], BC_ROW=bc_row, **options)
         return out, last, last
-    if kind == "gluon":
-        if not write_out or store_chunks:
-            raise ValueError("the sequential scan kernel only computes outputs")
+    grid = (triton.cdiv(dim, block_d), batch)
+    if kind == "gluon":  # (B/C strides without N's and L's: [L, N] contiguous, see there)
         scan_gluon.launch_fwd(
-            (triton.cdiv(dim, block_d), batch), u, delta, A, B, C, D, z, delta_bias, initial_state, out,
-            last, dim, length, n_chunks, ch_per_group, sB, sC, softplus, dstate, block_d, block_t,
-            cfg.get("DPT", 1), cfg.get("MAXNREG"), cfg.get("BC_AHEAD", True))
+            grid, u, delta, A, B, C, *optional, out, last, dim, length, n_chunks, ch_per_group,
+            *in_strides, *sB[:2], *sC[:2], *opt_strides, **options, DPT=cfg.get("DPT", 1),
+            BC_AHEAD=cfg.get("BC_AHEAD", True), maxnreg=cfg.get("MAXNREG"))
         return out, last, last
     if kind == "seq":
-        if not write_out or store_chunks:
-            raise ValueError("the sequential scan kernel only computes outputs")
         launch(
-            _scan_fwd_seq_kernel, (triton.cdiv(dim, block_d), batch), device,
-            u, delta, A, B, C,
-            D if D is not None else u,
-            z if z is not None else u,
-            delta_bias if delta_bias is not None else u,
-            initial_state if initial_state is not None else u,
-            out, last,
-            dim, length, n_chunks, ch_per_group,
-            u.stride(0), u.stride(1), u.stride(2),
-            delta.stride(0), delta.stride(1), delta.stride(2),
-            A.stride(0), A.stride(1),
-            *sB, *sC,
-            D.stride(0) if D is not None else 0,
-            delta_bias.stride(0) if delta_bias is not None else 0,
-            *(z.stride() if z is not None else (0, 0, 0)),
-            *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, BC_ROW=bc_row,
-            DSTATE=dstate, BLOCK_N=next_pow2(dstate), BLOCK_D=block_d, BLOCK_T=block_t,
+            _scan_fwd_seq_kernel, grid, device,
+            u, delta, A, B, C, *optional, out, last, dim, length, n_chunks, ch_per_group,
+            *in_strides, *sB, *sC, *opt_strides, **options, BC_ROW=bc_row,
             PREFETCH=cfg.get("PREFETCH", 1), num_warps=cfg["num_warps"],
         )
         return out, last, last
     chunks = (new_output((batch, dim, max(n_chunks, 1), dstate), torch.float32, device)
               if store_chunks else last)
     scratch = torch.empty((2, batch, dim, dstate), dtype=torch.float32, device=device)
-    dummy = u
-    grid = (triton.cdiv(dim, block_d), batch)
     launch(
         _scan_fwd_kernel, grid, device,
-        u, delta, A, B, C,
-        D if D is not None else dummy,
-        z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy,
-        initial_state if initial_state is not None else dummy,
-        out, last, chunks, scratch,
+        u, delta, A, B, C, *optional, out, last, chunks, scratch,
         dim, length, n_chunks, ch_per_group, batch * dim * dstate,
-        u.stride(0), u.stride(1), u.stride(2),
-        delta.stride(0), delta.stride(1), delta.stride(2),
-        A.stride(0), A.stride(1),
-        *sB, *sC,
-        D.stride(0) if D is not None else 0,
-        delta_bias.stride(0) if delta_bias is not None else 0,
-        *(z.stride() if z is not None else (0, 0, 0)),
-        *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(softplus), HAS_H0=initial_state is not None, WRITE_OUT=write_out,
-        STORE_CHUNKS=store_chunks, BC_ROW=bc_row, DSTATE=dstate, BLOCK_N=next_pow2(dstate),
-        BLOCK_D=block_d, BLOCK_T=block_t, LAST_LEVELS=_last_levels(cfg, u.dtype),
-        num_warps=cfg["num_warps"],
+        *in_strides, *sB, *sC, *opt_strides, **options,
+        WRITE_OUT=write_out, STORE_CHUNKS=store_chunks, BC_ROW=bc_row,
+        LAST_LEVELS=_last_levels(cfg, u.dtype), num_warps=cfg["num_warps"],
     )
     return out, last, chunks
 

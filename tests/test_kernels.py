@@ -280,6 +280,34 @@ def test_jit_helpers_bound_under_their_own_names():
                 assert name == obj.fn.__name__, (info.name, name, obj.fn.__name__)
 
 
+@pytest.mark.parametrize("options", [True, False])
+def test_gluon_launch_arguments_bind(options, monkeypatch):
+    """The Gluon kernel cannot run on CPU; its launch from _run_fwd is checked here instead:
+    every argument the launcher passes binds to a parameter of the kernel and none is missing,
+    with B/C handed over as float32 [L, N]."""
+    import inspect
+
+    kernel = scan_gluon._scan_fwd_gluon_kernel
+    bound = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *a, **k: bound.append(inspect.signature(kernel.fn).bind(
+                *a, **{n: v for n, v in k.items() if n not in ("num_warps", "maxnreg")}))
+
+    monkeypatch.setattr(scan_gluon, "_scan_fwd_gluon_kernel", Recorder())
+    monkeypatch.setattr(ss_mod, "_gluon_runs", lambda *a: True)
+    kw = make_scan_inputs(2, 6, 21, 4, options=options, dtype=torch.bfloat16)
+    cfg = {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": False}
+    ss_mod._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw.get("D"), kw.get("z"),
+                    kw.get("delta_bias"), kw.get("delta_softplus", False), kw.get("initial_state"), cfg)
+    (args,) = bound
+    args = args.arguments
+    assert args["B_ptr"].dtype == torch.float32 and args["B_ptr"].stride(-2) == 1
+    assert args["HAS_D"] == options and args["HAS_H0"] == options and not args["BC_AHEAD"]
+    assert (args["BLOCK_D"], args["BLOCK_T"], args["DSTATE"]) == (4, 16, 4)
+
+
 def test_scan_config_gluon_rules(monkeypatch):
     """Where a GPU with Gluon takes the Gluon kernel (H100 graph replays, docs/kernel_notes.md
     v17): below 10240 rows in either layout, not where the split kernel runs; elsewhere, and
@@ -622,7 +650,7 @@ def test_gpu_scan_fwd_gluon(dtype, block_d, block_t, dpt, bc_ahead, monkeypatch)
         pytest.skip("Gluon not available")
     ran = []
     launch = scan_gluon.launch_fwd
-    monkeypatch.setattr(scan_gluon, "launch_fwd", lambda *a: ran.append(1) or launch(*a))
+    monkeypatch.setattr(scan_gluon, "launch_fwd", lambda *a, **k: ran.append(1) or launch(*a, **k))
     cfg = {"KIND": "gluon", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": 1, "DPT": dpt,
            "BC_AHEAD": bc_ahead}
     monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
