@@ -33,6 +33,7 @@ wrap_triton takes Triton JIT functions only).
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -71,23 +72,44 @@ def _step_tiles(u_rows, dt_rows, z_rows, t, offs_t, mask_d2, length, su_l, sdt_l
 
 
 @_gluon_jit
-def _bc_tiles(B_rows, C_rows, t, t_b, mask_nb, length, DSTATE: gl.constexpr, MASK_T: gl.constexpr):
+def _bc_tiles(B_rows, C_rows, t, t_b, mask_nb, length, DSTATE: gl.constexpr, MASK_T: gl.constexpr,
+              BC_PACKED: gl.constexpr):
     """B, C [T, SL, SPT] (float32) of the chunk at step ``t``; ``mask_nb`` (the state rows that
-    exist) folds away when DSTATE is the padded size."""
+    exist) folds away when DSTATE is the padded size. BC_PACKED: the tile of packed words
+    (bc_packed_bf16) twice, unpacked when used (_unpack_bc), so that a tile loaded ahead holds
+    one register per (step, state)."""
     mask = mask_nb
     if MASK_T:
         mask = mask & (t + t_b < length)[:, None, None]
-    Bt = gl.load(B_rows + t * DSTATE, mask=mask, other=0.0)
-    Ct = gl.load(C_rows + t * DSTATE, mask=mask, other=0.0)
+    if BC_PACKED:
+        Bt = gl.load(B_rows + t * DSTATE, mask=mask, other=0)
+        Ct = Bt
+    else:
+        Bt = gl.load(B_rows + t * DSTATE, mask=mask, other=0.0)
+        Ct = gl.load(C_rows + t * DSTATE, mask=mask, other=0.0)
     return Bt, Ct
+
+
+@_gluon_jit
+def _unpack_bc(Bt, Ct, BC_PACKED: gl.constexpr):
+    """B and C as float32 from _bc_tiles: with BC_PACKED, B's bfloat16 bits are the low half of
+    each word and C's the high half, and a bfloat16 is the top half of a float32 (one shift or
+    mask each)."""
+    if BC_PACKED:
+        Bf = (Bt << 16).to(gl.float32, bitcast=True)
+        Cf = (Ct & -65536).to(gl.float32, bitcast=True)
+    else:
+        Bf, Cf = Bt, Ct
+    return Bf, Cf
 
 
 @_gluon_jit
 def _chunk(u, dt, z, Bt, Ct, h, A2, bias, Dv, first, is_last, out_rows, t, offs_t, mask, L_TD: gl.constexpr,
            R3: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-           SOFTPLUS: gl.constexpr, MASK_T: gl.constexpr):
+           SOFTPLUS: gl.constexpr, MASK_T: gl.constexpr, BC_PACKED: gl.constexpr):
     """One chunk: its outputs stored (``mask``: the tile's valid (step, channel) entries), the
     state after its last step returned."""
+    Bt, Ct = _unpack_bc(Bt, Ct, BC_PACKED)
     # per (step, channel), once per lane: dt (bias, softplus) and dt * u, then broadcast to the
     # state lanes (broadcasting dt and u as loaded and discretising on every state lane instead:
     # 1.9x the instructions, B1 0.228 vs 0.135 ms; docs/kernel_notes.md v17)
@@ -136,7 +158,7 @@ def _scan_fwd_gluon_kernel(
     sh0_b, sh0_d, sh0_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     HAS_H0: gl.constexpr, DSTATE: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
-    BLOCK_T: gl.constexpr, DPT: gl.constexpr, BC_AHEAD: gl.constexpr,
+    BLOCK_T: gl.constexpr, DPT: gl.constexpr, BC_AHEAD: gl.constexpr, BC_PACKED: gl.constexpr = False,
 ):
     """Program (channel block, sequence); one warp. The arguments are the seq kernel's, but B
     and C are float32 [batch, groups, L, DSTATE] contiguous in their last two dims
@@ -220,33 +242,33 @@ def _scan_fwd_gluon_kernel(
                               True)  # (L may be shorter than the prefetch)
     u1, dt1, z1 = _step_tiles(u_rows, dt_rows, z_rows, t0 + BLOCK_T, offs_ty, mask_d2, length, su_l, sdt_l,
                               sz_l, HAS_Z, True)
-    B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, True)
+    B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, True, BC_PACKED)
     for _ in range(pairs):
         if BC_AHEAD:
-            B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+            B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False, BC_PACKED)
         else:
-            B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, False)
+            B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, False, BC_PACKED)
         u2, dt2, z2 = _step_tiles(u_rows, dt_rows, z_rows, t0 + 2 * BLOCK_T, offs_ty, mask_d2, length, su_l,
                                   sdt_l, sz_l, HAS_Z, False)
         h = _chunk(u0, dt0, z0, B0, C0, h, A2, bias, Dv, first, is_last, out_rows, t0, offs_ty, mask_d2, L_TD,
-                   R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False)
+                   R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, BC_PACKED)
         if BC_AHEAD:
-            B0, C0 = _bc_tiles(B_rows, C_rows, t0 + 2 * BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+            B0, C0 = _bc_tiles(B_rows, C_rows, t0 + 2 * BLOCK_T, t_b, mask_nb, length, DSTATE, False, BC_PACKED)
         else:
-            B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False)
+            B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False, BC_PACKED)
         u3, dt3, z3 = _step_tiles(u_rows, dt_rows, z_rows, t0 + 3 * BLOCK_T, offs_ty, mask_d2, length, su_l,
                                   sdt_l, sz_l, HAS_Z, False)
         h = _chunk(u1, dt1, z1, B1, C1, h, A2, bias, Dv, first, is_last, out_rows, t0 + BLOCK_T, offs_ty,
-                   mask_d2, L_TD, R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False)
+                   mask_d2, L_TD, R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, BC_PACKED)
         u0, dt0, z0, u1, dt1, z1 = u2, dt2, z2, u3, dt3, z3
         t0 += 2 * BLOCK_T
     for _ in range(2 * pairs, n_chunks):
         u0, dt0, z0 = _step_tiles(u_rows, dt_rows, z_rows, t0, offs_ty, mask_d2, length, su_l, sdt_l, sz_l,
                                   HAS_Z, True)
-        B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, True)
+        B0, C0 = _bc_tiles(B_rows, C_rows, t0, t_b, mask_nb, length, DSTATE, True, BC_PACKED)
         mask = (t0 + offs_ty < length)[:, None] & mask_d2
         h = _chunk(u0, dt0, z0, B0, C0, h, A2, bias, Dv, first, is_last, out_rows, t0, offs_ty, mask, L_TD,
-                   R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True)
+                   R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, BC_PACKED)
         t0 += BLOCK_T
 
     gl.store(hlast_ptr + (b64 * dim + d_h.to(gl.int64))[None, None, :] * DSTATE + n_h, h, mask=mask_h)
@@ -255,11 +277,37 @@ def _scan_fwd_gluon_kernel(
 def launch_fwd(grid, *args, maxnreg=None, **constexprs):
     """Launch on validated inputs, one warp per program: selective_scan._run_fwd passes the seq
     kernel's arguments, with B's and C's strides along N and L left out (B/C from
-    states_contiguous_f32) and the DPT / BC_AHEAD constexprs; ``maxnreg`` caps registers."""
+    states_contiguous_f32 or bc_packed_bf16) and the DPT / BC_AHEAD / BC_PACKED constexprs;
+    ``maxnreg`` caps registers.
+
+    Why the cache: the JIT's launch path (argument binding and specialisation of some 50
+    arguments) cost 49-60 us of host time per call on the H100 machine, more than a third of
+    the kernel's device time at B1 D5120 L2048. A compiled kernel is valid for every call whose
+    integers are the same and whose tensors have the same dtypes and 16-byte alignment (what
+    Triton specialises on), so calls with that key launch it directly."""
     if any(g == 0 for g in grid):
         return
-    _scan_fwd_gluon_kernel[grid](*args, num_warps=1, **constexprs,
-                                 **({} if maxnreg is None else {"maxnreg": maxnreg}))
+    tensors, ints = args[:_N_TENSORS], args[_N_TENSORS:]
+    key = (tensors[0].device.index, tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors), ints,
+           tuple(constexprs.items()), maxnreg)
+    compiled = _COMPILED.get(key)
+    if compiled is not None:  # (the launcher takes every parameter in order, constexprs too)
+        compiled[(*grid, 1, 1)[:3]](*args, *(constexprs.get(name, default) for name, default in _PARAMS[len(args):]))
+        return
+    compiled = _scan_fwd_gluon_kernel[grid](*args, num_warps=1, **constexprs,
+                                            **({} if maxnreg is None else {"maxnreg": maxnreg}))
+    if hasattr(compiled, "__getitem__"):  # (Triton's CompiledKernel; 3.6 returns it from a launch)
+        if len(_COMPILED) >= 64:  # (a long-running process seeing many shapes)
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = compiled
+
+
+_COMPILED: dict = {}
+_N_TENSORS = 11  # the kernel's leading tensor parameters (u_ptr ... hlast_ptr); integers follow
+# the kernel's parameters (name, default) in order
+_PARAMS = [(name, None if p.default is inspect.Parameter.empty else p.default)
+           for name, p in inspect.signature(_scan_fwd_gluon_kernel.fn).parameters.items()] \
+    if gluon is not None else []
 
 
 def states_contiguous_f32(t: torch.Tensor) -> torch.Tensor:
@@ -272,6 +320,18 @@ def states_contiguous_f32(t: torch.Tensor) -> torch.Tensor:
         return t
     out = torch.empty((*t.shape[:-2], length, n), dtype=torch.float32, device=t.device).transpose(-1, -2)
     return out.copy_(t)  # (one kernel: conversion and transposition)
+
+
+def bc_packed_bf16(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """B and C (bfloat16, same shape [B, N, L] or [B, G, N, L]) interleaved into one int32 word
+    per (step, state), B's bits in the low half: shape and axes as B's, stride 1 along N and N
+    along L (states_contiguous_f32's layout). Half the bytes the kernel's B/C loads move
+    through L1 (its limit) against two float32 copies, in one kernel instead of two."""
+    n, length = B.shape[-2:]
+    pairs = torch.empty((*B.shape[:-2], length, n, 2), dtype=B.dtype, device=B.device)
+    # (into a contiguous buffer: stack's own output may take a channels-last layout from its inputs)
+    torch.stack((B.transpose(-1, -2), C.transpose(-1, -2)), dim=-1, out=pairs)
+    return pairs.view(torch.int32).squeeze(-1).transpose(-1, -2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -291,4 +351,4 @@ def supports(block_d: int, block_t: int, block_n: int, bc_row: bool, dpt: int = 
     return bc_row and block_n % sl == 0 and block_t % sl == 0
 
 
-__all__ = ["available", "launch_fwd", "states_contiguous_f32", "supports"]
+__all__ = ["available", "bc_packed_bf16", "launch_fwd", "states_contiguous_f32", "supports"]

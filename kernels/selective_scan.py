@@ -694,23 +694,22 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     model's [B, L, D] buffers seen as [B, D, L]), which favours wider channel blocks.
 
     ``kind="gluon"`` (kernels/scan_gluon.py, CUDA only), chosen by default (``allow_gluon``)
-    below _GLUON_MAX_ROWS rows, except where the split kernel is chosen (fewer than
-    _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 16 steps per warp, B/C loaded when used
-    (not a chunk ahead: 155 instead of 235 registers, so 12 warps fit per SM); in the model's
-    channel-contiguous layout 4 x 8 with B/C a chunk ahead (4 x 16 there: B1 D5120 0.249 vs 0.160
-    ms, B4 D1536 L65536 7.88 vs 5.45). H100 graph
-    replays, 2026-11-24 (ms, Gluon 4 x 8 with B/C ahead vs the choice before): B1 D5120 L2048
-    0.137 vs 0.155, L16384 1.014 vs 1.198; B4 D1536 L65536 4.63 vs 4.97; B2 D3072 L16384 1.137
-    vs 1.243; B2 D1536 L2048 0.108 vs 0.136, B1 D2560 0.104 vs 0.122, B1 D1536 0.079 vs 0.120
-    (chunk kernel); in the model's layout B1 D5120 0.161 vs 0.179, B1 D2560 0.142 vs 0.181, B1
-    D1536 0.092 vs 0.110, B4 D1536 L65536 5.46 vs 5.73; slower at B2 D5120 (0.264 vs 0.237; model
-    layout 0.333 vs 0.252), B4 / B8 D5120 and B1 D1536 L16384 (0.805 vs 0.442 split). Then 4 x 16
-    with B/C at use vs 4 x 8: B1 D5120 0.131 vs 0.137, B4 D1536 L65536 4.23-4.26 vs 4.60, B2 D3072
-    L16384 1.03 vs 1.14."""
+    below _GLUON_MAX_ROWS rows (_GLUON_MAX_ROWS_PACKED for bfloat16 in the time-contiguous
+    layout), except where the split kernel is chosen (fewer than
+    _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 16 steps per warp. bfloat16 (B/C packed
+    into one word per state, half the registers for a tile loaded ahead): B/C a chunk ahead,
+    but loaded when used in the model's channel-contiguous layout; other dtypes (two float32
+    B/C tiles): B/C when used (155 instead of 235 registers), and 4 x 8 with B/C ahead in the
+    model's layout. H100 graph replays, 2026-11-24 (ms; docs/kernel_notes.md v17-v18): B1 D5120
+    L2048 0.109 packed vs 0.131 float32 B/C; B4 D1536 L65536 3.36 vs 4.23; model layout B1
+    D5120 0.148 vs 0.160, B4 D1536 L65536 4.65 vs 5.44 (the seq kernel 0.155 / 4.97 / 0.179 /
+    5.73 before the Gluon kernel)."""
     rows = batch * dim
     if kind is None:
         if (allow_gluon and device.type == "cuda" and not use_interpreter(device)
-                and rows < _GLUON_MAX_ROWS and (rows >= _SEQ_MIN_ROWS or length < _SPLIT_MIN_LENGTH)
+                and rows < (_GLUON_MAX_ROWS_PACKED if dtype == torch.bfloat16 and not channel_contiguous
+                            else _GLUON_MAX_ROWS)
+                and (rows >= _SEQ_MIN_ROWS or length < _SPLIT_MIN_LENGTH)
                 and scan_gluon.available(device.index or 0)):
             kind = "gluon"
         elif use_interpreter(device) or rows >= _SEQ_MIN_ROWS:
@@ -743,7 +742,9 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     if kind == "split":
         return {"KIND": "split", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
                 "SEGMENTS": split_segments(batch, dim, length, 8, 16)}
-    if kind == "gluon":  # (see the docstring; kernels/scan_gluon.py, docs/kernel_notes.md v17)
+    if kind == "gluon":  # (see the docstring; kernels/scan_gluon.py, docs/kernel_notes.md v18)
+        if dtype == torch.bfloat16:
+            return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": not channel_contiguous}
         if channel_contiguous:
             return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "BC_AHEAD": True}
         return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": False}
@@ -776,7 +777,12 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
 
 
 _SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
-_GLUON_MAX_ROWS = 10240  # batch * dim from which the seq kernel's 8- and 16-channel tiles win
+# batch * dim from which the seq kernel's 8- and 16-channel tiles win over the Gluon kernel: with
+# packed bfloat16 B/C in the time-contiguous layout (H100 graph replays, 2026-11-24: B2 D5120
+# L2048 0.181 vs 0.238 ms, B4 0.352 vs 0.392, B8 0.696 vs 0.672), and otherwise (float32 B/C
+# tiles, or the model's layout: B2 D5120 0.280 vs 0.250 packed)
+_GLUON_MAX_ROWS_PACKED = 32768
+_GLUON_MAX_ROWS = 10240
 _SEQ_MIN_WARPS = 1280  # seq kernel: channels per warp widened while this many programs remain
 # (about 2.4 one-warp programs per scheduler on the H100's 132 SMs; sweep in scan_config)
 _SPLIT_MIN_LENGTH = 8192  # below 4096 rows, split from this L (H100, B1 D1536 L8192: split S16
@@ -876,7 +882,11 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
         block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
         ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
     B_in = B
-    if kind == "gluon":
+    bc_packed = (kind == "gluon" and cfg.get("BC_PACKED", True) and B.dtype == C.dtype == torch.bfloat16
+                 and B.shape == C.shape)
+    if bc_packed:  # one int32 word per (step, state) holding both (see there)
+        B = C = scan_gluon.bc_packed_bf16(B, C)
+    elif kind == "gluon":
         # float32 with the states contiguous: each lane's loads then cover one row per step
         B, C = (scan_gluon.states_contiguous_f32(t) for t in (B, C))
     elif cfg.get("BC_F32", True) and B.dtype in (torch.float16, torch.bfloat16):
@@ -927,7 +937,7 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
         scan_gluon.launch_fwd(
             grid, u, delta, A, B, C, *optional, out, last, dim, length, n_chunks, ch_per_group,
             *in_strides, *sB[:2], *sC[:2], *opt_strides, **options, DPT=cfg.get("DPT", 1),
-            BC_AHEAD=cfg.get("BC_AHEAD", True), maxnreg=cfg.get("MAXNREG"))
+            BC_AHEAD=cfg.get("BC_AHEAD", True), BC_PACKED=bc_packed, maxnreg=cfg.get("MAXNREG"))
         return out, last, last
     if kind == "seq":
         launch(

@@ -4,10 +4,11 @@ softplus, N = 16), the target shapes of issue #3 unless --shapes.
 
     python3 scripts/bench_scan_configs.py --configs seq:16x4,seq:32x4:f32,split:16x4:s4 [--out f.json]
 
-A config is KIND:BLOCK_DxBLOCK_T[:f32][:sS][:wW][:pP][:rR][:cC][:bcnow] (f32: B and C converted to
+A config is KIND:BLOCK_DxBLOCK_T[:f32][:sS][:wW][:pP][:rR][:cC][:bcnow][:bcf32] (f32: B and C converted to
 float32 up front; sS: S segments for the split kernel; wW: W warps; pP: the seq kernel's prefetch
 distance in chunks; for the gluon kernel: rR at most R registers per thread, cC C channels per
-lane, bcnow B/C loaded when used rather than a chunk ahead). "default" is scan_config's choice."""
+lane, bcnow B/C loaded when used rather than a chunk ahead, bcf32 bfloat16 B/C as two float32
+copies rather than packed into one word per state). "default" is scan_config's choice."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def parse_config(spec: str, batch: int, dim: int, length: int, model_layout: boo
             cfg["DPT"] = int(f[1:])
         if f == "bcnow":
             cfg["BC_AHEAD"] = False
+        if f == "bcf32":
+            cfg["BC_PACKED"] = False
     return cfg
 
 

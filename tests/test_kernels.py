@@ -281,10 +281,12 @@ def test_jit_helpers_bound_under_their_own_names():
 
 
 @pytest.mark.parametrize("options", [True, False])
-def test_gluon_launch_arguments_bind(options, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gluon_launch_arguments_bind(options, dtype, monkeypatch):
     """The Gluon kernel cannot run on CPU; its launch from _run_fwd is checked here instead:
     every argument the launcher passes binds to a parameter of the kernel and none is missing,
-    with B/C handed over as float32 [L, N]."""
+    with B/C handed over as float32 [L, N], or for bfloat16 packed into one int32 word per
+    (step, state)."""
     import inspect
 
     kernel = scan_gluon._scan_fwd_gluon_kernel
@@ -297,31 +299,96 @@ def test_gluon_launch_arguments_bind(options, monkeypatch):
 
     monkeypatch.setattr(scan_gluon, "_scan_fwd_gluon_kernel", Recorder())
     monkeypatch.setattr(ss_mod, "_gluon_runs", lambda *a: True)
-    kw = make_scan_inputs(2, 6, 21, 4, options=options, dtype=torch.bfloat16)
+    kw = make_scan_inputs(2, 6, 21, 4, options=options, dtype=dtype)
     cfg = {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": False}
     ss_mod._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw.get("D"), kw.get("z"),
                     kw.get("delta_bias"), kw.get("delta_softplus", False), kw.get("initial_state"), cfg)
     (args,) = bound
     args = args.arguments
-    assert args["B_ptr"].dtype == torch.float32 and args["B_ptr"].stride(-2) == 1
+    packed = dtype == torch.bfloat16
+    assert args["B_ptr"].dtype == (torch.int32 if packed else torch.float32) and args["B_ptr"].stride(-2) == 1
+    assert args["BC_PACKED"] == packed and (args["C_ptr"] is args["B_ptr"]) == packed
     assert args["HAS_D"] == options and args["HAS_H0"] == options and not args["BC_AHEAD"]
     assert (args["BLOCK_D"], args["BLOCK_T"], args["DSTATE"]) == (4, 16, 4)
 
 
+def test_gluon_launch_cache(monkeypatch):
+    """launch_fwd compiles through the JIT once per specialisation key and then launches the
+    compiled kernel with every parameter in order (constexprs and their defaults included);
+    a different integer, dtype or alignment goes through the JIT again."""
+    import inspect
+
+    params = list(inspect.signature(scan_gluon._scan_fwd_gluon_kernel.fn).parameters)
+    jit_calls, direct = [], []
+
+    class Compiled:
+        def __getitem__(self, grid):
+            return lambda *a: direct.append((grid, a))
+
+    class Jit:
+        def __getitem__(self, grid):
+            return lambda *a, **k: jit_calls.append(k) or Compiled()
+
+    monkeypatch.setattr(scan_gluon, "_scan_fwd_gluon_kernel", Jit())
+    monkeypatch.setattr(scan_gluon, "_COMPILED", {})
+    t = torch.zeros(64)
+    cx = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, DSTATE=16, BLOCK_N=16,
+              BLOCK_D=4, BLOCK_T=16, DPT=1, BC_AHEAD=True)  # (BC_PACKED left to its default)
+    n_ints = len(params) - 11 - (len(cx) + 1)  # (11 tensors, then the integers, then the constexprs)
+    args = (t,) * 11 + tuple(range(2, 2 + n_ints))
+    scan_gluon.launch_fwd((3, 2), *args, **cx)
+    scan_gluon.launch_fwd((3, 2), *args, **cx)
+    assert len(jit_calls) == 1 and len(direct) == 1
+    grid, full = direct[0]
+    assert grid == (3, 2, 1) and len(full) == len(params)
+    assert dict(zip(params[len(args):], full[len(args):])) == dict(cx, BC_PACKED=False)
+    scan_gluon.launch_fwd((3, 2), *args[:-1], args[-1] + 1, **cx)  # another stride
+    scan_gluon.launch_fwd((3, 2), t[1:], *args[1:], **cx)  # u not 16-byte aligned
+    scan_gluon.launch_fwd((3, 2), t.double(), *args[1:], **cx)  # another dtype
+    assert len(jit_calls) == 4 and len(direct) == 1
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (1, 3, 4, 1), (2, 2, 16, 9), (1, 16, 1)])
+@pytest.mark.parametrize("b_layout", ["contiguous", "strided", "model"])
+def test_bc_packed_bf16(shape, b_layout):
+    """The Gluon kernel's packed B/C: word (b, [g,] n, l) holds B's bits in its low half and
+    C's in its high half, each recovered exactly by the kernel's shift and mask; strides as
+    states_contiguous_f32's (1 along N, N along L), whatever B's strides (contiguous ones made
+    torch.stack's own output channels-last, caught on the GPU)."""
+    B = torch.randn(*shape[:-1], shape[-1] + 3).to(torch.bfloat16)
+    B = {"contiguous": B[..., 3:].contiguous(), "strided": B[..., 3:],
+         "model": B[..., 3:].transpose(-1, -2).contiguous().transpose(-1, -2)}[b_layout]
+    C = torch.randn(shape).to(torch.bfloat16)
+    w = scan_gluon.bc_packed_bf16(B, C)
+    assert w.dtype == torch.int32 and w.shape == B.shape and w.stride(-2) == 1
+    assert shape[-1] == 1 or w.stride(-1) == shape[-2]
+    bits = w.to(torch.int64)
+    assert torch.equal(((bits << 16) & 0xFFFFFFFF).to(torch.int32).view(torch.float32), B.float())
+    assert torch.equal((bits & 0xFFFF0000).to(torch.int32).view(torch.float32), C.float())
+
+
 def test_scan_config_gluon_rules(monkeypatch):
     """Where a GPU with Gluon takes the Gluon kernel (H100 graph replays, docs/kernel_notes.md
-    v17): below 10240 rows in either layout, not where the split kernel runs; elsewhere, and
+    v17-v18): below 10240 rows in either layout (32768 for bfloat16 in the time-contiguous
+    layout), not where the split kernel runs; elsewhere, and
     with allow_gluon=False (the fallback while tracing), the Triton kernels' rules."""
     monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
     monkeypatch.setattr(scan_gluon, "available", lambda index: True)
     cfg = lambda *a, **k: ss_mod.scan_config(*a, torch.bfloat16, torch.device("cuda"), **k)  # noqa: E731
-    gluon = {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": False}
+    gluon = {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": True}
     for shape in [(1, 5120, 2048), (4, 1536, 65536), (2, 3072, 16384), (1, 1536, 2048), (2, 1536, 4096)]:
         assert cfg(*shape) == gluon, shape
-    assert cfg(2, 5120, 2048)["KIND"] == "seq" and cfg(8, 5120, 2048)["KIND"] == "seq"
+    assert cfg(2, 5120, 2048) == gluon and cfg(4, 5120, 2048) == gluon  # (packed bfloat16 B/C)
+    assert cfg(8, 5120, 2048)["KIND"] == "seq"
+    assert ss_mod.scan_config(2, 5120, 2048, torch.float16, torch.device("cuda"))["KIND"] == "seq"
     assert cfg(1, 1536, 8192)["KIND"] == "split"
-    assert cfg(1, 5120, 2048, channel_contiguous=True) == dict(gluon, BLOCK_T=8, BC_AHEAD=True)
+    assert cfg(1, 5120, 2048, channel_contiguous=True) == dict(gluon, BC_AHEAD=False)
     assert cfg(2, 5120, 2048, channel_contiguous=True)["KIND"] == "seq"
+    # float16 / float32: two float32 B/C tiles, which fit a chunk ahead only at 4 x 8
+    f16 = ss_mod.scan_config(1, 5120, 2048, torch.float16, torch.device("cuda"))
+    assert f16 == dict(gluon, BC_AHEAD=False)
+    assert ss_mod.scan_config(1, 5120, 2048, torch.float32, torch.device("cuda"),
+                              channel_contiguous=True) == dict(gluon, BLOCK_T=8)
     assert cfg(1, 5120, 2048, allow_gluon=False)["KIND"] == "seq"
     assert cfg(1, 1536, 2048, allow_gluon=False)["KIND"] == "chunk"
     assert ss_mod.scan_config(1, 5120, 2048, torch.bfloat16, torch.device("cpu"))["KIND"] == "seq"
@@ -646,14 +713,27 @@ def test_gpu_scan_fwd_gluon(dtype, block_d, block_t, dpt, bc_ahead, monkeypatch)
     one to three chunks (the unmasked main loop's edges), grouped B/C, a state size that is not
     a power of two, no options, the model's layout; each case checked to have run on it (not
     the seq fallback)."""
+    check_gluon_scan(dtype, {"KIND": "gluon", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": 1,
+                             "DPT": dpt, "BC_AHEAD": bc_ahead}, monkeypatch)
+
+
+@gpu
+@pytest.mark.parametrize("block_d,block_t,bc_ahead", [(4, 16, False), (4, 8, True)])
+def test_gpu_scan_fwd_gluon_bc_f32(block_d, block_t, bc_ahead, monkeypatch):
+    """bfloat16 B/C through the kernel's float32 path (BC_PACKED off), which fp16/fp32 take."""
+    check_gluon_scan(torch.bfloat16, {"KIND": "gluon", "BLOCK_D": block_d, "BLOCK_T": block_t,
+                                      "num_warps": 1, "BC_AHEAD": bc_ahead, "BC_PACKED": False}, monkeypatch)
+
+
+def check_gluon_scan(dtype, cfg, monkeypatch):
     if not scan_gluon.available(0):
         pytest.skip("Gluon not available")
     ran = []
     launch = scan_gluon.launch_fwd
-    monkeypatch.setattr(scan_gluon, "launch_fwd", lambda *a, **k: ran.append(1) or launch(*a, **k))
-    cfg = {"KIND": "gluon", "BLOCK_D": block_d, "BLOCK_T": block_t, "num_warps": 1, "DPT": dpt,
-           "BC_AHEAD": bc_ahead}
+    monkeypatch.setattr(scan_gluon, "launch_fwd",
+                        lambda *a, **k: ran.append(k["BC_PACKED"]) or launch(*a, **k))
     monkeypatch.setattr(ss_mod, "scan_config", lambda *a, **k: cfg)
+    block_t = cfg["BLOCK_T"]
     cases = [(2, 70, 301, 16, None, True, "contiguous"), (1, 37, 1, 16, None, True, "contiguous"),
              (3, 16, 5, 16, None, True, "contiguous"), (1, 32, block_t, 16, None, True, "contiguous"),
              (1, 32, 2 * block_t, 16, None, True, "contiguous"), (1, 32, 3 * block_t + 1, 16, 2, True,
@@ -664,7 +744,8 @@ def test_gpu_scan_fwd_gluon(dtype, block_d, block_t, dpt, bc_ahead, monkeypatch)
         ran.clear()
         kw = make_scan_inputs(batch, dim, length, dstate, groups, dtype, "cuda", options, layout)
         check_scan_fwd(kw, TOL[dtype])
-        assert ran, (batch, dim, length, dstate)
+        # bfloat16 B/C packed into one word per state unless the config says otherwise
+        assert ran == [dtype == torch.bfloat16 and cfg.get("BC_PACKED", True)], (batch, dim, length, dstate)
 
 
 @gpu
