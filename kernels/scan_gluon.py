@@ -10,8 +10,10 @@ per-(step, channel) work replicated over the state lanes. Here:
 
 - B and C are loaded straight into the layout of the recurrence: each lane reads its own
   states' values for every step of the chunk (repeated over the channel lanes, from L1), from
-  float32 copies laid out [L, N] by the launcher (states_contiguous_f32), so that each load is
-  one vector of consecutive states at a constant offset.
+  rows laid out [L, N] by the launcher, so that each load is one vector of consecutive states at
+  a constant offset: bfloat16 B and C packed into one int32 word per (step, state)
+  (bc_packed_bf16: half the L1 bytes, the limit here), other dtypes as two float32 copies
+  (states_contiguous_f32).
 - y is reduced over the states in two stages: in-thread over the states a lane holds, then one
   layout conversion (through shared memory) to a layout in which each lane holds all state
   groups of BLOCK_T / SL steps, and an in-thread sum: a reduce-scatter instead of an all-reduce.
@@ -21,9 +23,10 @@ per-(step, channel) work replicated over the state lanes. Here:
 Layouts, for one warp: BLOCK_D = DL x DPT channels (DL lanes, DPT channels per lane), SL = 32 / DL
 lanes on states, SPT = BLOCK_N / SL states per lane, time in-thread: the recurrence tile is
 [BLOCK_T, SL, SPT, BLOCK_D]. A lane's DPT channels share its B and C values: fewer bytes per
-element through L1, which bounds the kernel at 4 x 8 (Nsight Compute), but half the warps, which
-measured slower (docs/kernel_notes.md v17). scan_config's choices: 4 x 16 with B/C loaded when
-used (BC_AHEAD False), and 4 x 8 with B/C a chunk ahead for the model's channel-contiguous layout.
+element through L1, but half the warps, which measured slower (docs/kernel_notes.md v17).
+scan_config's choices (v18): with packed bfloat16 B/C, 4 x 16 with B/C a chunk ahead
+(BC_AHEAD), or loaded when used in the model's channel-contiguous layout; with float32 B/C
+tiles, 4 x 16 with B/C when used, or 4 x 8 with them ahead in the model's layout.
 Gluon has no interpreter: CPU tests run the Triton seq kernel in its place (same semantics);
 this kernel is checked against float64 on the GPU (tests/test_kernels.py,
 test_gpu_scan_fwd_gluon), and torch.compile / export trace the Triton kernel (torch's
@@ -161,9 +164,9 @@ def _scan_fwd_gluon_kernel(
     BLOCK_T: gl.constexpr, DPT: gl.constexpr, BC_AHEAD: gl.constexpr, BC_PACKED: gl.constexpr = False,
 ):
     """Program (channel block, sequence); one warp. The arguments are the seq kernel's, but B
-    and C are float32 [batch, groups, L, DSTATE] contiguous in their last two dims
-    (states_contiguous_f32), so that every load offset within a chunk is a constant; one group
-    per channel block."""
+    and C are [batch, groups, L, DSTATE] contiguous in their last two dims, float32
+    (states_contiguous_f32) or, with BC_PACKED, one int32 tensor of both (bc_packed_bf16), so
+    that every load offset within a chunk is a constant; one group per channel block."""
     DL: gl.constexpr = BLOCK_D // DPT  # lanes on channels (DPT channels per lane)
     SL: gl.constexpr = 32 // DL
     SPT: gl.constexpr = BLOCK_N // SL
@@ -253,7 +256,8 @@ def _scan_fwd_gluon_kernel(
         h = _chunk(u0, dt0, z0, B0, C0, h, A2, bias, Dv, first, is_last, out_rows, t0, offs_ty, mask_d2, L_TD,
                    R3, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, BC_PACKED)
         if BC_AHEAD:
-            B0, C0 = _bc_tiles(B_rows, C_rows, t0 + 2 * BLOCK_T, t_b, mask_nb, length, DSTATE, False, BC_PACKED)
+            B0, C0 = _bc_tiles(B_rows, C_rows, t0 + 2 * BLOCK_T, t_b, mask_nb, length, DSTATE, False,
+                               BC_PACKED)
         else:
             B1, C1 = _bc_tiles(B_rows, C_rows, t0 + BLOCK_T, t_b, mask_nb, length, DSTATE, False, BC_PACKED)
         u3, dt3, z3 = _step_tiles(u_rows, dt_rows, z_rows, t0 + 3 * BLOCK_T, offs_ty, mask_d2, length, su_l,
@@ -281,10 +285,11 @@ def launch_fwd(grid, *args, maxnreg=None, **constexprs):
     ``maxnreg`` caps registers.
 
     Why the cache: the JIT's launch path (argument binding and specialisation of some 50
-    arguments) cost 49-60 us of host time per call on the H100 machine, more than a third of
-    the kernel's device time at B1 D5120 L2048. A compiled kernel is valid for every call whose
-    integers are the same and whose tensors have the same dtypes and 16-byte alignment (what
-    Triton specialises on), so calls with that key launch it directly."""
+    arguments) cost 30-60 us of host time per call on the H100 machine (2026-11-24: 30.3 us,
+    20.3 through the cache), against ~110 us of device time at B1 D5120 L2048. A compiled
+    kernel is valid for every call whose integers are the same and whose tensors have the same
+    dtypes and 16-byte alignment (what Triton specialises on), so calls with that key launch it
+    directly."""
     if any(g == 0 for g in grid):
         return
     tensors, ints = args[:_N_TENSORS], args[_N_TENSORS:]
@@ -292,7 +297,8 @@ def launch_fwd(grid, *args, maxnreg=None, **constexprs):
            tuple(constexprs.items()), maxnreg)
     compiled = _COMPILED.get(key)
     if compiled is not None:  # (the launcher takes every parameter in order, constexprs too)
-        compiled[(*grid, 1, 1)[:3]](*args, *(constexprs.get(name, default) for name, default in _PARAMS[len(args):]))
+        constants = (constexprs.get(name, default) for name, default in _PARAMS[len(args):])
+        compiled[(*grid, 1, 1)[:3]](*args, *constants)
         return
     compiled = _scan_fwd_gluon_kernel[grid](*args, num_warps=1, **constexprs,
                                             **({} if maxnreg is None else {"maxnreg": maxnreg}))

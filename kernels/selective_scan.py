@@ -743,8 +743,9 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
         return {"KIND": "split", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
                 "SEGMENTS": split_segments(batch, dim, length, 8, 16)}
     if kind == "gluon":  # (see the docstring; kernels/scan_gluon.py, docs/kernel_notes.md v18)
-        if dtype == torch.bfloat16:
-            return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": not channel_contiguous}
+        if dtype == torch.bfloat16:  # (B/C of another dtype than u's: float32 tiles here, slower)
+            return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1,
+                    "BC_AHEAD": not channel_contiguous}
         if channel_contiguous:
             return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 8, "num_warps": 1, "BC_AHEAD": True}
         return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1, "BC_AHEAD": False}
