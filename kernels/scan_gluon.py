@@ -11,9 +11,8 @@ per-(step, channel) work replicated over the state lanes. Here:
 - B and C are loaded straight into the layout of the recurrence: each lane reads its own
   states' values for every step of the chunk (repeated over the channel lanes, from L1), from
   rows laid out [L, N] by the launcher, so that each load is one vector of consecutive states at
-  a constant offset: bfloat16 B and C packed into one int32 word per (step, state)
-  (bc_packed_bf16: half the L1 bytes, the limit here), other dtypes as two float32 copies
-  (states_contiguous_f32).
+  a constant offset: 16-bit B and C packed into one int32 word per (step, state) (bc_packed:
+  half the L1 bytes, the limit here), float32 ones as two float32 copies (states_contiguous_f32).
 - y is reduced over the states in two stages: in-thread over the states a lane holds, then one
   layout conversion (through shared memory) to a layout in which each lane holds all state
   groups of BLOCK_T / SL steps, and an in-thread sum: a reduce-scatter instead of an all-reduce.
@@ -24,7 +23,7 @@ Layouts, for one warp: BLOCK_D = DL x DPT channels (DL lanes, DPT channels per l
 lanes on states, SPT = BLOCK_N / SL states per lane, time in-thread: the recurrence tile is
 [BLOCK_T, SL, SPT, BLOCK_D]. A lane's DPT channels share its B and C values: fewer bytes per
 element through L1, but half the warps, which measured slower (docs/kernel_notes.md v17).
-scan_config's choices (v18): with packed bfloat16 B/C, 4 x 16 with B/C a chunk ahead
+scan_config's choices (v18): with packed 16-bit B/C, 4 x 16 with B/C a chunk ahead
 (BC_AHEAD), or loaded when used in the model's channel-contiguous layout; with float32 B/C
 tiles, 4 x 16 with B/C when used, or 4 x 8 with them ahead in the model's layout.
 Gluon has no interpreter: CPU tests run the Triton seq kernel in its place (same semantics);
@@ -79,7 +78,7 @@ def _bc_tiles(B_rows, C_rows, t, t_b, mask_nb, length, DSTATE: gl.constexpr, MAS
               BC_PACKED: gl.constexpr):
     """B, C [T, SL, SPT] (float32) of the chunk at step ``t``; ``mask_nb`` (the state rows that
     exist) folds away when DSTATE is the padded size. BC_PACKED: the tile of packed words
-    (bc_packed_bf16) twice, unpacked when used (_unpack_bc), so that a tile loaded ahead holds
+    (bc_packed) twice, unpacked when used (_unpack_bc), so that a tile loaded ahead holds
     one register per (step, state)."""
     mask = mask_nb
     if MASK_T:
@@ -95,10 +94,13 @@ def _bc_tiles(B_rows, C_rows, t, t_b, mask_nb, length, DSTATE: gl.constexpr, MAS
 
 @_gluon_jit
 def _unpack_bc(Bt, Ct, BC_PACKED: gl.constexpr):
-    """B and C as float32 from _bc_tiles: with BC_PACKED, B's bfloat16 bits are the low half of
-    each word and C's the high half, and a bfloat16 is the top half of a float32 (one shift or
-    mask each)."""
-    if BC_PACKED:
+    """B and C as float32 from _bc_tiles: with BC_PACKED, B's bits are the low half of each word
+    and C's the high half; bfloat16 (BC_PACKED 1) is the top half of a float32 (one shift or
+    mask each), float16 (BC_PACKED 2) is converted (one HADD2 each, sm_90 SASS)."""
+    if BC_PACKED == 2:
+        Bf = Bt.to(gl.int16).to(gl.float16, bitcast=True).to(gl.float32)
+        Cf = (Ct >> 16).to(gl.int16).to(gl.float16, bitcast=True).to(gl.float32)
+    elif BC_PACKED == 1:
         Bf = (Bt << 16).to(gl.float32, bitcast=True)
         Cf = (Ct & -65536).to(gl.float32, bitcast=True)
     else:
@@ -161,11 +163,11 @@ def _scan_fwd_gluon_kernel(
     sh0_b, sh0_d, sh0_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     HAS_H0: gl.constexpr, DSTATE: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
-    BLOCK_T: gl.constexpr, DPT: gl.constexpr, BC_AHEAD: gl.constexpr, BC_PACKED: gl.constexpr = False,
+    BLOCK_T: gl.constexpr, DPT: gl.constexpr, BC_AHEAD: gl.constexpr, BC_PACKED: gl.constexpr = 0,
 ):
     """Program (channel block, sequence); one warp. The arguments are the seq kernel's, but B
     and C are [batch, groups, L, DSTATE] contiguous in their last two dims, float32
-    (states_contiguous_f32) or, with BC_PACKED, one int32 tensor of both (bc_packed_bf16), so
+    (states_contiguous_f32) or, with BC_PACKED, one int32 tensor of both (bc_packed), so
     that every load offset within a chunk is a constant; one group per channel block."""
     DL: gl.constexpr = BLOCK_D // DPT  # lanes on channels (DPT channels per lane)
     SL: gl.constexpr = 32 // DL
@@ -281,7 +283,7 @@ def _scan_fwd_gluon_kernel(
 def launch_fwd(grid, *args, maxnreg=None, **constexprs):
     """Launch on validated inputs, one warp per program: selective_scan._run_fwd passes the seq
     kernel's arguments, with B's and C's strides along N and L left out (B/C from
-    states_contiguous_f32 or bc_packed_bf16) and the DPT / BC_AHEAD / BC_PACKED constexprs;
+    states_contiguous_f32 or bc_packed) and the DPT / BC_AHEAD / BC_PACKED constexprs;
     ``maxnreg`` caps registers.
 
     Why the cache: the JIT's launch path (argument binding and specialisation of some 50
@@ -328,9 +330,9 @@ def states_contiguous_f32(t: torch.Tensor) -> torch.Tensor:
     return out.copy_(t)  # (one kernel: conversion and transposition)
 
 
-def bc_packed_bf16(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """B and C (bfloat16, same shape [B, N, L] or [B, G, N, L]) interleaved into one int32 word
-    per (step, state), B's bits in the low half: shape and axes as B's, stride 1 along N and N
+def bc_packed(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """B and C (float16 or bfloat16, the same, same shape [B, N, L] or [B, G, N, L]) interleaved
+    into one int32 word per (step, state), B's bits in the low half: shape and axes as B's, stride 1 along N and N
     along L (states_contiguous_f32's layout). Half the bytes the kernel's B/C loads move
     through L1 (its limit) against two float32 copies, in one kernel instead of two."""
     n, length = B.shape[-2:]
@@ -338,6 +340,14 @@ def bc_packed_bf16(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     # (into a contiguous buffer: stack's own output may take a channels-last layout from its inputs)
     torch.stack((B.transpose(-1, -2), C.transpose(-1, -2)), dim=-1, out=pairs)
     return pairs.view(torch.int32).squeeze(-1).transpose(-1, -2)
+
+
+def packed_code(B: torch.Tensor, C: torch.Tensor) -> int:
+    """The kernel's BC_PACKED for these B and C: 1 bfloat16, 2 float16 (both the same dtype and
+    shape), else 0 (float32 copies)."""
+    if B.dtype != C.dtype or B.shape != C.shape:
+        return 0
+    return {torch.bfloat16: 1, torch.float16: 2}.get(B.dtype, 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -357,4 +367,4 @@ def supports(block_d: int, block_t: int, block_n: int, bc_row: bool, dpt: int = 
     return bc_row and block_n % sl == 0 and block_t % sl == 0
 
 
-__all__ = ["available", "bc_packed_bf16", "launch_fwd", "states_contiguous_f32", "supports"]
+__all__ = ["available", "bc_packed", "launch_fwd", "packed_code", "states_contiguous_f32", "supports"]

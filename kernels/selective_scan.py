@@ -694,20 +694,21 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
     model's [B, L, D] buffers seen as [B, D, L]), which favours wider channel blocks.
 
     ``kind="gluon"`` (kernels/scan_gluon.py, CUDA only), chosen by default (``allow_gluon``)
-    below _GLUON_MAX_ROWS rows (_GLUON_MAX_ROWS_PACKED for bfloat16 in the time-contiguous
+    below _GLUON_MAX_ROWS rows (_GLUON_MAX_ROWS_PACKED for 16-bit inputs in the time-contiguous
     layout), except where the split kernel is chosen (fewer than
-    _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 16 steps per warp. bfloat16 (B/C packed
+    _SEQ_MIN_ROWS rows from L = 8192): 4 channels x 16 steps per warp. 16-bit (B/C packed
     into one word per state, half the registers for a tile loaded ahead): B/C a chunk ahead,
-    but loaded when used in the model's channel-contiguous layout; other dtypes (two float32
-    B/C tiles): B/C when used (155 instead of 235 registers), and 4 x 8 with B/C ahead in the
+    but loaded when used in the model's channel-contiguous layout; float32 (two float32 B/C
+    tiles): B/C when used (155 instead of 235 registers), and 4 x 8 with B/C ahead in the
     model's layout. H100 graph replays, 2026-11-24 (ms; docs/kernel_notes.md v17-v18): B1 D5120
     L2048 0.109 packed vs 0.131 float32 B/C; B4 D1536 L65536 3.36 vs 4.23; model layout B1
     D5120 0.148 vs 0.160, B4 D1536 L65536 4.65 vs 5.44 (the seq kernel 0.155 / 4.97 / 0.179 /
     5.73 before the Gluon kernel)."""
     rows = batch * dim
+    packs = dtype in (torch.float16, torch.bfloat16)  # (the Gluon kernel's B/C packed, if as u)
     if kind is None:
         if (allow_gluon and device.type == "cuda" and not use_interpreter(device)
-                and rows < (_GLUON_MAX_ROWS_PACKED if dtype == torch.bfloat16 and not channel_contiguous
+                and rows < (_GLUON_MAX_ROWS_PACKED if packs and not channel_contiguous
                             else _GLUON_MAX_ROWS)
                 and (rows >= _SEQ_MIN_ROWS or length < _SPLIT_MIN_LENGTH)
                 and scan_gluon.available(device.index or 0)):
@@ -743,7 +744,7 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
         return {"KIND": "split", "BLOCK_D": 8, "BLOCK_T": 16, "num_warps": 1,
                 "SEGMENTS": split_segments(batch, dim, length, 8, 16)}
     if kind == "gluon":  # (see the docstring; kernels/scan_gluon.py, docs/kernel_notes.md v18)
-        if dtype == torch.bfloat16:  # (B/C of another dtype than u's: float32 tiles here, slower)
+        if packs:  # (B/C of another dtype than u's: float32 tiles here, slower)
             return {"KIND": "gluon", "BLOCK_D": 4, "BLOCK_T": 16, "num_warps": 1,
                     "BC_AHEAD": not channel_contiguous}
         if channel_contiguous:
@@ -779,7 +780,7 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
 
 _SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
 # batch * dim from which the seq kernel's 8- and 16-channel tiles win over the Gluon kernel: with
-# packed bfloat16 B/C in the time-contiguous layout (H100 graph replays, 2026-11-24: B2 D5120
+# packed 16-bit B/C in the time-contiguous layout (H100 graph replays, 2026-11-24: B2 D5120
 # L2048 0.181 vs 0.238 ms, B4 0.352 vs 0.392, B8 0.696 vs 0.672), and otherwise (float32 B/C
 # tiles, or the model's layout: B2 D5120 0.280 vs 0.250 packed)
 _GLUON_MAX_ROWS_PACKED = 32768
@@ -883,10 +884,9 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
         block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
         ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
     B_in = B
-    bc_packed = (kind == "gluon" and cfg.get("BC_PACKED", True) and B.dtype == C.dtype == torch.bfloat16
-                 and B.shape == C.shape)
+    bc_packed = scan_gluon.packed_code(B, C) if kind == "gluon" and cfg.get("BC_PACKED", True) else 0
     if bc_packed:  # one int32 word per (step, state) holding both (see there)
-        B = C = scan_gluon.bc_packed_bf16(B, C)
+        B = C = scan_gluon.bc_packed(B, C)
     elif kind == "gluon":
         # float32 with the states contiguous: each lane's loads then cover one row per step
         B, C = (scan_gluon.states_contiguous_f32(t) for t in (B, C))

@@ -26,10 +26,10 @@ from mamba_export.kernels import selective_scan as ss
 TARGET_SHAPES = "1,5120,2048;8,5120,2048;4,1536,65536"
 
 
-def parse_config(spec: str, batch: int, dim: int, length: int, model_layout: bool) -> dict:
+def parse_config(spec: str, batch: int, dim: int, length: int, model_layout: bool,
+                 dtype: torch.dtype = torch.bfloat16) -> dict:
     if spec == "default":
-        return ss.scan_config(batch, dim, length, torch.bfloat16, torch.device("cuda"),
-                              channel_contiguous=model_layout)
+        return ss.scan_config(batch, dim, length, dtype, torch.device("cuda"), channel_contiguous=model_layout)
     kind, tiles, *flags = spec.split(":")
     block_d, block_t = (int(v) for v in tiles.split("x"))
     cfg = dict(KIND=kind, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=1, BC_F32="f32" in flags)
@@ -57,21 +57,24 @@ def main():
     ap.add_argument("--shapes", default=TARGET_SHAPES, help="batch,dim,length;...")
     ap.add_argument("--model-layout", action="store_true",
                     help="u, delta, z as the model passes them: [B, L, D] buffers seen as [B, D, L]")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                    help="u, delta, z, B, C (bench_kernels.py's scan inputs in this dtype)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
     rows = []
     meta = dict(date=datetime.date.today().isoformat(), gpu=torch.cuda.get_device_name(),
                 torch=torch.__version__, triton=triton.__version__,
-                model_layout=args.model_layout)
+                model_layout=args.model_layout, dtype=args.dtype)
     print(json.dumps(meta), flush=True)
     for shape in args.shapes.split(";"):
         b, d, l = (int(v) for v in shape.split(","))
-        kw = scan_inputs(b, d, l)
+        kw = scan_inputs(b, d, l, dtype=dtype)
         if args.model_layout:
             for name in ("u", "delta", "z"):
                 kw[name] = kw[name].transpose(1, 2).contiguous().transpose(1, 2)
         for spec in args.configs.split(","):
-            cfg = parse_config(spec, b, d, l, args.model_layout)
+            cfg = parse_config(spec, b, d, l, args.model_layout, dtype)
             fn = lambda: ss._run_fwd(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"],  # noqa: E731
                                      kw["D"], kw["z"], kw["delta_bias"], True, None, cfg)
             ms_graph = host_us = None

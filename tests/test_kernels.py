@@ -281,11 +281,11 @@ def test_jit_helpers_bound_under_their_own_names():
 
 
 @pytest.mark.parametrize("options", [True, False])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gluon_launch_arguments_bind(options, dtype, monkeypatch):
     """The Gluon kernel cannot run on CPU; its launch from _run_fwd is checked here instead:
     every argument the launcher passes binds to a parameter of the kernel and none is missing,
-    with B/C handed over as float32 [L, N], or for bfloat16 packed into one int32 word per
+    with B/C handed over as float32 [L, N], or when 16-bit packed into one int32 word per
     (step, state)."""
     import inspect
 
@@ -305,9 +305,9 @@ def test_gluon_launch_arguments_bind(options, dtype, monkeypatch):
                     kw.get("delta_bias"), kw.get("delta_softplus", False), kw.get("initial_state"), cfg)
     (args,) = bound
     args = args.arguments
-    packed = dtype == torch.bfloat16
+    packed = {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)
     assert args["B_ptr"].dtype == (torch.int32 if packed else torch.float32) and args["B_ptr"].stride(-2) == 1
-    assert args["BC_PACKED"] == packed and (args["C_ptr"] is args["B_ptr"]) == packed
+    assert args["BC_PACKED"] == packed and (args["C_ptr"] is args["B_ptr"]) == bool(packed)
     assert args["HAS_D"] == options and args["HAS_H0"] == options and not args["BC_AHEAD"]
     assert (args["BLOCK_D"], args["BLOCK_T"], args["DSTATE"]) == (4, 16, 4)
 
@@ -350,27 +350,36 @@ def test_gluon_launch_cache(monkeypatch):
 
 @pytest.mark.parametrize("shape", [(2, 5, 7), (1, 3, 4, 1), (2, 2, 16, 9), (1, 16, 1)])
 @pytest.mark.parametrize("b_layout", ["contiguous", "strided", "model"])
-def test_bc_packed_bf16(shape, b_layout):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bc_packed(shape, b_layout, dtype):
     """The Gluon kernel's packed B/C: word (b, [g,] n, l) holds B's bits in its low half and
-    C's in its high half, each recovered exactly by the kernel's shift and mask; strides as
-    states_contiguous_f32's (1 along N, N along L), whatever B's strides (contiguous ones made
-    torch.stack's own output channels-last, caught on the GPU)."""
-    B = torch.randn(*shape[:-1], shape[-1] + 3).to(torch.bfloat16)
+    C's in its high half, each recovered exactly as the kernel does (bfloat16: shift and mask;
+    float16: the half's bits converted); strides as states_contiguous_f32's (1 along N, N along
+    L), whatever B's strides (contiguous ones made torch.stack's own output channels-last,
+    caught on the GPU)."""
+    B = torch.randn(*shape[:-1], shape[-1] + 3).to(dtype)
     B = {"contiguous": B[..., 3:].contiguous(), "strided": B[..., 3:],
          "model": B[..., 3:].transpose(-1, -2).contiguous().transpose(-1, -2)}[b_layout]
-    C = torch.randn(shape).to(torch.bfloat16)
-    w = scan_gluon.bc_packed_bf16(B, C)
+    C = torch.randn(shape).to(dtype)
+    w = scan_gluon.bc_packed(B, C)
+    assert scan_gluon.packed_code(B, C) == (1 if dtype == torch.bfloat16 else 2)
     assert w.dtype == torch.int32 and w.shape == B.shape and w.stride(-2) == 1
     assert shape[-1] == 1 or w.stride(-1) == shape[-2]
     bits = w.to(torch.int64)
-    assert torch.equal(((bits << 16) & 0xFFFFFFFF).to(torch.int32).view(torch.float32), B.float())
-    assert torch.equal((bits & 0xFFFF0000).to(torch.int32).view(torch.float32), C.float())
+    if dtype == torch.bfloat16:
+        B2 = ((bits << 16) & 0xFFFFFFFF).to(torch.int32).view(torch.float32)
+        C2 = (bits & 0xFFFF0000).to(torch.int32).view(torch.float32)
+    else:
+        B2 = (bits & 0xFFFF).to(torch.int16).view(torch.float16).float()
+        C2 = ((bits >> 16) & 0xFFFF).to(torch.int16).view(torch.float16).float()
+    assert torch.equal(B2, B.float()) and torch.equal(C2, C.float())
+    assert scan_gluon.packed_code(B.float(), C.float()) == 0 and scan_gluon.packed_code(B, C.float()) == 0
 
 
 def test_scan_config_gluon_rules(monkeypatch):
     """Where a GPU with Gluon takes the Gluon kernel (H100 graph replays, docs/kernel_notes.md
     v17-v18): below 10240 rows in either layout (32768 for bfloat16 in the time-contiguous
-    layout), not where the split kernel runs; elsewhere, and
+    layout, 16-bit inputs), not where the split kernel runs; elsewhere, and
     with allow_gluon=False (the fallback while tracing), the Triton kernels' rules."""
     monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
     monkeypatch.setattr(scan_gluon, "available", lambda index: True)
@@ -380,13 +389,14 @@ def test_scan_config_gluon_rules(monkeypatch):
         assert cfg(*shape) == gluon, shape
     assert cfg(2, 5120, 2048) == gluon and cfg(4, 5120, 2048) == gluon  # (packed bfloat16 B/C)
     assert cfg(8, 5120, 2048)["KIND"] == "seq"
-    assert ss_mod.scan_config(2, 5120, 2048, torch.float16, torch.device("cuda"))["KIND"] == "seq"
+    assert ss_mod.scan_config(2, 5120, 2048, torch.float32, torch.device("cuda"))["KIND"] == "seq"
     assert cfg(1, 1536, 8192)["KIND"] == "split"
     assert cfg(1, 5120, 2048, channel_contiguous=True) == dict(gluon, BC_AHEAD=False)
     assert cfg(2, 5120, 2048, channel_contiguous=True)["KIND"] == "seq"
-    # float16 / float32: two float32 B/C tiles, which fit a chunk ahead only at 4 x 8
-    f16 = ss_mod.scan_config(1, 5120, 2048, torch.float16, torch.device("cuda"))
-    assert f16 == dict(gluon, BC_AHEAD=False)
+    assert ss_mod.scan_config(1, 5120, 2048, torch.float16, torch.device("cuda")) == gluon  # (packed too)
+    # float32: two float32 B/C tiles, which fit a chunk ahead only at 4 x 8
+    f32 = ss_mod.scan_config(1, 5120, 2048, torch.float32, torch.device("cuda"))
+    assert f32 == dict(gluon, BC_AHEAD=False)
     assert ss_mod.scan_config(1, 5120, 2048, torch.float32, torch.device("cuda"),
                               channel_contiguous=True) == dict(gluon, BLOCK_T=8)
     assert cfg(1, 5120, 2048, allow_gluon=False)["KIND"] == "seq"
@@ -720,7 +730,7 @@ def test_gpu_scan_fwd_gluon(dtype, block_d, block_t, dpt, bc_ahead, monkeypatch)
 @gpu
 @pytest.mark.parametrize("block_d,block_t,bc_ahead", [(4, 16, False), (4, 8, True)])
 def test_gpu_scan_fwd_gluon_bc_f32(block_d, block_t, bc_ahead, monkeypatch):
-    """bfloat16 B/C through the kernel's float32 path (BC_PACKED off), which fp16/fp32 take."""
+    """bfloat16 B/C through the kernel's float32 path (BC_PACKED off), which float32 takes."""
     check_gluon_scan(torch.bfloat16, {"KIND": "gluon", "BLOCK_D": block_d, "BLOCK_T": block_t,
                                       "num_warps": 1, "BC_AHEAD": bc_ahead, "BC_PACKED": False}, monkeypatch)
 
@@ -744,8 +754,9 @@ def check_gluon_scan(dtype, cfg, monkeypatch):
         ran.clear()
         kw = make_scan_inputs(batch, dim, length, dstate, groups, dtype, "cuda", options, layout)
         check_scan_fwd(kw, TOL[dtype])
-        # bfloat16 B/C packed into one word per state unless the config says otherwise
-        assert ran == [dtype == torch.bfloat16 and cfg.get("BC_PACKED", True)], (batch, dim, length, dstate)
+        # 16-bit B/C packed into one word per state unless the config says otherwise
+        packed = {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0) if cfg.get("BC_PACKED", True) else 0
+        assert ran == [packed], (batch, dim, length, dstate)
 
 
 @gpu
