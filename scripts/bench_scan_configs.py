@@ -57,6 +57,9 @@ def main():
     ap.add_argument("--shapes", default=TARGET_SHAPES, help="batch,dim,length;...")
     ap.add_argument("--model-layout", action="store_true",
                     help="u, delta, z as the model passes them: [B, L, D] buffers seen as [B, D, L]")
+    ap.add_argument("--prefill-layout", action="store_true",
+                    help="as the model's prefill passes them: u time-contiguous (the conv's output), "
+                         "delta and z channel-contiguous (views of [B, L, D] buffers)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                     help="u, delta, z, B, C (bench_kernels.py's scan inputs in this dtype)")
     ap.add_argument("--out", default=None)
@@ -65,13 +68,13 @@ def main():
     rows = []
     meta = dict(date=datetime.date.today().isoformat(), gpu=torch.cuda.get_device_name(),
                 torch=torch.__version__, triton=triton.__version__,
-                model_layout=args.model_layout, dtype=args.dtype)
+                model_layout=args.model_layout, prefill_layout=args.prefill_layout, dtype=args.dtype)
     print(json.dumps(meta), flush=True)
     for shape in args.shapes.split(";"):
         b, d, l = (int(v) for v in shape.split(","))
         kw = scan_inputs(b, d, l, dtype=dtype)
-        if args.model_layout:
-            for name in ("u", "delta", "z"):
+        if args.model_layout or args.prefill_layout:
+            for name in ("delta", "z") if args.prefill_layout else ("u", "delta", "z"):
                 kw[name] = kw[name].transpose(1, 2).contiguous().transpose(1, 2)
         for spec in args.configs.split(","):
             cfg = parse_config(spec, b, d, l, args.model_layout, dtype)
