@@ -331,10 +331,11 @@ def states_contiguous_f32(t: torch.Tensor) -> torch.Tensor:
 
 
 def bc_packed(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """B and C (float16 or bfloat16, the same, same shape [B, N, L] or [B, G, N, L]) interleaved
-    into one int32 word per (step, state), B's bits in the low half: shape and axes as B's, stride 1 along N and N
-    along L (states_contiguous_f32's layout). Half the bytes the kernel's B/C loads move
-    through L1 (its limit) against two float32 copies, in one kernel instead of two."""
+    """B and C (both float16 or both bfloat16, one shape: [B, N, L] or [B, G, N, L]) interleaved
+    into one int32 word per (step, state), B's bits in the low half; shape and axes as B's,
+    stride 1 along N and N along L (states_contiguous_f32's layout). Half the bytes the
+    kernel's B/C loads move through L1 (its limit) against two float32 copies, in one kernel
+    instead of two."""
     n, length = B.shape[-2:]
     pairs = torch.empty((*B.shape[:-2], length, n, 2), dtype=B.dtype, device=B.device)
     # (into a contiguous buffer: stack's own output may take a channels-last layout from its inputs)

@@ -7,7 +7,7 @@ softplus, N = 16), the target shapes of issue #3 unless --shapes.
 A config is KIND:BLOCK_DxBLOCK_T[:f32][:sS][:wW][:pP][:rR][:cC][:bcnow][:bcf32] (f32: B and C converted to
 float32 up front; sS: S segments for the split kernel; wW: W warps; pP: the seq kernel's prefetch
 distance in chunks; for the gluon kernel: rR at most R registers per thread, cC C channels per
-lane, bcnow B/C loaded when used rather than a chunk ahead, bcf32 bfloat16 B/C as two float32
+lane, bcnow B/C loaded when used rather than a chunk ahead, bcf32 16-bit B/C as two float32
 copies rather than packed into one word per state). "default" is scan_config's choice."""
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def main():
         k.pop("maxnreg", None)
         stages["Gluon launch through the JIT (uncached)"] = \
             lambda: scan_gluon._scan_fwd_gluon_kernel[grid](*a, num_warps=1, **k)
-        stages["B, C packed (bfloat16)"] = lambda: scan_gluon.bc_packed_bf16(B, C)
+        stages["B, C packed (16-bit)"] = lambda: scan_gluon.bc_packed(B, C)
     for name, fn in stages.items():
         print(f"{name:40s} {per_call_us(fn):8.1f} us")
     if args.profile:
