@@ -341,7 +341,7 @@ def test_gluon_launch_cache(monkeypatch):
     assert len(jit_calls) == 1 and len(direct) == 1
     grid, full = direct[0]
     assert grid == (3, 2, 1) and len(full) == len(params)
-    assert dict(zip(params[len(args):], full[len(args):])) == dict(cx, BC_PACKED=False)
+    assert dict(zip(params[len(args):], full[len(args):])) == dict(cx, BC_PACKED=0)
     scan_gluon.launch_fwd((3, 2), *args[:-1], args[-1] + 1, **cx)  # another stride
     scan_gluon.launch_fwd((3, 2), t[1:], *args[1:], **cx)  # u not 16-byte aligned
     scan_gluon.launch_fwd((3, 2), t.double(), *args[1:], **cx)  # another dtype
@@ -378,8 +378,8 @@ def test_bc_packed(shape, b_layout, dtype):
 
 def test_scan_config_gluon_rules(monkeypatch):
     """Where a GPU with Gluon takes the Gluon kernel (H100 graph replays, docs/kernel_notes.md
-    v17-v18): below 10240 rows in either layout (32768 for bfloat16 in the time-contiguous
-    layout, 16-bit inputs), not where the split kernel runs; elsewhere, and
+    v17-v18): below 10240 rows in either layout (32768 for 16-bit inputs in the time-contiguous
+    layout), not where the split kernel runs; elsewhere, and
     with allow_gluon=False (the fallback while tracing), the Triton kernels' rules."""
     monkeypatch.setattr(ss_mod, "use_interpreter", lambda device: False)
     monkeypatch.setattr(scan_gluon, "available", lambda index: True)
