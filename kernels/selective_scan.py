@@ -780,9 +780,10 @@ def scan_config(batch: int, dim: int, length: int, dtype: torch.dtype, device: t
 
 _SEQ_MIN_ROWS = 4096  # batch * dim below which the chunk kernel is used (too few seq warps)
 # batch * dim from which the seq kernel's 8- and 16-channel tiles win over the Gluon kernel: with
-# packed 16-bit B/C in the time-contiguous layout (H100 graph replays, 2026-11-24: B2 D5120
-# L2048 0.181 vs 0.238 ms, B4 0.352 vs 0.392, B8 0.696 vs 0.672), and otherwise (float32 B/C
-# tiles, or the model's layout: B2 D5120 0.280 vs 0.250 packed)
+# packed 16-bit B/C in the time-contiguous layout (H100 graph replays, 2026-11-24, bfloat16: B2
+# D5120 L2048 0.181 vs 0.238 ms, B4 0.352 vs 0.392, B8 0.696 vs 0.672; float16 taken to be alike,
+# its seq kernel not timed there), and otherwise (float32 B/C tiles, or the model's layout: B2
+# D5120 0.280 vs 0.250 packed)
 _GLUON_MAX_ROWS_PACKED = 32768
 _GLUON_MAX_ROWS = 10240
 _SEQ_MIN_WARPS = 1280  # seq kernel: channels per warp widened while this many programs remain
