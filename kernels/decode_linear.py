@@ -289,7 +289,10 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     Larger weights loop over K: one row in thin feature slices (4, 128, 8); several rows on
     tensor cores, K split in 4 for the narrower ones (out_proj 13.3 vs cuBLAS 15.0; in_proj level
     with cuBLAS), in 16 for the narrowest (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split
-    in 4 and 7.7 on cuBLAS); vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps
+    in 4 and 7.7 on cuBLAS) or, with early_weight, in slices of SPLIT_BLOCK_K read in one tile
+    before the PDL wait (decode b16 ms/token, 2026-11-24, one run each: mamba-2.8b 3.427 with
+    slices of 512 vs 3.511 of 256 vs 3.460 split 16; mamba-1.4b 2.011 / 2.077 / 2.106);
+    vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps
     (16 rows, 2026-11-23 sweep: 130m's 29.9-30.2 vs cuBLAS 32.6-32.7 us, 2.8b's 89.2 vs 98.3).
     Without early_weight the K loop is taken for every weight (one tile read after the wait made
     mamba-130m's batch-16 step 4.7x slower). ``itemsize``: bytes per element of x and the
@@ -306,11 +309,18 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
         return block_n, kp, 4, 1
     if _vocab_wide(features):
         return 128, 128, 8, 1
-    if features <= 512 and k >= 4096:  # x_proj of the wide models: ~320 of K per program
-        return 16, 128, 4, 16
+    if features <= 512 and k >= 4096:  # x_proj of the wide models
+        if early_weight and SPLIT_EARLY:  # K slices of one tile each, read before the PDL wait
+            return 16, SPLIT_BLOCK_K, 4, triton.cdiv(k, SPLIT_BLOCK_K)
+        return 16, 128, 4, 16  # ~320 of K per program
     return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
 
 
+# The wide models' x_proj at several rows: K cut into slices of SPLIT_BLOCK_K, each one tile
+# read before the PDL wait (with early_weight), instead of ~320 of K per program in a loop after
+# it. Switches for benchmarks (scripts/bench_e2e.py --split-k-loop, --split-block-k).
+SPLIT_EARLY = True
+SPLIT_BLOCK_K = 512
 _ONE_TILE_MAX = 4 << 20  # weight elements (8 MiB in fp16): mamba-130m's projections, not the lm_head
 _ONE_TILE_SMEM = 160 << 10  # bytes of x and weight tile a several-row one-tile program stages
 

@@ -40,9 +40,10 @@ def _state_update_kernel(
     sn_b, sn_d, sn_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    PDL: tl.constexpr = False,
+    EARLY_STATE: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
-    pdl_start(PDL)
+    """BLOCK_D channels of one batch row. EARLY_STATE: the state (and A) is read before the PDL
+    wait, overlapping the previous kernel (the caller knows that kernel does not write it)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
@@ -52,6 +53,15 @@ def _state_update_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask = mask_d[:, None] & (offs_n < dstate)[None, :]
     grp = (offs_d // ch_per_group).to(tl.int64)
+    state_tile = state_ptr + b64 * ss_b + d64[:, None] * ss_d + offs_n[None, :] * ss_n
+    A_tile = A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n
+    if EARLY_STATE:
+        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
+        A = tl.load(A_tile, mask=mask, other=0.0).to(tl.float32)
+    pdl_start(PDL)
+    if not EARLY_STATE:
+        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
+        A = tl.load(A_tile, mask=mask, other=0.0).to(tl.float32)
 
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:
@@ -68,14 +78,10 @@ def _state_update_kernel(
         dt += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = softplus_f32(dt)
-    A = tl.load(A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask,
-                other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b64 * sB_b + grp[:, None] * sB_g + offs_n[None, :] * sB_n, mask=mask,
                  other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b64 * sC_b + grp[:, None] * sC_g + offs_n[None, :] * sC_n, mask=mask,
                  other=0.0).to(tl.float32)
-    h = tl.load(state_ptr + b64 * ss_b + d64[:, None] * ss_d + offs_n[None, :] * ss_n, mask=mask,
-                other=0.0).to(tl.float32)
     h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv
     y = tl.sum(h * Cv, axis=1)
     if HAS_D:
@@ -103,13 +109,14 @@ def _state_update_rows_kernel(
     sn_b, sn_d, sn_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, EARLY_STATE: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """Every batch row of BLOCK_D channels in one program (several-row decode). The fused
     dt_proj is one [BLOCK_M, R] x [R, BLOCK_D] product on tensor cores, so its weight tile is
     read once per step instead of once per row (the one-row kernel at 16 rows re-reads it 16
-    times from L2: 26 MB per mamba-2.8b layer against 5.2 MB of state)."""
-    pdl_start(PDL)
+    times from L2: 26 MB per mamba-2.8b layer against 5.2 MB of state). EARLY_STATE as in the
+    one-row kernel."""
     pid_d = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < batch
@@ -122,6 +129,17 @@ def _state_update_rows_kernel(
     mask_md = mask_m[:, None] & mask_d[None, :]
     mask = mask_md[:, :, None] & mask_n[None, None, :]
     grp = (offs_d // ch_per_group).to(tl.int64)
+    rows_g = m64[:, None, None]
+    state_tile = state_ptr + rows_g * ss_b + d64[None, :, None] * ss_d + offs_n[None, None, :] * ss_n
+    A_tile = A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    if EARLY_STATE:
+        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
+        A = tl.load(A_tile, mask=mask_dn, other=0.0).to(tl.float32)
+    pdl_start(PDL)
+    if not EARLY_STATE:
+        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
+        A = tl.load(A_tile, mask=mask_dn, other=0.0).to(tl.float32)
 
     if DT_PROJ:
         # dt = dt_low @ dt_proj.weight.T: dt_ptr holds dt_low [B, R] (sdt_d is its R stride)
@@ -145,15 +163,10 @@ def _state_update_rows_kernel(
         dt = softplus_f32(dt)
     x = tl.load(x_ptr + m64[:, None] * sx_b + d64[None, :] * sx_d, mask=mask_md,
                 other=0.0).to(tl.float32)
-    A = tl.load(A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n,
-                mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-    rows_g = m64[:, None, None]
     Bv = tl.load(B_ptr + rows_g * sB_b + grp[None, :, None] * sB_g + offs_n[None, None, :] * sB_n,
                  mask=mask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + rows_g * sC_b + grp[None, :, None] * sC_g + offs_n[None, None, :] * sC_n,
                  mask=mask, other=0.0).to(tl.float32)
-    h = tl.load(state_ptr + rows_g * ss_b + d64[None, :, None] * ss_d + offs_n[None, None, :] * ss_n,
-                mask=mask, other=0.0).to(tl.float32)
     h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * Bv
     y = tl.sum(h * Cv, axis=2)
     if HAS_D:
@@ -198,7 +211,8 @@ def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False,
 
 
 def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                               dt_softplus=False, out_state=None, dt_proj_weight=None):
+                               dt_softplus=False, out_state=None, dt_proj_weight=None,
+                               early_state=False):
     """One decode step. Returns ``(out [B, D] in x.dtype, new_state [B, D, N])``.
 
     With ``dt_proj_weight [D, R]``, ``dt`` is the low-rank ``[B, R]`` input of Mamba-1's
@@ -207,6 +221,10 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
     The new state goes into ``out_state`` when given (it may be ``state`` itself: in-place
     update), else into a new tensor of ``state``'s dtype (float32 for the model's fp32 state).
+
+    ``early_state``: with PDL, read the state before waiting for the kernel launched just before
+    this one; only for callers that know that kernel does not write it (the model's step:
+    x_proj runs before).
     """
     check_float("x", x)
     if x.dim() != 2:
@@ -279,6 +297,7 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         nstate.stride(0), nstate.stride(1), nstate.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), DT_PROJ=dt_proj_weight is not None, BLOCK_N=block_n,
+        EARLY_STATE=bool(early_state),
         BLOCK_R=max(16, next_pow2(max(dt_rank, 1))), num_warps=num_warps, pdl=True, **tiles,
     )
     return out, nstate

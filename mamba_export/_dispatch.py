@@ -16,11 +16,14 @@ from . import ops
 
 
 # The model's decode steps let kernels read, before their PDL wait, what the kernel launched just
-# before them never writes: Mamba-2's state update the SSM state (in_proj runs before it), the
-# projections their weight. (Mamba-1's state update gained nothing at batch 1 and lost at batch
-# 16 on the H100, so it reads after the wait.) A switch for benchmarks (scripts/bench_e2e.py
+# before them never writes: the state updates the SSM state (in_proj or x_proj runs before
+# them), the projections their weight. A switch for benchmarks (scripts/bench_e2e.py
 # --no-early-reads).
 EARLY_READS = True
+# Mamba-1's state update reads its SSM state early too (with EARLY_READS). (Reading the fused
+# dt_proj's weight early as well gained nothing at batch 1 and lost at batch 16 on the H100,
+# 2026-11-23.) A switch for benchmarks (scripts/bench_e2e.py --no-early-state-mamba1).
+EARLY_STATE_MAMBA1 = True
 # The decode step folds each block's residual add + RMSNorm into in_proj's kernel where in_proj
 # reads its weight in one tile (decode_linear.folds_norm). A switch for benchmarks
 # (scripts/bench_e2e.py --no-fold-norm).

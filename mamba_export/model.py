@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops  # noqa: F401  (registers torch.ops.mamba_export.*)
+from . import _dispatch, ops  # noqa: F401  (ops registers torch.ops.mamba_export.*)
 from ._dispatch import (NormedRows, _eager_cuda, add_norm_in_proj, cached_params, decode_linear, folds_add_norm,
                         hands_off_norm, in_proj_conv, refuse_out_fold)
 from .config import MambaConfig
@@ -158,7 +158,8 @@ class MambaMixer(nn.Module):
             dt_low, B, C = self._split_x_dbl(decode_linear(x, self.x_proj))
             y, new_ssm = selective_state_update_fwd(
                 ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
-                out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight)
+                out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight,
+                early_state=_dispatch.EARLY_READS and _dispatch.EARLY_STATE_MAMBA1)
             return decode_linear(y, self.out_proj, **(out_fold or {})), new_conv, new_ssm
         refuse_out_fold(out_fold)
         x, z = self.in_proj(hidden).chunk(2, dim=-1)

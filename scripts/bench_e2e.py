@@ -75,8 +75,10 @@ def param_bytes(model) -> int:
 
 # the decode step's switches in mamba_export._dispatch (on by default): flag, name, what the flag does
 DISPATCH_SWITCHES = [
-    ("--no-early-reads", "EARLY_READS", "Mamba-2's state update reads the state and projections their "
+    ("--no-early-reads", "EARLY_READS", "the state updates read the state and projections their "
      "weight after their PDL wait (default: before)"),
+    ("--no-early-state-mamba1", "EARLY_STATE_MAMBA1", "Mamba-1's state update reads the state after its "
+     "PDL wait (default: before)"),
     ("--no-fold-norm", "FOLD_NORM", "each block's add + RMSNorm as its own kernel (default: folded into "
      "in_proj where it reads its weight in one tile)"),
     ("--no-fold-conv", "FOLD_CONV", "the conv and Mamba-2's gated norm as kernels of their own (default: the "
@@ -90,6 +92,8 @@ DISPATCH_SWITCHES = [
 DECODE_LINEAR_SWITCHES = [
     ("--cublas-lm-head", "LM_HEAD", "the lm_head at several rows on cuBLAS (default: "
      "kernels/decode_linear.py)"),
+    ("--split-k-loop", "SPLIT_EARLY", "the wide models' x_proj at several rows loops over K after its PDL wait "
+     "(default: one tile per K slice, read before it)"),
     ("--cublas-large-weights", "LARGE_WEIGHTS", "the large in_proj / out_proj of the wide models at "
      "several rows on cuBLAS (default: kernels/decode_linear.py)"),
 ]
@@ -184,6 +188,9 @@ def main() -> int:
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
                    help="Mamba-2 decode state update: head channels per program and warps (default: "
                         "kernels/ssd_update.launch_config)")
+    p.add_argument("--split-block-k", type=int, default=None,
+                   help="decode: K per slice of the wide models' x_proj at several rows (default: "
+                        "kernels/decode_linear.SPLIT_BLOCK_K)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_rows is not None:
@@ -192,6 +199,8 @@ def main() -> int:
         for flag, name, _ in switches:
             if getattr(args, flag[2:].replace("-", "_")):
                 setattr(owner, name, False)
+    if args.split_block_k:
+        decode_linear.SPLIT_BLOCK_K = args.split_block_k
     if args.torch_argmax:
         global SELECT
         SELECT = lambda logits, vocab: logits[:, :vocab].argmax(-1)  # noqa: E731
@@ -214,6 +223,7 @@ def main() -> int:
         key = flag[2:].replace("-", "_")
         results[key] = getattr(args, key)
     results["torch_argmax"] = args.torch_argmax
+    results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:
         results["ssd_update_config"] = args.ssd_update_config
     try:

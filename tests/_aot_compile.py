@@ -55,11 +55,15 @@ def main():
                 HAS_D=True, HAS_Z=not conv, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True,
                 BLOCK_P=32, BLOCK_N=128, CONV=conv, CONV_BIAS=conv, WIDTH=4 if conv else 1,
                 EARLY_STATE=True, NORM_SUMS=sums, PDL=True), ptr)
-        for fused in (True, False):
+        for fused in (True, False):  # (fused: the model's, state read before the PDL wait)
             compile_for_sm90(state_update._state_update_kernel, dict(
                 HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=fused, BLOCK_D=4,
-                BLOCK_N=16, BLOCK_R=256 if fused else 1, PDL=fused),
+                BLOCK_N=16, BLOCK_R=256 if fused else 1, EARLY_STATE=fused, PDL=fused),
                 ptr, num_warps=1)
+        compile_for_sm90(state_update._state_update_rows_kernel, dict(  # (the model's at 16 rows)
+            HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=True, IEEE=False,
+            BLOCK_M=16, BLOCK_D=16, BLOCK_N=16, BLOCK_R=256, EARLY_STATE=True, PDL=True),
+            ptr, num_warps=2)
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)
@@ -70,7 +74,8 @@ def main():
                 (False, 1, 1, True, True, True, 0), (False, 6, 1, False, False, False, 0),
                 (True, 1, 16, True, True, False, 0), (True, 4, 16, False, False, True, 1),
                 (False, 2, 16, False, False, False, 2), (True, 1, 16, True, False, True, 0),
-                (False, 1, 1, True, False, False, 2), (True, 1, 16, True, False, False, 1)):
+                (False, 1, 1, True, False, False, 2), (True, 1, 16, True, False, False, 1),
+                (True, 10, 16, True, False, False, 0)):
             compile_for_sm90(decode_linear._decode_linear_kernel, dict(
                 HAS_BIAS=True, DOT=dot, IEEE=False, WIDEN=False, SPLIT=split, BLOCK_M=rows,
                 BLOCK_N=32 if dot else 4, BLOCK_K=1024 if norm else 128, EARLY_W=pdl, ADD_NORM=norm,

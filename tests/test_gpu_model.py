@@ -123,16 +123,19 @@ def test_mamba2_direct_launch_step_matches_op_step_and_forward(dtype, bound, ext
             assert rel_err(a.cpu(), want[:, t]) <= bound
 
 
-@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
-@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("layer,batch", [("Mamba1", 1), ("Mamba1", 4), ("Mamba2", 1), ("Mamba2", 4),
+                                         ("Mamba1-wide", 16)])
 def test_pdl_decode_equals_plain_launches(layer, batch, monkeypatch):
     """``_common.PDL`` (programmatic dependent launch of the decode kernels on sm_90+; on by
     default, MAMBA_EXPORT_PDL=0 turns it off): the same kernels on the same inputs, so eager
     steps and CUDA-graph generation give the same numbers bit for bit as plain launches (a
-    missing wait would show as a difference)."""
+    missing wait, or a read before the wait of what the kernel before writes, would show as a
+    difference). Mamba1-wide: mamba-2.8b's layer width at 16 rows, where the several-row state
+    update reads its state early and x_proj its K slices."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs sm_90 or newer")
-    extra = dict(layer="Mamba2", headdim=16, ngroups=2, d_model=64) if layer == "Mamba2" else {}
+    extra = {"Mamba2": dict(layer="Mamba2", headdim=16, ngroups=2, d_model=64),
+             "Mamba1-wide": dict(d_model=2560, n_layer=2)}.get(layer, {})
     torch.manual_seed(5)
     model = me.MambaLM(me.MambaConfig(**{**CFG, **extra}), device="cuda", dtype=torch.float16).eval()
     ids = torch.randint(0, CFG["vocab_size"], (batch, 11), device="cuda")

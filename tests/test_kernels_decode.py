@@ -10,14 +10,17 @@ from mamba_export import reference as ref
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.mark.parametrize("early_state", [False, True])
 @pytest.mark.parametrize("rows", [False, True])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])
 @pytest.mark.parametrize("batch,dim,rank,dstate,groups", [(1, 7, 3, 5, 0), (3, 24, 5, 16, 2),
                                                          (6, 9, 4, 16, 3), (16, 37, 20, 16, 0)])
 def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups, rows,
-                                         monkeypatch):
+                                         early_state, monkeypatch):
     """rows: every batch row of a channel block in one program, dt_proj as a tensor-core
-    product (the several-row kernel), forced here; else the launcher's choice."""
+    product (the several-row kernel), forced here; else the launcher's choice. early_state:
+    the state and A read before the PDL wait (where PDL is off, as in the interpreter, only
+    the order of the loads changes)."""
     from mamba_export.kernels import state_update as su
     from mamba_export.kernels.state_update import selective_state_update_fwd
 
@@ -33,7 +36,7 @@ def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate,
     state = torch.randn(batch, dim, dstate)
     dev = lambda *ts: [t.to(DEVICE) for t in ts]
     y, new = selective_state_update_fwd(*dev(state, x, low, A, B, C, D, z, bias), True,
-                                        dt_proj_weight=W.to(DEVICE))
+                                        dt_proj_weight=W.to(DEVICE), early_state=early_state)
     dt = low.double() @ W.double().T
     want_y, want_state = ref.selective_state_update(
         state.double(), x.double(), dt, A.double(), B.double(), C.double(), D.double(), z.double(),

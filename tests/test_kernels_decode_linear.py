@@ -45,9 +45,10 @@ def test_matches_float64(dtype, rows, features, k, bias):
 
 
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT): K split in 3 (the last slice short) and 5 (capped: K has
-# only 3 blocks of 128; one tile per slice), one slice, wide blocks, one tile for all of K
+# only 3 blocks of 128; one tile per slice), in 3 slices of one tile each on tensor cores (the
+# wide models' x_proj at several rows), one slice, wide blocks, one tile for all of K
 # several rows: BLOCK_N < 16 takes the elementwise [M, N, K] path, >= 16 the tensor-core tiles
-@pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (8, 64, 4, 1), (32, 256, 2, 1),
+@pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (16, 128, 4, 3), (8, 64, 4, 1), (32, 256, 2, 1),
                                     (16, 64, 4, 2), (16, 512, 4, 1), (4, 512, 8, 1), (128, 128, 8, 1)])
 @pytest.mark.parametrize("rows", [1, 5, 16])
 @pytest.mark.parametrize("early_weight", [False, True])
@@ -219,7 +220,10 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 50280, 768) == (128, 128, 8, 1)
     assert default_config(16, 3072, 768) == (32, 1024, 4, 1)  # one tile of all K
     assert default_config(1, 10240, 2560) == (4, 128, 8, 1)  # large: a loop over K
-    assert default_config(16, 192, 5120) == (16, 128, 4, 16)  # mamba-2.8b's x_proj: K split 16
+    # mamba-2.8b's x_proj: K in slices of one tile read before the PDL wait; without early
+    # reads, split 16 with a loop over each slice
+    assert default_config(16, 192, 5120) == (16, 512, 4, 10)
+    assert default_config(16, 192, 5120, early_weight=False) == (16, 128, 4, 16)
     assert default_config(16, 3072, 768, early_weight=False)[1] == 128  # read after the wait: loop
     # float32 operands of a one-tile several-row program would not fit in shared memory past
     # K = 512 (256 KB at K = 2048): a K loop instead; half precision keeps the tile
