@@ -163,9 +163,12 @@ def _state_update_rows_kernel(
         dt = softplus_f32(dt)
     x = tl.load(x_ptr + m64[:, None] * sx_b + d64[None, :] * sx_d, mask=mask_md,
                 other=0.0).to(tl.float32)
-    Bv = tl.load(B_ptr + rows_g * sB_b + grp[None, :, None] * sB_g + offs_n[None, None, :] * sB_n,
+    # B/C as the state (four elements per thread): Triton otherwise lays the whole tile out for
+    # eight-element fp16 vectors and converts the state through shared memory for its store
+    offs_bc = tl.max_contiguous(offs_n, 4)
+    Bv = tl.load(B_ptr + rows_g * sB_b + grp[None, :, None] * sB_g + offs_bc[None, None, :] * sB_n,
                  mask=mask, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + rows_g * sC_b + grp[None, :, None] * sC_g + offs_n[None, None, :] * sC_n,
+    Cv = tl.load(C_ptr + rows_g * sC_b + grp[None, :, None] * sC_g + offs_bc[None, None, :] * sC_n,
                  mask=mask, other=0.0).to(tl.float32)
     h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * Bv
     y = tl.sum(h * Cv, axis=2)

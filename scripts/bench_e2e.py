@@ -188,6 +188,9 @@ def main() -> int:
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
                    help="Mamba-2 decode state update: head channels per program and warps (default: "
                         "kernels/ssd_update.launch_config)")
+    p.add_argument("--state-rows-config", default=None, metavar="BLOCK_D,WARPS",
+                   help="Mamba-1 decode state update where it takes every row per program: channels "
+                        "per program and warps (default: kernels/state_update.launch_config)")
     p.add_argument("--split-block-k", type=int, default=None,
                    help="decode: K per slice of the wide models' x_proj at several rows (default: "
                         "kernels/decode_linear.SPLIT_BLOCK_K)")
@@ -199,6 +202,13 @@ def main() -> int:
         for flag, name, _ in switches:
             if getattr(args, flag[2:].replace("-", "_")):
                 setattr(owner, name, False)
+    if args.state_rows_config:
+        from mamba_export.kernels import state_update
+
+        rows_config = tuple(int(v) for v in args.state_rows_config.split(","))
+        default_launch = state_update.launch_config
+        state_update.launch_config = lambda *a, **k: (  # noqa: E731
+            (*rows_config, 16) if default_launch(*a, **k)[2] > 1 else default_launch(*a, **k))
     if args.split_block_k:
         decode_linear.SPLIT_BLOCK_K = args.split_block_k
     if args.torch_argmax:
@@ -226,6 +236,8 @@ def main() -> int:
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:
         results["ssd_update_config"] = args.ssd_update_config
+    if args.state_rows_config:
+        results["state_rows_config"] = args.state_rows_config
     try:
         import triton
         results["triton"] = triton.__version__
