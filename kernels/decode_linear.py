@@ -278,9 +278,10 @@ def _decode_linear_kernel(
 
 
 def default_config(rows: int, features: int, k: int, early_weight: bool = True,
-                   itemsize: int = 2) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, SPLIT), from the H100 sweeps of 2026-11-23 and 2026-11-24
-    (scripts/bench_decode_linear.py --sweep, configs run with early_weight as the model does).
+                   itemsize: int = 2) -> tuple[int, ...]:
+    """(BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), from the H100 sweeps of 2026-11-23
+    and 2026-11-24 (scripts/bench_decode_linear.py --sweep / --stages-sweep, configs run with
+    early_weight as the model does).
 
     With ``early_weight``, weights up to _ONE_TILE_MAX elements take one tile per program
     covering all of K, read before the PDL wait: one row at 1.3-3.0 us where the K loop took
@@ -288,7 +289,7 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps).
     Larger weights loop over K: one row in thin feature slices (4, 128, 8); several rows on
     tensor cores, K split in 4 for the narrower ones (out_proj 13.3 vs cuBLAS 15.0; in_proj level
-    with cuBLAS), in 16 for the narrowest (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split
+    with cuBLAS; the wide models' out_proj unsplit and pipelined 5 deep, DEEP_OUT_PROJ), in 16 for the narrowest (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split
     in 4 and 7.7 on cuBLAS) or, with early_weight, in slices of SPLIT_BLOCK_K read in one tile
     before the PDL wait (decode b16 ms/token, 2026-11-24, one run each: mamba-2.8b 3.427 with
     slices of 512 vs 3.511 of 256 vs 3.460 split 16; mamba-1.4b 2.011 / 2.077 / 2.106);
@@ -313,6 +314,9 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
         if early_weight and SPLIT_EARLY:  # K slices of one tile each, read before the PDL wait
             return 16, SPLIT_BLOCK_K, 4, triton.cdiv(k, SPLIT_BLOCK_K)
         return 16, 128, 4, 16  # ~320 of K per program
+    if (DEEP_OUT_PROJ and 2560 <= features <= 4096 and k >= 4096  # out_proj of the widest models
+            and 5 * (MAX_ROWS + 32) * 256 * itemsize <= _ONE_TILE_SMEM):  # (5 stages of x and weight)
+        return 32, 256, 4, 1, 5
     return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
 
 
@@ -321,6 +325,13 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
 # it. Switches for benchmarks (scripts/bench_e2e.py --split-k-loop, --split-block-k).
 SPLIT_EARLY = True
 SPLIT_BLOCK_K = 512
+# The widest models' out_proj at several rows: K unsplit, in 256-wide steps pipelined 5 deep
+# (H100, 2026-11-24: bench_decode_linear.py --stages-sweep, mamba-2.8b's at 16 rows 12.3-12.6 us
+# vs 13.1-13.3 for K split in 4 in 128-wide steps; decode b16 ms/token, two runs each, this vs
+# split: mamba-2.8b 3.321-3.323 vs 3.406-3.407, mamba2-2.7b 5.076 vs 5.173, but mamba-1.4b's
+# 2048 features, 64 programs, 2.078 vs 1.980, so from 2560 features). A switch for benchmarks
+# (bench_e2e.py --split-out-proj).
+DEEP_OUT_PROJ = True
 _ONE_TILE_MAX = 4 << 20  # weight elements (8 MiB in fp16): mamba-130m's projections, not the lm_head
 _ONE_TILE_SMEM = 160 << 10  # bytes of x and weight tile a several-row one-tile program stages
 
@@ -371,7 +382,7 @@ def folds_norm(rows: int, features: int, k: int) -> bool:
     vs 0.711, mamba2-130m 0.324 vs 0.348; at batch 16 the folded tensor-core path was 2.5-3.5x
     slower (0.887 vs 0.708 mamba2-130m, 1.817 vs 0.520 mamba-130m), so several rows keep the
     add + RMSNorm kernel."""
-    _, block_k, _, split = default_config(rows, features, k, early_weight=True)  # (one row)
+    _, block_k, _, split = default_config(rows, features, k, early_weight=True)[:4]  # (one row)
     return rows == 1 and block_k >= k and split == 1
 
 
@@ -383,7 +394,7 @@ def one_tile(rows: int, features: int, k: int, itemsize: int = 2) -> bool:
     mamba-2.8b's K-loop projections the b1 step took 3.43-3.45 ms/token against 2.76 without
     (the kernel the fold removes no longer separates two long weight-streaming kernels whose
     programs, launched early by PDL, then hold SM slots while the one before streams)."""
-    _, block_k, _, split = default_config(rows, features, k, early_weight=True, itemsize=itemsize)
+    _, block_k, _, split = default_config(rows, features, k, early_weight=True, itemsize=itemsize)[:4]
     return model_takes(rows, features, k) and block_k >= k and split == 1
 
 
@@ -482,12 +493,15 @@ def _split_workspace(device, rows: int, features: int, blocks: int, split: int):
 
 
 def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
+                      out: torch.Tensor | None = None, config: tuple[int, ...] | None = None,
                       early_weight: bool = False, add_norm: tuple | None = None,
                       conv: tuple | None = None, row_norm: tuple | None = None,
                       next_norm: tuple | None = None):
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
     written into ``out`` when given (any strides).
+
+    ``config``: (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), default ``default_config``
+    (num_stages: the K loop's software pipelining depth, Triton's default when not given).
 
     ``early_weight``: with PDL and a config whose BLOCK_K covers each program's K slice, read
     the weight before waiting for the kernel launched just before this one; only for callers
@@ -538,11 +552,15 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError("decode_linear_fwd: float64 is not supported; use F.linear")
     if out is None:
         out = new_output((rows, features), x.dtype, x.device)
-    block_n, block_k, warps, split = config or default_config(rows, features, k, early_weight,
-                                                              x.element_size())  # (weight: x's dtype)
+    config = config or default_config(rows, features, k, early_weight, x.element_size())  # (weight: x's dtype)
+    if len(config) not in (4, 5):
+        raise ValueError(f"config must be (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), got {config}")
+    block_n, block_k, warps, split = config[:4]
+    stages = config[4] if len(config) == 5 else None
     dot = rows > 1 and block_n >= 16  # tensor-core tiles need 16 features; narrower: elementwise
-    if split < 1 or block_n < 1 or block_k < 1:
-        raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT), got {config}")
+    if min(config) < 1:
+        raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), "
+                         f"got {config}")
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)  # no empty slices
     blocks = triton.cdiv(features, block_n)
@@ -566,7 +584,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
         ADD_NORM=add_norm is not None, HAS_RES=add_norm is not None and add_norm[0] is not None,
         **conv_meta, **norm_meta, NEXT_NORM=next_norm is not None, num_warps=warps,
-        num_stages=1 if one_tile else None, pdl=True,  # one K step: nothing to pipeline
+        num_stages=1 if one_tile else stages, pdl=True,  # one K step: nothing to pipeline
     )
     return out if sums is None else (out, sums)
 

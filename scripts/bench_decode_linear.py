@@ -1,6 +1,7 @@
 """Decode-step projections: cuBLAS (F.linear) vs kernels/decode_linear.py (needs CUDA).
 
-    python3 scripts/bench_decode_linear.py [--out results.json] [--sweep]
+    python3 scripts/bench_decode_linear.py [--out results.json] [--sweep | --stages-sweep]
+                                           [--shapes TEXT] [--rows 1,16]
 
 Each shape is a projection of a preset (in_proj, x_proj, dt_proj, out_proj, lm_head) at 1 or 16
 rows, fp16. Timing as in a decode step: one CUDA graph of calls over distinct weight copies
@@ -39,6 +40,12 @@ SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))
          + list(itertools.product((64, 128), (64, 128, 256), (8,), (1,)))
          + list(itertools.product((4, 8), (64, 128), (4, 8), (1, 2)))}  # elementwise
 
+# (--stages-sweep) the K loop's pipelining depth with the tensor-core tiles at 16 rows:
+# (BLOCK_N, BLOCK_K, num_warps, SPLIT, num_stages)
+STAGES_SWEEP = list(dict.fromkeys(  # (in order, without repeats)
+    list(itertools.product((16, 32, 64), (128, 256), (4,), (1, 2, 4), (2, 3, 4, 5)))
+    + list(itertools.product((32, 64, 128), (256, 512), (4, 8), (1, 2), (4, 5, 6, 7)))))
+
 
 def one_tile_configs(rows: int, k: int) -> list:
     """Configs whose BLOCK_K covers all of K (the weight read before the PDL wait, as the model
@@ -75,7 +82,10 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--sweep", action="store_true", help="every config of SWEEP (else the default)")
-    p.add_argument("--shapes", default=None, help="only shapes whose name contains this text")
+    p.add_argument("--stages-sweep", action="store_true",
+                   help="at several rows, every config of STAGES_SWEEP (tensor-core tiles with the K "
+                        "loop's num_stages)")
+    p.add_argument("--shapes", default=None, help="only shapes whose name contains one of these texts (comma-separated)")
     p.add_argument("--rows", default="1,16", help="row counts (comma-separated)")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -86,7 +96,7 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s")
     print(f"{'shape':18s} {'M':>3s} {'floor':>7s} {'cuBLAS':>7s} {'default':>7s} {'best':>7s}  config (ms per call)")
     for name, n, k in SHAPES:
-        if args.shapes and args.shapes not in name:
+        if args.shapes and not any(text in name for text in args.shapes.split(",")):
             continue
         size = n * k * 2
         copies = max(8, min(512, (256 << 20) // size))
@@ -98,8 +108,11 @@ def main() -> int:
             cublas = graph_ms_per_call(lambda i: torch.matmul(x, ws[i].T, out=outs[i]), copies)
             default = dl.default_config(m, n, k)
             sweep = SWEEP[1 if m == 1 else 16] + one_tile_configs(m, k)
-            configs = [default] + [c for c in sweep if c != default] if args.sweep else [default]
-            best, default_ms = None, None
+            if args.stages_sweep:
+                sweep = STAGES_SWEEP if m > 1 else []
+            configs = [default] + [c for c in sweep if c != default] if args.sweep or args.stages_sweep \
+                else [default]
+            best, default_ms, timed = None, None, []
             for cfg in configs:
                 outs.fill_(float("nan"))
                 try:
@@ -114,6 +127,7 @@ def main() -> int:
                 t = graph_ms_per_call(lambda i: dl.decode_linear_fwd(x, ws[i], out=outs[i], config=cfg,
                                                                 early_weight=True),
                                       copies)
+                timed.append((t, cfg))
                 if cfg == default:
                     default_ms = t
                 if best is None or t < best[0]:
@@ -122,13 +136,16 @@ def main() -> int:
             rows_out.append(dict(shape=name, N=n, K=k, M=m, floor_ms=floor, cublas_ms=cublas,
                                  default_config=default, default_ms=default_ms,
                                  best_ms=best and best[0], best_config=best and best[1],
-                                 rel_err=best and best[2]))
+                                 rel_err=best and best[2], timed=sorted(timed)))
             dflt = f"{default_ms:7.4f}" if default_ms else "   -   "
             tri = f"{best[0]:7.4f}  {best[1]}" if best else "   -   "
             print(f"{name:18s} {m:3d} {floor:7.4f} {cublas:7.4f} {dflt} {tri}", flush=True)
+            if len(timed) > 1:
+                print("    fastest: " + ", ".join(f"{cfg} {t * 1e3:.1f}" for t, cfg in sorted(timed)[:6]) + " us",
+                      flush=True)
     if args.out:
         meta = dict(date=datetime.date.today().isoformat(), gpu=torch.cuda.get_device_name(),
-                    torch=torch.__version__, copy_bw=bw, sweep=args.sweep)
+                    torch=torch.__version__, copy_bw=bw, sweep=args.sweep, stages_sweep=args.stages_sweep)
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows_out), f, indent=1)
     return 0

@@ -46,9 +46,11 @@ def test_matches_float64(dtype, rows, features, k, bias):
 
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT): K split in 3 (the last slice short) and 5 (capped: K has
 # only 3 blocks of 128; one tile per slice), in 3 slices of one tile each on tensor cores (the
-# wide models' x_proj at several rows), one slice, wide blocks, one tile for all of K
+# wide models' x_proj at several rows), one slice, wide blocks, a K loop pipelined 4 deep, one tile
+# for all of K
 # several rows: BLOCK_N < 16 takes the elementwise [M, N, K] path, >= 16 the tensor-core tiles
 @pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (16, 128, 4, 3), (8, 64, 4, 1), (32, 256, 2, 1),
+                                    (16, 64, 4, 1, 4),
                                     (16, 64, 4, 2), (16, 512, 4, 1), (4, 512, 8, 1), (128, 128, 8, 1)])
 @pytest.mark.parametrize("rows", [1, 5, 16])
 @pytest.mark.parametrize("early_weight", [False, True])
@@ -102,6 +104,10 @@ def test_bad_inputs_raise_value_errors():
         decode_linear_fwd(x.int(), w)
     with pytest.raises(ValueError, match="config must be positive"):
         decode_linear_fwd(x[:1], w, config=(4, 128, 8, 0))
+    with pytest.raises(ValueError, match="config must be positive"):
+        decode_linear_fwd(x[:1], w, config=(4, 128, 8, 1, 0))
+    with pytest.raises(ValueError, match=r"config must be \(BLOCK_N"):
+        decode_linear_fwd(x[:1], w, config=(4, 128, 8))
 
 
 def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
@@ -225,6 +231,10 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 192, 5120) == (16, 512, 4, 10)
     assert default_config(16, 192, 5120, early_weight=False) == (16, 128, 4, 16)
     assert default_config(16, 3072, 768, early_weight=False)[1] == 128  # read after the wait: loop
+    # mamba-2.8b's out_proj: K unsplit, pipelined 5 deep (not in float32: shared memory)
+    assert default_config(16, 2560, 5120) == (32, 256, 4, 1, 5)
+    assert default_config(16, 2560, 5120, itemsize=4) == (32, 128, 4, 4)
+    assert default_config(16, 2048, 4096) == (32, 128, 4, 4)  # mamba-1.4b's: split (faster there)
     # float32 operands of a one-tile several-row program would not fit in shared memory past
     # K = 512 (256 KB at K = 2048): a K loop instead; half precision keeps the tile
     assert default_config(16, 768, 1536) == (16, 2048, 4, 1)
