@@ -313,7 +313,10 @@ def test_block_prepares_the_conv_fold_only_for_a_fold_that_runs(monkeypatch):
     ids = torch.randint(0, 61, (1, 5), device=DEVICE)
     with torch.no_grad():
         _, state = lm.prefill(ids[:, :4], lm.new_state(1))
-        want, want_state = lm.step(ids[:, 4], state)
+        with monkeypatch.context() as m:  # the op path (on CUDA too)
+            m.setattr(model_mod, "_eager_cuda", lambda _: False)
+            want, want_state = lm.step(ids[:, 4], state)
+        calls.clear()
         with monkeypatch.context() as m:
             m.setattr(model_mod, "_eager_cuda", lambda _: True)
             got, got_state = lm.step(ids[:, 4], state, inplace=False)
