@@ -43,7 +43,9 @@ def _state_update_kernel(
     EARLY_STATE: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """BLOCK_D channels of one batch row. EARLY_STATE: the state (and A) is read before the PDL
-    wait, overlapping the previous kernel (the caller knows that kernel does not write it)."""
+    wait, overlapping the previous kernel (the caller knows that kernel does not write it).
+    (B and C are loaded per channel even with one group, here and in the several-row kernel:
+    see docs/kernel_notes.md v19.)"""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
@@ -62,6 +64,7 @@ def _state_update_kernel(
     if not EARLY_STATE:
         h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_tile, mask=mask, other=0.0).to(tl.float32)
+    A = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e): MUFU.EX2 alone, no range fix-up
 
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:
@@ -82,7 +85,7 @@ def _state_update_kernel(
                  other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b64 * sC_b + grp[:, None] * sC_g + offs_n[None, :] * sC_n, mask=mask,
                  other=0.0).to(tl.float32)
-    h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv
+    h = h * tl.exp2(dt[:, None] * A) + (dt * x)[:, None] * Bv
     y = tl.sum(h * Cv, axis=1)
     if HAS_D:
         y += x * tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
@@ -140,6 +143,7 @@ def _state_update_rows_kernel(
     if not EARLY_STATE:
         h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_tile, mask=mask_dn, other=0.0).to(tl.float32)
+    A = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e): MUFU.EX2 alone, no range fix-up
 
     if DT_PROJ:
         # dt = dt_low @ dt_proj.weight.T: dt_ptr holds dt_low [B, R] (sdt_d is its R stride)
@@ -170,7 +174,7 @@ def _state_update_rows_kernel(
                  mask=mask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + rows_g * sC_b + grp[None, :, None] * sC_g + offs_bc[None, None, :] * sC_n,
                  mask=mask, other=0.0).to(tl.float32)
-    h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * Bv
+    h = h * tl.exp2(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * Bv
     y = tl.sum(h * Cv, axis=2)
     if HAS_D:
         y += x * tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)[None, :]
