@@ -44,8 +44,8 @@ def _state_update_kernel(
 ):
     """BLOCK_D channels of one batch row. EARLY_STATE: the state (and A) is read before the PDL
     wait, overlapping the previous kernel (the caller knows that kernel does not write it).
-    (B and C are loaded per channel even with one group, here and in the several-row kernel:
-    see docs/kernel_notes.md v19.)"""
+    (tl.exp, not the several-row kernel's exp2, and B and C loaded per channel even with one
+    group: both measured slower otherwise, docs/kernel_notes.md v19.)"""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
@@ -64,7 +64,6 @@ def _state_update_kernel(
     if not EARLY_STATE:
         h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_tile, mask=mask, other=0.0).to(tl.float32)
-    A = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e): MUFU.EX2 alone, no range fix-up
 
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:
@@ -85,7 +84,7 @@ def _state_update_kernel(
                  other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b64 * sC_b + grp[:, None] * sC_g + offs_n[None, :] * sC_n, mask=mask,
                  other=0.0).to(tl.float32)
-    h = h * tl.exp2(dt[:, None] * A) + (dt * x)[:, None] * Bv
+    h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv
     y = tl.sum(h * Cv, axis=1)
     if HAS_D:
         y += x * tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
