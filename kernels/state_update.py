@@ -15,6 +15,7 @@ from ._common import (
     check_float,
     check_same_device,
     check_shape,
+    device_fn,
     kernel,
     launch,
     new_output,
@@ -23,6 +24,20 @@ from ._common import (
     softplus_f32,
     use_interpreter,
 )
+
+
+@device_fn
+def _state_and_A(state_tile, A_tile, mask, mask_A, EARLY_STATE: tl.constexpr, PDL: tl.constexpr):
+    """The state and A tiles (float32) and the kernel's PDL start between: with EARLY_STATE the
+    loads come before the wait, overlapping the previous kernel, else after it."""
+    if EARLY_STATE:
+        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
+        A = tl.load(A_tile, mask=mask_A, other=0.0).to(tl.float32)
+    pdl_start(PDL)
+    if not EARLY_STATE:
+        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
+        A = tl.load(A_tile, mask=mask_A, other=0.0).to(tl.float32)
+    return h, A
 
 
 @kernel
@@ -57,13 +72,7 @@ def _state_update_kernel(
     grp = (offs_d // ch_per_group).to(tl.int64)
     state_tile = state_ptr + b64 * ss_b + d64[:, None] * ss_d + offs_n[None, :] * ss_n
     A_tile = A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n
-    if EARLY_STATE:
-        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
-        A = tl.load(A_tile, mask=mask, other=0.0).to(tl.float32)
-    pdl_start(PDL)
-    if not EARLY_STATE:
-        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
-        A = tl.load(A_tile, mask=mask, other=0.0).to(tl.float32)
+    h, A = _state_and_A(state_tile, A_tile, mask, mask, EARLY_STATE, PDL)
 
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:
@@ -135,13 +144,7 @@ def _state_update_rows_kernel(
     state_tile = state_ptr + rows_g * ss_b + d64[None, :, None] * ss_d + offs_n[None, None, :] * ss_n
     A_tile = A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    if EARLY_STATE:
-        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
-        A = tl.load(A_tile, mask=mask_dn, other=0.0).to(tl.float32)
-    pdl_start(PDL)
-    if not EARLY_STATE:
-        h = tl.load(state_tile, mask=mask, other=0.0).to(tl.float32)
-        A = tl.load(A_tile, mask=mask_dn, other=0.0).to(tl.float32)
+    h, A = _state_and_A(state_tile, A_tile, mask, mask_dn, EARLY_STATE, PDL)
     A = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e): MUFU.EX2 alone, no range fix-up
 
     if DT_PROJ:
