@@ -289,8 +289,9 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps).
     Larger weights loop over K: one row in thin feature slices (4, 128, 8); several rows on
     tensor cores, K split in 4 for the narrower ones (out_proj 13.3 vs cuBLAS 15.0; in_proj level
-    with cuBLAS; the wide models' out_proj unsplit and pipelined 5 deep, DEEP_OUT_PROJ), in 16 for the narrowest (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split
-    in 4 and 7.7 on cuBLAS) or, with early_weight, in slices of SPLIT_BLOCK_K read in one tile
+    with cuBLAS; the widest out_proj unsplit and pipelined 5 deep instead, DEEP_OUT_PROJ), in
+    16 for the narrowest (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split in 4 and 7.7 on
+    cuBLAS) or, with early_weight, in slices of SPLIT_BLOCK_K read in one tile
     before the PDL wait (decode b16 ms/token, 2026-11-24, one run each: mamba-2.8b 3.427 with
     slices of 512 vs 3.511 of 256 vs 3.460 split 16; mamba-1.4b 2.011 / 2.077 / 2.106);
     vocabulary-wide ones (the lm_head) in 128 x 128 tiles on 8 warps

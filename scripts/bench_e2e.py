@@ -94,7 +94,7 @@ DECODE_LINEAR_SWITCHES = [
      "kernels/decode_linear.py)"),
     ("--split-k-loop", "SPLIT_EARLY", "the wide models' x_proj at several rows loops over K after its PDL wait "
      "(default: one tile per K slice, read before it)"),
-    ("--split-out-proj", "DEEP_OUT_PROJ", "the wide models' out_proj at several rows with K split in 4 "
+    ("--split-out-proj", "DEEP_OUT_PROJ", "the widest models' out_proj at several rows with K split in 4 "
      "(default: unsplit, pipelined 5 deep)"),
     ("--cublas-large-weights", "LARGE_WEIGHTS", "the large in_proj / out_proj of the wide models at "
      "several rows on cuBLAS (default: kernels/decode_linear.py)"),
