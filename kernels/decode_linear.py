@@ -122,6 +122,33 @@ def _next_norm_epilogue(out, offs_m, offs_n, mask_m, mask_n, out_dtype: tl.const
     return v * nw[None, :]
 
 
+@device_fn
+def _w_groups(w_ptr, offs_n, mask_n, k0, k_stop, sw_n, sw_k, BLOCK_K: tl.constexpr,
+              K_GROUPS: tl.constexpr):
+    """The weight tile of columns ``k0 + [0, BLOCK_K)`` as ``[K_GROUPS, BLOCK_N,
+    BLOCK_K / K_GROUPS]`` (group g: the g-th contiguous stretch of the tile's K)."""
+    ks = k0 + tl.arange(0, K_GROUPS)[:, None] * (BLOCK_K // K_GROUPS) + \
+        tl.arange(0, BLOCK_K // K_GROUPS)[None, :]
+    return tl.load(w_ptr + offs_n[None, :, None] * sw_n + ks[:, None, :] * sw_k,
+                   mask=mask_n[None, :, None] & (ks < k_stop)[:, None, :], other=0.0)
+
+
+@device_fn
+def _dot_k_groups(x_ptr, w, acc, offs_m, mask_m, k0, k_stop, sx_m, sx_k, BLOCK_K: tl.constexpr,
+                  K_GROUPS: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr):
+    """``acc [K_GROUPS, BLOCK_M, BLOCK_N] += `` group g's ``x[:, ks_g] @ w[g].T`` over the tile of
+    columns ``k0 + [0, BLOCK_K)`` (``w`` from _w_groups): one batched tensor-core product."""
+    ks = k0 + tl.arange(0, K_GROUPS)[:, None] * (BLOCK_K // K_GROUPS) + \
+        tl.arange(0, BLOCK_K // K_GROUPS)[None, :]
+    x = tl.load(x_ptr + offs_m[None, :, None] * sx_m + ks[:, None, :] * sx_k,
+                mask=mask_m[None, :, None] & (ks < k_stop)[:, None, :], other=0.0)
+    if WIDEN:
+        x, w = x.to(tl.float32), w.to(tl.float32)
+    if IEEE:
+        return tl.dot(x, tl.permute(w, (0, 2, 1)), acc, input_precision="ieee")
+    return tl.dot(x, tl.permute(w, (0, 2, 1)), acc)
+
+
 @kernel
 def _decode_linear_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, rout_ptr, M, N, K, k_per_split,
@@ -134,7 +161,7 @@ def _decode_linear_kernel(
     EARLY_W: tl.constexpr, ADD_NORM: tl.constexpr, HAS_RES: tl.constexpr,
     CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_S: tl.constexpr,
     ROW_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
-    NEXT_NORM: tl.constexpr = False, PDL: tl.constexpr = False,
+    NEXT_NORM: tl.constexpr = False, K_GROUPS: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -167,7 +194,13 @@ def _decode_linear_kernel(
     the first half of its RMSNorm (_next_norm_epilogue): the new residual ``r = out +
     residual`` goes to ``nrout``, the output becomes ``r * nnw`` (r rounded to nnw's dtype) and
     each row's sum of its squares over this program's columns goes to ``nsum[row, pid_n]``:
-    the next in_proj's ROW_NORM completes the norm."""
+    the next in_proj's ROW_NORM completes the norm.
+
+    K_GROUPS > 1 (DOT, no ADD_NORM, ROW_NORM of one group): each BLOCK_K tile's K is cut into
+    K_GROUPS contiguous groups, multiplied as one batched [K_GROUPS, BLOCK_M, BLOCK_K / K_GROUPS]
+    x [.., BLOCK_N] product (Triton puts the warps on the batch) into K_GROUPS accumulators,
+    summed at the end: each warp's chain of dependent tensor-core steps is K_GROUPS times
+    shorter (_dot_k_groups)."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -176,8 +209,11 @@ def _decode_linear_kernel(
     k_start = tl.program_id(1) * k_per_split
     k_stop = tl.minimum(k_start + k_per_split, K)
     if EARLY_W:
-        w_early = tl.load(w_ptr + offs_n[:, None] * sw_n + (k_start + offs_k)[None, :] * sw_k,
-                          mask=mask_n[:, None] & (k_start + offs_k < k_stop)[None, :], other=0.0)
+        if K_GROUPS > 1:
+            w_early = _w_groups(w_ptr, offs_n, mask_n, k_start, k_stop, sw_n, sw_k, BLOCK_K, K_GROUPS)
+        else:
+            w_early = tl.load(w_ptr + offs_n[:, None] * sw_n + (k_start + offs_k)[None, :] * sw_k,
+                              mask=mask_n[:, None] & (k_start + offs_k < k_stop)[None, :], other=0.0)
     if CONV:
         ch = offs_n - conv_first
         is_conv = mask_n & (ch >= 0) & (ch < conv_dim)
@@ -201,47 +237,61 @@ def _decode_linear_kernel(
         if pid_n == 0:
             tl.store(rout_ptr + offs_m[:, None] * sro_m + offs_k[None, :],
                      summed.to(rout_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_k < K)[None, :])
-    if DOT:
+    if K_GROUPS > 1:  # (DOT)
+        acc_g = tl.zeros((K_GROUPS, BLOCK_M, BLOCK_N), tl.float32)
+    elif DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     elif BLOCK_M == 1:
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     else:
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
-    for k0 in range(k_start, k_stop, BLOCK_K):
-        ks = k0 + offs_k
-        mask_k = ks < k_stop
-        if EARLY_W:
-            w = w_early
-        else:
-            w = tl.load(w_ptr + offs_n[:, None] * sw_n + ks[None, :] * sw_k,
-                        mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        if DOT:
-            if ADD_NORM:
-                x = normed
+    if K_GROUPS > 1 and EARLY_W:  # one tile, outside the K loop: there Triton stages one operand
+        # in shared memory, not both (64 vs 128 KB at BLOCK_K 2048, sm_90, Triton 3.6)
+        acc_g = _dot_k_groups(x_ptr, w_early, acc_g, offs_m, mask_m, k_start, k_stop, sx_m, sx_k, BLOCK_K,
+                              K_GROUPS, IEEE, WIDEN)
+    else:
+        for k0 in range(k_start, k_stop, BLOCK_K):
+            if K_GROUPS > 1:
+                w = _w_groups(w_ptr, offs_n, mask_n, k0, k_stop, sw_n, sw_k, BLOCK_K, K_GROUPS)
+                acc_g = _dot_k_groups(x_ptr, w, acc_g, offs_m, mask_m, k0, k_stop, sx_m, sx_k, BLOCK_K, K_GROUPS,
+                                      IEEE, WIDEN)
             else:
-                x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
-            if WIDEN:
-                x, w = x.to(tl.float32), w.to(tl.float32)
-            if IEEE:
-                acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, tl.trans(w), acc)
-        elif BLOCK_M == 1:
-            if ADD_NORM:
-                x = tl.sum(normed.to(tl.float32), axis=0)  # [1, K] -> [K]
-            elif ROW_NORM:
-                x = tl.sum(_x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM,
-                                   BLOCK_G).to(tl.float32), axis=0)
-            else:
-                x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
-            acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
-        else:
-            if ADD_NORM:
-                x = normed
-            else:
-                x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
-            acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-    if DOT:
+                ks = k0 + offs_k
+                mask_k = ks < k_stop
+                if EARLY_W:
+                    w = w_early
+                else:
+                    w = tl.load(w_ptr + offs_n[:, None] * sw_n + ks[None, :] * sw_k,
+                                mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+                if DOT:
+                    if ADD_NORM:
+                        x = normed
+                    else:
+                        x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
+                    if WIDEN:
+                        x, w = x.to(tl.float32), w.to(tl.float32)
+                    if IEEE:
+                        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+                    else:
+                        acc = tl.dot(x, tl.trans(w), acc)
+                elif BLOCK_M == 1:
+                    if ADD_NORM:
+                        x = tl.sum(normed.to(tl.float32), axis=0)  # [1, K] -> [K]
+                    elif ROW_NORM:
+                        x = tl.sum(_x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM,
+                                           BLOCK_G).to(tl.float32), axis=0)
+                    else:
+                        x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
+                    acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
+                else:
+                    if ADD_NORM:
+                        x = normed
+                    else:
+                        x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
+                    acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    if K_GROUPS > 1:
+        out = tl.sum(acc_g, axis=0)
+    elif DOT:
         out = acc
     elif BLOCK_M == 1:
         out = tl.sum(acc2, axis=1)[None, :]
@@ -278,7 +328,7 @@ def _decode_linear_kernel(
 
 
 def default_config(rows: int, features: int, k: int, early_weight: bool = True,
-                   itemsize: int = 2) -> tuple[int, ...]:
+                   itemsize: int = 2, k_groups: bool = True) -> tuple[int, ...]:
     """(BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), from the H100 sweeps of 2026-11-23
     and 2026-11-24 (scripts/bench_decode_linear.py --sweep / --stages-sweep, configs run with
     early_weight as the model does).
@@ -299,7 +349,9 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     Without early_weight the K loop is taken for every weight (one tile read after the wait made
     mamba-130m's batch-16 step 4.7x slower). ``itemsize``: bytes per element of x and the
     weight; a several-row tile whose tensor-core operands would exceed _ONE_TILE_SMEM (float32
-    with K over 512: 256 KB at K = 2048, more than an H100 SM holds) loops over K instead."""
+    with K over 512: 256 KB at K = 2048, more than an H100 SM holds) loops over K instead.
+    ``k_groups``: whether the call allows K groups (K_GROUPS; not with add_norm or a row_norm of
+    several groups)."""
     kp = next_pow2(k)
     one_tile = early_weight and _small_weight(features, k)
     if rows == 1:
@@ -308,9 +360,15 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
         return 4, 128, 8, 1
     block_n = min(128, max(16, 32768 // kp))  # (at most 128 features: tiny K gave huge tiles)
     if one_tile and kp <= 2048 and (MAX_ROWS + block_n) * kp * itemsize <= _ONE_TILE_SMEM:
+        if K_GROUPS and k_groups and kp == 1024:
+            return block_n, kp, 4, 1, 1, 4
+        if K_GROUPS and k_groups and kp == 2048:
+            return 16, kp, 8, 1, 1, 8
         return block_n, kp, 4, 1
     if _vocab_wide(features):
         return 128, 128, 8, 1
+    if K_GROUPS and k_groups and early_weight and features <= 512 and 2048 < k < 4096:  # mamba-790m's x_proj
+        return 16, 1024, 4, 4, 1, 8
     if features <= 512 and k >= 4096:  # x_proj of the wide models
         if early_weight and SPLIT_EARLY:  # K slices of one tile each, read before the PDL wait
             return 16, SPLIT_BLOCK_K, 4, triton.cdiv(k, SPLIT_BLOCK_K)
@@ -321,6 +379,15 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
 
 
+# Tensor-core tiles at several rows read in one tile (or in one-tile K slices) multiply their K
+# in groups, one batched product (the decode_linear kernel's K_GROUPS): the chain of dependent
+# tensor-core steps per warp is that many times shorter. H100, 2026-11-24,
+# bench_decode_linear.py --k-groups-sweep at 16 rows, us per call, grouped vs not: mamba-130m
+# in_proj 3.4 vs 4.0, x_proj 3.1 vs 3.5, out_proj 3.2 vs 3.6; mamba2-130m in_proj 3.4 vs 4.2;
+# mamba-370m in_proj 5.4 vs 5.3, x_proj 3.1 vs 3.6, out_proj 3.4 vs 3.8; mamba-790m's x_proj
+# (K 3072, before in K slices of 128 split 4) 3.4 vs 5.1. A switch for benchmarks
+# (scripts/bench_e2e.py --no-k-groups).
+K_GROUPS = True
 # The wide models' x_proj at several rows: K cut into slices of SPLIT_BLOCK_K, each one tile
 # read before the PDL wait (with early_weight), instead of ~320 of K per program in a loop after
 # it. Switches for benchmarks (scripts/bench_e2e.py --split-k-loop, --split-block-k).
@@ -553,15 +620,18 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError("decode_linear_fwd: float64 is not supported; use F.linear")
     if out is None:
         out = new_output((rows, features), x.dtype, x.device)
-    config = config or default_config(rows, features, k, early_weight, x.element_size())  # (weight: x's dtype)
-    if len(config) not in (4, 5):
-        raise ValueError(f"config must be (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), got {config}")
+    if row_norm is not None and add_norm is not None:
+        raise ValueError("add_norm and row_norm cannot be combined")
+    norm_eps, norm_args, norm_meta = _check_row_norm(row_norm, x)
+    config = config or default_config(rows, features, k, early_weight, x.element_size(),  # (weight: x's dtype)
+                                      k_groups=add_norm is None and norm_meta["BLOCK_G"] == 1)
+    if len(config) not in (4, 5, 6) or min(config) < 1:
+        raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages"
+                         f"[, k_groups]]), got {config}")
     block_n, block_k, warps, split = config[:4]
-    stages = config[4] if len(config) == 5 else None
+    stages = config[4] if len(config) >= 5 else None
+    k_groups = config[5] if len(config) == 6 else 1
     dot = rows > 1 and block_n >= 16  # tensor-core tiles need 16 features; narrower: elementwise
-    if min(config) < 1:
-        raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), "
-                         f"got {config}")
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)  # no empty slices
     blocks = triton.cdiv(features, block_n)
@@ -569,9 +639,11 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     ws, counters = _split_workspace(x.device, rows, features, blocks, split) if split > 1 else (out, out)
     res, nw, eps, rout = _check_add_norm(add_norm, x, one_tile and split == 1)
     conv_args, conv_meta = _check_conv(conv, x, features)
-    if row_norm is not None and add_norm is not None:
-        raise ValueError("add_norm and row_norm cannot be combined")
-    norm_eps, norm_args, norm_meta = _check_row_norm(row_norm, x)
+    if k_groups > 1 and not (dot and k_groups & (k_groups - 1) == 0 and block_k // k_groups >= 16
+                             and add_norm is None and norm_meta["BLOCK_G"] == 1):
+        raise ValueError(f"k_groups {k_groups} needs tensor-core tiles (several rows, BLOCK_N >= 16), a power "
+                         f"of two with BLOCK_K / k_groups >= 16, no add_norm and at most one row_norm group; "
+                         f"config {config} for {rows} x {k} @ {features}")
     eps = eps if norm_eps is None else norm_eps
     next_args, sums = _check_next_norm(next_norm, out, blocks)
     launch(
@@ -584,7 +656,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
         BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
         ADD_NORM=add_norm is not None, HAS_RES=add_norm is not None and add_norm[0] is not None,
-        **conv_meta, **norm_meta, NEXT_NORM=next_norm is not None, num_warps=warps,
+        **conv_meta, **norm_meta, NEXT_NORM=next_norm is not None, K_GROUPS=k_groups, num_warps=warps,
         num_stages=1 if one_tile else stages, pdl=True,  # one K step: nothing to pipeline
     )
     return out if sums is None else (out, sums)

@@ -199,11 +199,20 @@ _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 _ROWS_MIN_REREAD = 6_500_000
 
 
+# The one-row kernel over more than 8 rows of at most this many channels in all: 32 channels on
+# 4 warps (4 states per thread, a quarter of the dt_proj weight tile) instead of one warp. H100,
+# 2026-11-24, decode b16 ms/token, this vs the one-warp default: mamba-370m (16 x 2048) 0.994 vs
+# 1.056-1.060, mamba-130m (16 x 1536) 0.470 vs 0.467; alone (bench_state_update.py) mamba-790m's
+# 16 x 3072 took 6.36 vs 4.92 us (more than one wave of 4-warp programs).
+_FOUR_WARPS_MAX_ROWS_X_DIM = 32768
+
+
 def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False,
                   rank: int = 0) -> tuple[int, int, int]:
     """(channels per program, warps, rows per program). Every row per program where the fused
     dt_proj (``rank``: its inner size, 0 if not fused) would otherwise be re-read too often
-    (_ROWS_MIN_REREAD, at most 16 rows); else one row per program: one warp, the widest
+    (_ROWS_MIN_REREAD, at most 16 rows); else one row per program: 32 channels on 4 warps for
+    more than 8 rows of few channels (_FOUR_WARPS_MAX_ROWS_X_DIM), else one warp, the widest
     block (4 to 32 channels, at most 512 states) that still launches _MIN_PROGRAMS programs. H100
     sweep (scripts/bench_state_update.py, 2026-11-23, dt_proj fused): batch 1 fastest at 4
     channels (mamba-2.8b layer 2.52 vs 2.98 us for the former 16 x 2 warps), batch 16 at 32
@@ -212,6 +221,8 @@ def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False,
         return 4, 1, 1
     if batch <= 16 and batch * dim * rank >= _ROWS_MIN_REREAD:
         return 16, 2, 16
+    if 8 < batch and batch * dim <= _FOUR_WARPS_MAX_ROWS_X_DIM and 32 * block_n <= 512:
+        return 32, 4, 1
     block_d = 4
     while (block_d < 32 and (2 * block_d) * block_n <= 512
            and batch * triton.cdiv(dim, 2 * block_d) >= _MIN_PROGRAMS):

@@ -34,6 +34,13 @@ FOLD_NORM = True
 # state update writing the norm's partial sums). A switch for benchmarks
 # (scripts/bench_e2e.py --no-fold-conv).
 FOLD_CONV = True
+# Mamba-1 folds the conv into in_proj at several rows too where in_proj's weight has at most
+# CONV_ROWS_MAX_WEIGHT elements (at one row always; both with FOLD_CONV). H100, 2026-11-24, decode
+# b16 ms/token folded vs the conv kernel (in_proj with K groups): mamba-130m (2.4M) 0.468 vs
+# 0.480, mamba-370m (4.2M) 1.073 vs 1.060. A switch for benchmarks (scripts/bench_e2e.py
+# --no-fold-conv-rows).
+FOLD_CONV_ROWS = True
+CONV_ROWS_MAX_WEIGHT = 3 << 20
 # Between two blocks whose out_proj and in_proj both read their weight in one tile, where the add
 # + RMSNorm does not fold into in_proj (several rows), out_proj's epilogue does the add and the
 # norm's sums and in_proj applies the norm (hands_off_norm): no add_rmsnorm kernel. A switch for

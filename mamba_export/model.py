@@ -122,10 +122,12 @@ class MambaMixer(nn.Module):
 
     def in_proj_conv(self, x_like: Tensor, conv_state: Tensor, inplace: bool) -> tuple | None:
         """The conv folded into in_proj's decode kernel (``_dispatch.in_proj_conv``; x is
-        in_proj's first half) at one row, or None. (At batch 16 the folded 16-row kernel spills
-        more, 136 vs 56 B per thread for sm_90, and mamba-130m's step measured 0.553 vs 0.538
-        ms/token with the conv kernel on the H100, 2026-11-23.)"""
-        if x_like.shape[0] != 1:
+        in_proj's first half), or None: at one row, and at several for small in_proj weights
+        (``_dispatch.FOLD_CONV_ROWS``; before in_proj's K groups the folded 16-row kernel
+        spilled, and mamba-130m's b16 step measured 0.553 vs 0.538 ms/token with the conv
+        kernel, H100, 2026-11-23)."""
+        if x_like.shape[0] != 1 and not (_dispatch.FOLD_CONV_ROWS and
+                                         self.in_proj.weight.numel() <= _dispatch.CONV_ROWS_MAX_WEIGHT):
             return None
         return in_proj_conv(x_like, self.in_proj, self.conv1d, conv_state, 0, inplace)
 

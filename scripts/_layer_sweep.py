@@ -14,11 +14,14 @@ from bench_decode_linear import graph_ms_per_call  # scripts/ is on sys.path whe
 from bench_kernels import copy_bandwidth
 
 
-def start(config_names: str):
-    """``--out``, the CUDA check and the copy bandwidth; prints the table's head. Returns
-    (out path or None, bytes/s), or None without CUDA."""
+def start(config_names: str, presets: str = "", batches: str = "1,8,16"):
+    """``--out``, ``--presets`` and ``--batches`` (comma lists, defaults given), the CUDA check and
+    the copy bandwidth; prints the table's head. Returns (out path or None, bytes/s, preset
+    names, batch sizes), or None without CUDA."""
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
+    p.add_argument("--presets", default=presets, help=f"comma-separated (default {presets})")
+    p.add_argument("--batches", default=batches, help=f"comma-separated (default {batches})")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs CUDA", file=sys.stderr)
@@ -27,7 +30,7 @@ def start(config_names: str):
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s")
     print(f"{'shape':14s} {'B':>3s} {'floor us':>9s} {'default us':>11s} {'best us':>8s}  "
           f"best ({config_names})")
-    return args.out, bw
+    return args.out, bw, args.presets.split(","), [int(b) for b in args.batches.split(",")]
 
 
 def rel_err(out: torch.Tensor, want: torch.Tensor) -> float:

@@ -1,6 +1,6 @@
 """Decode-step projections: cuBLAS (F.linear) vs kernels/decode_linear.py (needs CUDA).
 
-    python3 scripts/bench_decode_linear.py [--out results.json] [--sweep | --stages-sweep]
+    python3 scripts/bench_decode_linear.py [--out results.json] [--sweep | --stages-sweep | --k-groups-sweep]
                                            [--shapes TEXT] [--rows 1,16]
 
 Each shape is a projection of a preset (in_proj, x_proj, dt_proj, out_proj, lm_head) at 1 or 16
@@ -27,12 +27,16 @@ from mamba_export.kernels import decode_linear as dl
 
 from bench_kernels import copy_bandwidth  # scripts/ is on sys.path when this file runs
 
-# (name, N, K): the decode projections of mamba-130m, mamba2-130m, mamba-2.8b, mamba2-2.7b
+# (name, N, K): the decode projections of mamba-130m, mamba2-130m, mamba-2.8b, mamba2-2.7b (and
+# mamba-370m's, the x_proj of mamba-790m and mamba-1.4b)
 SHAPES = [
     ("m1-130m in_proj", 3072, 768), ("m1-130m x_proj", 80, 1536), ("m1-130m dt_proj", 1536, 48),
     ("130m out_proj", 768, 1536), ("m2-130m in_proj", 3352, 768), ("130m lm_head", 50280, 768),
     ("m1-2.8b in_proj", 10240, 2560), ("m1-2.8b x_proj", 192, 5120), ("2.8b out_proj", 2560, 5120),
     ("m2-2.7b in_proj", 10576, 2560), ("2.8b lm_head", 50280, 2560),
+    ("m1-370m in_proj", 4096, 1024), ("m1-370m x_proj", 96, 2048), ("370m out_proj", 1024, 2048),
+    ("m1-790m x_proj", 128, 3072), ("m1-1.4b in_proj", 8192, 2048), ("m1-1.4b x_proj", 160, 4096),
+    ("1.4b out_proj", 2048, 4096),
 ]
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT)
 SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))),
@@ -45,6 +49,22 @@ SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))
 STAGES_SWEEP = list(dict.fromkeys(  # (in order, without repeats)
     list(itertools.product((16, 32, 64), (128, 256), (4,), (1, 2, 4), (2, 3, 4, 5)))
     + list(itertools.product((32, 64, 128), (256, 512), (4, 8), (1, 2), (4, 5, 6, 7)))))
+
+
+def k_groups_configs(n: int, k: int) -> list:
+    """(--k-groups-sweep) tensor-core tiles at several rows whose K tiles are cut into k_groups
+    batched products: (BLOCK_N, BLOCK_K, num_warps, SPLIT, num_stages, k_groups); small or
+    narrow weights in one tile (or SPLIT slices of one tile each), the others in a K loop."""
+    kp = dl.next_pow2(k)
+    if n > 512 and not dl._small_weight(n, k):
+        return list(itertools.product((32, 64), (128, 256), (4,), (1,), (3, 5), (2, 4)))
+    out = []
+    for split in (1, 2) if kp <= 2048 else (2, 4):
+        bk = max(16, kp // split)
+        for bn, warps, groups in itertools.product((16, 32), (4, 8), (4, 8, 16)):
+            if bk // groups >= 16 and groups >= warps // 2 and (16 + bn) * bk * 2 <= (160 << 10):
+                out.append((bn, bk, warps, split, 1, groups))
+    return out
 
 
 def one_tile_configs(rows: int, k: int) -> list:
@@ -85,6 +105,9 @@ def main() -> int:
     p.add_argument("--stages-sweep", action="store_true",
                    help="at several rows, every config of STAGES_SWEEP (tensor-core tiles with the K "
                         "loop's num_stages)")
+    p.add_argument("--k-groups-sweep", action="store_true",
+                   help="at several rows, the default and every config of k_groups_configs (K cut into "
+                        "batched tensor-core products)")
     p.add_argument("--shapes", default=None, help="only shapes whose name contains one of these texts (comma-separated)")
     p.add_argument("--rows", default="1,16", help="row counts (comma-separated)")
     args = p.parse_args()
@@ -110,8 +133,10 @@ def main() -> int:
             sweep = SWEEP[1 if m == 1 else 16] + one_tile_configs(m, k)
             if args.stages_sweep:
                 sweep = STAGES_SWEEP if m > 1 else []
-            configs = [default] + [c for c in sweep if c != default] if args.sweep or args.stages_sweep \
-                else [default]
+            if args.k_groups_sweep:
+                sweep = k_groups_configs(n, k) if m > 1 else []
+            configs = [default] + [c for c in sweep if c != default] \
+                if args.sweep or args.stages_sweep or args.k_groups_sweep else [default]
             best, default_ms, timed = None, None, []
             for cfg in configs:
                 outs.fill_(float("nan"))

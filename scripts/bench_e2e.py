@@ -83,6 +83,8 @@ DISPATCH_SWITCHES = [
      "in_proj where it reads its weight in one tile)"),
     ("--no-fold-conv", "FOLD_CONV", "the conv and Mamba-2's gated norm as kernels of their own (default: the "
      "conv in in_proj's epilogue and the norm in out_proj where those take the Triton kernel)"),
+    ("--no-fold-conv-rows", "FOLD_CONV_ROWS", "Mamba-1's conv as its own kernel at several rows (default: "
+     "folded into in_proj where that reads its weight in one tile)"),
     ("--no-fold-next-norm", "FOLD_NEXT_NORM", "the add + RMSNorm between blocks as its own kernel where it "
      "does not fold into in_proj (default: begun in out_proj's epilogue, finished in the next in_proj)"),
 ]
@@ -96,6 +98,8 @@ DECODE_LINEAR_SWITCHES = [
      "(default: one tile per K slice, read before it)"),
     ("--split-out-proj", "DEEP_OUT_PROJ", "the widest models' out_proj at several rows with K split in 4 "
      "(default: unsplit, pipelined 5 deep)"),
+    ("--no-k-groups", "K_GROUPS", "tensor-core tiles read in one tile multiply all of their K in one "
+     "product (default: in K groups, one batched product)"),
     ("--cublas-large-weights", "LARGE_WEIGHTS", "the large in_proj / out_proj of the wide models at "
      "several rows on cuBLAS (default: kernels/decode_linear.py)"),
 ]
@@ -190,9 +194,9 @@ def main() -> int:
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
                    help="Mamba-2 decode state update: head channels per program and warps (default: "
                         "kernels/ssd_update.launch_config)")
-    p.add_argument("--state-rows-config", default=None, metavar="BLOCK_D,WARPS",
-                   help="Mamba-1 decode state update where it takes every row per program: channels "
-                        "per program and warps (default: kernels/state_update.launch_config)")
+    p.add_argument("--state-config", default=None, metavar="BLOCK_D,WARPS,ROWS",
+                   help="Mamba-1 decode state update at several rows: channels per program, warps and "
+                        "rows per program, 1 or 16 (default: kernels/state_update.launch_config)")
     p.add_argument("--split-block-k", type=int, default=None,
                    help="decode: K per slice of the wide models' x_proj at several rows (default: "
                         "kernels/decode_linear.SPLIT_BLOCK_K)")
@@ -204,13 +208,13 @@ def main() -> int:
         for flag, name, _ in switches:
             if getattr(args, flag[2:].replace("-", "_")):
                 setattr(owner, name, False)
-    if args.state_rows_config:
+    if args.state_config:
         from mamba_export.kernels import state_update
 
-        rows_config = tuple(int(v) for v in args.state_rows_config.split(","))
+        state_config = tuple(int(v) for v in args.state_config.split(","))
         default_launch = state_update.launch_config
-        state_update.launch_config = lambda *a, **k: (  # noqa: E731
-            (*rows_config, 16) if default_launch(*a, **k)[2] > 1 else default_launch(*a, **k))
+        state_update.launch_config = lambda batch, *a, **k: (  # noqa: E731
+            state_config if batch > 1 else default_launch(batch, *a, **k))
     if args.split_block_k:
         decode_linear.SPLIT_BLOCK_K = args.split_block_k
     if args.torch_argmax:
@@ -238,8 +242,8 @@ def main() -> int:
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:
         results["ssd_update_config"] = args.ssd_update_config
-    if args.state_rows_config:
-        results["state_rows_config"] = args.state_rows_config
+    if args.state_config:
+        results["state_config"] = args.state_config
     try:
         import triton
         results["triton"] = triton.__version__

@@ -3,9 +3,9 @@ CUDA), in both of the step's forms: "conv" (the conv folded into the state updat
 cuBLAS) and "folded" (x, B, C already through the conv in in_proj's epilogue; the kernel gates y
 and writes the gated norm's sums: the default where in_proj takes the Triton kernel).
 
-    python3 scripts/bench_ssd_update.py [--out results.json]
+    python3 scripts/bench_ssd_update.py [--out results.json] [--presets mamba2-130m,...] [--batches 1,16]
 
-mamba2-130m and mamba2-2.7b layer shapes at batch 1 and 16, fp16 activations, float32 states;
+mamba2-130m and mamba2-2.7b (or --presets) layer shapes at batch 1 and 16, fp16 activations, float32 states;
 one CUDA graph of calls over distinct per-layer states (>= 256 MB in all, so states come from
 HBM as in a real step), replayed; us per call = median replay / calls. Each (head channels per
 program, warps) configuration is first checked against the float64 reference step. Floor: the
@@ -79,15 +79,14 @@ def check(cfg, inp, form):
 
 
 def main() -> int:
-    started = start("block_p, warps")
+    started = start("block_p, warps", "mamba2-130m,mamba2-2.7b", "1,16")
     if started is None:
         return 1
-    out, bw = started
+    out, bw, presets, batches = started
     rows, default_config = [], su.launch_config
-    for name, form in (("mamba2-130m", "conv"), ("mamba2-130m", "folded"), ("mamba2-2.7b", "conv"),
-                       ("mamba2-2.7b", "folded")):
+    for name, form in ((name, form) for name in presets for form in ("conv", "folded")):
         cfg = MambaConfig.preset(name)
-        for batch in (1, 16):
+        for batch in batches:
             state_bytes = batch * cfg.nheads * cfg.headdim * cfg.d_state * 4
             copies = max(8, min(256, (256 << 20) // state_bytes))
             inp = layer_inputs(cfg, batch, copies)

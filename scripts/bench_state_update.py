@@ -1,11 +1,12 @@
 """The Mamba-1 decode state update (kernels/state_update.py, dt_proj fused) per layer, as a decode
 step runs it (needs CUDA).
 
-    python3 scripts/bench_state_update.py [--out results.json]
+    python3 scripts/bench_state_update.py [--out results.json] [--presets mamba-370m,...]
+                                          [--batches 1,8,16]
 
-mamba-370m and mamba-2.8b layer shapes at batch 1 and 16, fp16 activations, float32 states; one
-CUDA graph of calls over distinct per-layer states (>= 256 MB in all, so states come from HBM as
-in a real step), replayed; us per call = median replay / calls. Each (channels per program,
+Layer shapes of mamba-370m, mamba-1.4b and mamba-2.8b (or --presets) at batch 1, 8 and 16, fp16
+activations, float32 states; one CUDA graph of calls over distinct per-layer states (>= 256 MB
+in all, so states come from HBM as in a real step), replayed; us per call = median replay / calls. Each (channels per program,
 warps) configuration is first checked against the float64 reference. Floor: the state read and
 written once at the copy bandwidth measured here (the dt_proj weight, read once, adds D*R*2 bytes).
 """
@@ -56,14 +57,14 @@ def check(inp):
 
 
 def main() -> int:
-    started = start("block_d, warps, rows")
+    started = start("block_d, warps, rows", "mamba-370m,mamba-1.4b,mamba-2.8b", "1,8,16")
     if started is None:
         return 1
-    out, bw = started
+    out, bw, presets, batches = started
     rows, default_config = [], su.launch_config
-    for name in ("mamba-370m", "mamba-1.4b", "mamba-2.8b"):
+    for name in presets:
         cfg = MambaConfig.preset(name)
-        for batch in (1, 8, 16):
+        for batch in batches:
             state_bytes = batch * cfg.d_inner * cfg.d_state * 4
             copies = max(8, min(256, (256 << 20) // state_bytes))
             inp = layer_inputs(cfg, batch, copies)

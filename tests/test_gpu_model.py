@@ -40,6 +40,30 @@ def test_forward_prefill_step_match_float64(dtype, bound, batch, length):
             assert rel_err(logits.cpu(), want[:, t]) <= bound
 
 
+@pytest.mark.parametrize("dtype,bound", [(torch.float16, 5e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("d_model", [768, 1024, 1536])
+def test_decode_at_16_rows_of_real_widths_matches_float64(d_model, dtype, bound, monkeypatch):
+    """The widths of mamba-130m, -370m and -790m at batch 16, where the projections take
+    K-grouped tensor-core tiles (one tile; mamba-790m's x_proj in one-tile K slices), in_proj
+    folds the conv at 768 and the state update runs on 4 warps at 768 and 1024: prefill and
+    three steps against the float64 reference."""
+    from mamba_export.kernels import decode_linear as dl
+
+    configs = []
+    real = dl.default_config
+    monkeypatch.setattr(dl, "default_config", lambda *a, **k: configs.append(real(*a, **k)) or configs[-1])
+    ref, gpu = _pair(dtype, me.MambaConfig(**{**CFG, "d_model": d_model, "n_layer": 2}))
+    ids = torch.randint(0, CFG["vocab_size"], (16, 8))
+    with torch.no_grad():
+        want = ref(ids)
+        logits, state = gpu.prefill(ids[:, :5].cuda(), gpu.new_state(16))
+        assert rel_err(logits.cpu(), want[:, 4]) <= bound
+        for t in range(5, 8):
+            logits, state = gpu.step(ids[:, t].cuda(), state)
+            assert rel_err(logits.cpu(), want[:, t]) <= bound
+    assert any(len(c) == 6 for c in configs)  # K groups taken
+
+
 def test_cuda_graph_generation_equals_eager_generation():
     _, gpu = _pair(torch.float32)
     ids = torch.randint(0, CFG["vocab_size"], (4, 9), device="cuda")
@@ -124,18 +148,21 @@ def test_mamba2_direct_launch_step_matches_op_step_and_forward(dtype, bound, ext
 
 
 @pytest.mark.parametrize("layer,batch", [("Mamba1", 1), ("Mamba1", 4), ("Mamba2", 1), ("Mamba2", 4),
-                                         ("Mamba1-wide", 16)])
+                                         ("Mamba1-wide", 16), ("Mamba1-130m", 16)])
 def test_pdl_decode_equals_plain_launches(layer, batch, monkeypatch):
     """``_common.PDL`` (programmatic dependent launch of the decode kernels on sm_90+; on by
     default, MAMBA_EXPORT_PDL=0 turns it off): the same kernels on the same inputs, so eager
     steps and CUDA-graph generation give the same numbers bit for bit as plain launches (a
     missing wait, or a read before the wait of what the kernel before writes, would show as a
     difference). Mamba1-wide: mamba-2.8b's layer width at 16 rows, where the several-row state
-    update reads its state early and x_proj its K slices."""
+    update reads its state early and x_proj its K slices; Mamba1-130m: mamba-130m's width at 16
+    rows, where the projections read their weight early in one tile of K groups, in_proj with
+    the conv folded in."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs sm_90 or newer")
     extra = {"Mamba2": dict(layer="Mamba2", headdim=16, ngroups=2, d_model=64),
-             "Mamba1-wide": dict(d_model=2560, n_layer=2)}.get(layer, {})
+             "Mamba1-wide": dict(d_model=2560, n_layer=2), "Mamba1-130m": dict(d_model=768, n_layer=2)
+             }.get(layer, {})
     torch.manual_seed(5)
     model = me.MambaLM(me.MambaConfig(**{**CFG, **extra}), device="cuda", dtype=torch.float16).eval()
     ids = torch.randint(0, CFG["vocab_size"], (batch, 11), device="cuda")

@@ -11,21 +11,22 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("early_state", [False, True])
-@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("config", [None, (32, 4, 1), (16, 4, 16)])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])
 @pytest.mark.parametrize("batch,dim,rank,dstate,groups", [(1, 7, 3, 5, 0), (3, 24, 5, 16, 2),
                                                          (6, 9, 4, 16, 3), (16, 37, 20, 16, 0)])
-def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups, rows,
+def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate, groups, config,
                                          early_state, monkeypatch):
-    """rows: every batch row of a channel block in one program, dt_proj as a tensor-core
-    product (the several-row kernel), forced here; else the launcher's choice. early_state:
+    """config: the launcher's choice (None), or forced: one row per program on 4 warps, or
+    every batch row of a channel block in one program, dt_proj as a tensor-core product (the
+    several-row kernel). early_state:
     the state and A read before the PDL wait (where PDL is off, as in the interpreter, only
     the order of the loads changes)."""
     from mamba_export.kernels import state_update as su
     from mamba_export.kernels.state_update import selective_state_update_fwd
 
-    if rows:
-        monkeypatch.setattr(su, "launch_config", lambda *a: (16, 4, 16))
+    if config:
+        monkeypatch.setattr(su, "launch_config", lambda *a: config)
 
     bc = (batch, groups, dstate) if groups else (batch, dstate)
     x, z = (torch.randn(batch, dim).to(dtype) for _ in range(2))
@@ -47,15 +48,18 @@ def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate,
 
 def test_state_update_launch_rules():
     """Every row per program where the one-row kernel would re-read the fused dt_proj weight
-    most (H100 sweep, docs/kernel_notes.md v16), one row per program otherwise; the
-    interpreter's small one-row config."""
+    most (H100 sweep, docs/kernel_notes.md v16), one row per program otherwise (on 4 warps for
+    more than 8 rows of at most 2048 channels); the interpreter's small one-row config."""
     from mamba_export.kernels.state_update import launch_config
 
     assert launch_config(16, 5120, 16, rank=160) == (16, 2, 16)  # mamba-2.8b
     assert launch_config(8, 5120, 16, rank=160) == (16, 2, 16)
     assert launch_config(16, 4096, 16, rank=128) == (16, 2, 16)  # mamba-1.4b
     assert launch_config(8, 4096, 16, rank=128)[2] == 1
-    assert launch_config(16, 2048, 16, rank=64)[2] == 1  # mamba-370m
+    assert launch_config(16, 2048, 16, rank=64) == (32, 4, 1)  # mamba-370m
+    assert launch_config(16, 1536, 16, rank=48) == (32, 4, 1)  # mamba-130m
+    assert launch_config(16, 3072, 16, rank=96) == (32, 1, 1)  # mamba-790m
+    assert launch_config(8, 2048, 16, rank=64) == (16, 1, 1)
     assert launch_config(16, 5120, 16)[2] == 1  # dt given: no weight to share
     assert launch_config(1, 5120, 16, rank=160) == (4, 1, 1)
     assert launch_config(16, 5120, 16, interpret=True, rank=160) == (4, 1, 1)

@@ -61,6 +61,19 @@ def test_every_block_config(config, rows, early_weight):
                    reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[torch.float16]
 
 
+# K groups (tensor-core tiles at several rows): one tile, read before the PDL wait or not (in the
+# K loop then), one-tile K slices (split), a K loop of several tiles; K 301 ends mid-group
+@pytest.mark.parametrize("config", [(16, 512, 4, 1, 1, 4), (16, 512, 8, 1, 1, 8), (32, 256, 4, 2, 1, 4),
+                                    (16, 64, 4, 1, 2, 4), (32, 128, 4, 2, 3, 2)])
+@pytest.mark.parametrize("rows", [2, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("early_weight", [False, True])
+def test_k_groups_configs(config, rows, dtype, early_weight):
+    x, w, b = (t.to(DEVICE) for t in operands(rows, 45, 301, dtype, seed=rows))
+    out = decode_linear_fwd(x, w, b, config=config, early_weight=early_weight)
+    assert rel_err(out.cpu(), reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[dtype]
+
+
 def test_split_k_is_repeatable():
     """Split K: the per-block counters return to 0, so calls in a row (and other weights of the
     shape, sharing the workspace) give the same numbers."""
@@ -106,8 +119,14 @@ def test_bad_inputs_raise_value_errors():
         decode_linear_fwd(x[:1], w, config=(4, 128, 8, 0))
     with pytest.raises(ValueError, match="config must be positive"):
         decode_linear_fwd(x[:1], w, config=(4, 128, 8, 1, 0))
-    with pytest.raises(ValueError, match=r"config must be \(BLOCK_N"):
+    with pytest.raises(ValueError, match=r"config must be positive \(BLOCK_N"):
         decode_linear_fwd(x[:1], w, config=(4, 128, 8))
+    with pytest.raises(ValueError, match="k_groups 2 needs tensor-core tiles"):  # (one row: no tensor cores)
+        decode_linear_fwd(x[:1], w, config=(16, 64, 4, 1, 1, 2))
+    with pytest.raises(ValueError, match="k_groups 3 needs"):  # (not a power of two)
+        decode_linear_fwd(x, w, config=(16, 64, 4, 1, 1, 3))
+    with pytest.raises(ValueError, match="k_groups 8 needs"):  # (groups narrower than 16)
+        decode_linear_fwd(x, w, config=(16, 64, 4, 1, 1, 8))
 
 
 def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
@@ -224,7 +243,10 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert model_takes(16, 50280, 768, lm_head=True) and model_takes(16, 50280, 2560, lm_head=True)
     assert not model_takes(17, 3072, 768)
     assert default_config(16, 50280, 768) == (128, 128, 8, 1)
-    assert default_config(16, 3072, 768) == (32, 1024, 4, 1)  # one tile of all K
+    # one tile of all K, multiplied in K groups (not where the call allows none)
+    assert default_config(16, 3072, 768) == (32, 1024, 4, 1, 1, 4)
+    assert default_config(16, 3072, 768, k_groups=False) == (32, 1024, 4, 1)
+    assert default_config(16, 128, 3072) == (16, 1024, 4, 4, 1, 8)  # mamba-790m's x_proj: K slices
     assert default_config(1, 10240, 2560) == (4, 128, 8, 1)  # large: a loop over K
     # mamba-2.8b's x_proj: K in slices of one tile read before the PDL wait; without early
     # reads, split 16 with a loop over each slice
@@ -237,7 +259,7 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 2048, 4096) == (32, 128, 4, 4)  # mamba-1.4b's: split (faster there)
     # float32 operands of a one-tile several-row program would not fit in shared memory past
     # K = 512 (256 KB at K = 2048): a K loop instead; half precision keeps the tile
-    assert default_config(16, 768, 1536) == (16, 2048, 4, 1)
+    assert default_config(16, 768, 1536) == (16, 2048, 8, 1, 1, 8)
     assert default_config(16, 768, 1536, itemsize=4)[1] == 128
     assert default_config(16, 64, 512, itemsize=4)[1] == 512
 
@@ -269,8 +291,8 @@ def test_kernel_decode_step_equals_op_step(layer, folds, residual_in_fp32, batch
     """MambaLM.step on the path eager CUDA takes (launchers called directly; on CPU in Triton's
     interpreter) against the op path, over a few in-place steps. Folds: "all" (the default):
     each block's add + RMSNorm in in_proj's kernel at batch 1, split over the block before's
-    out_proj and in_proj at batch 3; the conv in in_proj's epilogue (Mamba-1 at batch 1 only),
-    Mamba-2's gated norm in out_proj; "no_add_norm": no add + RMSNorm in in_proj alone (split
+    out_proj and in_proj at batch 3; the conv in in_proj's epilogue, Mamba-2's gated norm in
+    out_proj; "no_add_norm": no add + RMSNorm in in_proj alone (split
     over out_proj / in_proj from the second block on at batch 1 too); "none": the conv and
     the norms by their own kernels (Mamba-2: the conv in the state update)."""
     from mamba_export import _dispatch
@@ -325,6 +347,51 @@ def test_block_prepares_the_conv_fold_only_for_a_fold_that_runs(monkeypatch):
     assert rel_err(got_state.conv, want_state.conv) <= 1e-5
 
 
+def test_kernel_decode_step_with_k_groups_equals_op_step(monkeypatch):
+    """A Mamba-1 model wide enough for K groups (d_inner 1024: x_proj and out_proj read in one
+    tile of K 1024, out_proj beginning the next block's norm; in_proj folding the conv) at 3
+    rows equals the op path. In the interpreter float32 takes those one-tile configs with a
+    larger shared-memory budget; on the GPU it loops over K."""
+    from mamba_export.kernels import decode_linear as dl, state_update as su
+
+    if DEVICE == "cpu":
+        monkeypatch.setattr(dl, "_ONE_TILE_SMEM", 1 << 20)
+        monkeypatch.setattr(su, "launch_config", lambda *a, **k: (64, 1, 1))  # (fewer interpreted programs)
+    configs = []
+    real = dl.default_config
+    monkeypatch.setattr(dl, "default_config", lambda *a, **k: configs.append(real(*a, **k)) or configs[-1])
+    cfg = me.MambaConfig(d_model=512, n_layer=2, vocab_size=61)
+    torch.manual_seed(8)
+    lm = me.MambaLM(cfg).to(DEVICE).eval()
+    ids = torch.randint(0, 61, (3, 2), device=DEVICE)
+    state = lm.new_state(3)
+    state.conv.normal_()
+    state.ssm.normal_()
+    with torch.no_grad():
+        steps_equal_op_steps(lm, ids, state, monkeypatch)
+    if DEVICE == "cpu":
+        assert (32, 1024, 4, 1, 1, 4) in configs  # x_proj and out_proj
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_default_config_groups_k_only_for_one_norm_group(groups, monkeypatch):
+    """At 16 rows of K 1024 the default config multiplies in K groups, except for a row_norm of
+    several groups (Mamba-2's gated norm with ngroups > 1), which K groups do not take."""
+    from mamba_export.kernels import decode_linear as dl
+
+    configs = []
+    real = dl.default_config
+    monkeypatch.setattr(dl, "default_config", lambda *a, **k: configs.append(real(*a, **k)) or configs[-1])
+    k = 1024
+    v, w, b = operands(MAX_ROWS, 45, k, torch.float16, seed=groups)
+    vd = v.double().view(MAX_ROWS, groups, -1)
+    normed = (vd / (vd.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()).view(MAX_ROWS, k)
+    got = decode_linear_fwd(v.to(DEVICE), w.to(DEVICE), b.to(DEVICE), early_weight=True,
+                            row_norm=(norm_sums(v, groups, 4).to(DEVICE), 1e-5))
+    assert rel_err(got.cpu(), reference(normed, w, b)) <= TOL[torch.float16]
+    assert len(configs[-1]) == (6 if groups == 1 else 4)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 def test_wide_model_decode_step_at_16_rows_equals_op_step(layer, monkeypatch):
@@ -366,7 +433,8 @@ def conv_reference(projected, first, conv_state, cw, cb):
 # one row and several, elementwise and tensor-core paths, one tile (early conv-state reads) and
 # a K loop; the 30 conv columns start mid-block and end mid-block
 @pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (8, 64, 4, 1)),
-                                         (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 1))])
+                                         (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 1)),
+                                         (MAX_ROWS, (16, 256, 4, 1, 1, 4))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("conv_bias,inplace", [(True, True), (False, False)])
 def test_conv_epilogue(rows, config, dtype, conv_bias, inplace):
@@ -381,7 +449,7 @@ def test_conv_epilogue(rows, config, dtype, conv_bias, inplace):
     on = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
     state_dev = on(state).clone()  # (on CPU .to() would alias state)
     new_state = state_dev if inplace else torch.full_like(state_dev, float("nan"))
-    got = decode_linear_fwd(on(x), on(w), on(b), config=config, early_weight=config is None,
+    got = decode_linear_fwd(on(x), on(w), on(b), config=config, early_weight=config is None or len(config) == 6,
                             conv=(state_dev, on(cw), on(cb), 7, new_state))
     assert rel_err(got.cpu(), want) <= TOL[dtype]
     assert rel_err(new_state.cpu(), want_state) <= (1e-7 if dtype == torch.float32 else 1e-3)
@@ -397,12 +465,13 @@ def norm_sums(gated, groups, parts):
 
 
 @pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 32, 4, 1)), (5, (8, 64, 4, 1)),
-                                         (MAX_ROWS, None), (MAX_ROWS, (16, 64, 4, 1))])
+                                         (MAX_ROWS, None), (MAX_ROWS, (16, 64, 4, 1)), (MAX_ROWS, (16, 256, 4, 1, 1, 4))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("groups,parts", [(1, 6), (3, 2)])
 def test_row_norm_prologue(rows, config, dtype, groups, parts):
     """``row_norm``: out_proj of the RMSNorm of v, given v times the norm weight and partial
-    sums of the squares of v (Mamba-2's out_proj with the gated norm folded in)."""
+    sums of the squares of v (Mamba-2's out_proj with the gated norm folded in). K groups take
+    one norm group only."""
     k = 144
     v, w, b = operands(rows, 45, k, dtype, seed=rows)
     nw = (1 + 0.2 * torch.randn(k)).to(dtype)
@@ -410,8 +479,14 @@ def test_row_norm_prologue(rows, config, dtype, groups, parts):
     normed = (vd / (vd.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()).view(rows, k) * nw.double()
     on = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
     weighted = (v.double() * nw.double()).to(dtype)
-    got = decode_linear_fwd(on(weighted), on(w), on(b), config=config, early_weight=config is None,
-                            row_norm=(on(norm_sums(v, groups, parts)), 1e-5))
+    row_norm = (on(norm_sums(v, groups, parts)), 1e-5)
+    grouped_k = config is not None and len(config) == 6
+    if grouped_k and groups > 1:
+        with pytest.raises(ValueError, match="at most one row_norm group"):
+            decode_linear_fwd(on(weighted), on(w), on(b), config=config, row_norm=row_norm)
+        return
+    got = decode_linear_fwd(on(weighted), on(w), on(b), config=config, early_weight=config is None or grouped_k,
+                            row_norm=row_norm)
     assert rel_err(got.cpu(), reference(normed, w, b)) <= TOL[dtype]
 
 
@@ -432,7 +507,7 @@ def test_conv_and_row_norm_reject_bad_shapes():
 
 
 @pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (8, 64, 4, 1)),
-                                         (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 2))])
+                                         (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 2)), (MAX_ROWS, (16, 256, 4, 1, 1, 4))])
 @pytest.mark.parametrize("dtype,residual_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32),
                                                   (torch.float16, torch.float16)])
 def test_next_norm_epilogue_then_row_norm(rows, config, dtype, residual_dtype):
@@ -446,7 +521,8 @@ def test_next_norm_epilogue_then_row_norm(rows, config, dtype, residual_dtype):
     w2 = (torch.randn(37, 45, generator=g) * 45 ** -0.5).to(dtype)
     on = lambda t: t.to(DEVICE)  # noqa: E731
     rout = torch.full((rows, 45), float("nan"), dtype=residual_dtype, device=DEVICE)
-    weighted, sums = decode_linear_fwd(on(x), on(w), on(b), config=config, early_weight=config is None,
+    weighted, sums = decode_linear_fwd(on(x), on(w), on(b), config=config,
+                                       early_weight=config is None or len(config) == 6,
                                        next_norm=(on(res), on(nw), rout))
     got = decode_linear_fwd(weighted, on(w2), None, early_weight=True, row_norm=(sums, 1e-5))
     summed = reference(x, w, b).to(dtype).double() + res.double()
