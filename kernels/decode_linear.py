@@ -336,7 +336,8 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     With ``early_weight``, weights up to _ONE_TILE_MAX elements take one tile per program
     covering all of K, read before the PDL wait: one row at 1.3-3.0 us where the K loop took
     2.5-3.6 (mamba-130m's and mamba2-130m's projections; mamba-2.8b's x_proj 1.9 vs 6.0), 16 rows
-    at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps).
+    at 3.5-3.8 us vs cuBLAS 4.8-5.1 (K <= 2048: 32K weight elements per program on 4 warps;
+    multiplied in K groups since, K_GROUPS).
     Larger weights loop over K: one row in thin feature slices (4, 128, 8); several rows on
     tensor cores, K split in 4 for the narrower ones (out_proj 13.3 vs cuBLAS 15.0; in_proj level
     with cuBLAS; the widest out_proj unsplit and pipelined 5 deep instead, DEEP_OUT_PROJ), in
@@ -362,8 +363,8 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     if one_tile and kp <= 2048 and (MAX_ROWS + block_n) * kp * itemsize <= _ONE_TILE_SMEM:
         if K_GROUPS and k_groups and kp == 1024:
             return block_n, kp, 4, 1, 1, 4
-        if K_GROUPS and k_groups and kp == 2048:
-            return 16, kp, 8, 1, 1, 8
+        if K_GROUPS and k_groups and kp == 2048:  # (x_proj: 4 groups over 8 warps)
+            return 16, kp, 8, 1, 1, 4 if features <= 512 else 8
         return block_n, kp, 4, 1
     if _vocab_wide(features):
         return 128, 128, 8, 1
@@ -379,14 +380,20 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
 
 
-# Tensor-core tiles at several rows read in one tile (or in one-tile K slices) multiply their K
-# in groups, one batched product (the decode_linear kernel's K_GROUPS): the chain of dependent
-# tensor-core steps per warp is that many times shorter. H100, 2026-11-24,
-# bench_decode_linear.py --k-groups-sweep at 16 rows, us per call, grouped vs not: mamba-130m
-# in_proj 3.4 vs 4.0, x_proj 3.1 vs 3.5, out_proj 3.2 vs 3.6; mamba2-130m in_proj 3.4 vs 4.2;
-# mamba-370m in_proj 5.4 vs 5.3, x_proj 3.1 vs 3.6, out_proj 3.4 vs 3.8; mamba-790m's x_proj
-# (K 3072, before in K slices of 128 split 4) 3.4 vs 5.1. A switch for benchmarks
-# (scripts/bench_e2e.py --no-k-groups).
+# Tensor-core tiles at several rows read in one tile (or in one-tile K slices) multiply their K in
+# groups, one batched product (the decode_linear kernel's K_GROUPS): the chain of dependent tensor-
+# core steps per warp is that many times shorter. H100, 2026-11-24, bench_decode_linear.py
+# --k-groups-sweep at 16 rows, us per call, grouped vs not: mamba-130m in_proj 3.4 vs 4.0, x_proj
+# 3.1 vs 3.5, out_proj 3.2 vs 3.6; mamba2-130m in_proj 3.4 vs 4.2; mamba-370m in_proj 5.4 vs 5.3,
+# x_proj 3.1 vs 3.6, out_proj 3.4 vs 3.8; mamba-790m's x_proj (K 3072, before in K slices of 128
+# split 4) 3.4 vs 5.1. A switch for benchmarks (scripts/bench_e2e.py --no-k-groups). In the decode
+# b16 step (ms/token, same calls; with the conv fold at several rows and the 4-warp state update of
+# the same commit): mamba-130m 0.471-0.474 vs 0.509 before, mamba-370m 1.031 vs 1.203, mamba-790m
+# 1.708 vs 1.821, mamba2-130m 0.562 vs 0.595 (K groups alone: mamba-130m 0.480 vs 0.513, mamba-370m
+# 1.060 vs 1.181); x_proj of K 2048 in 4 groups on 8 warps rather than 8: mamba-130m 0.457-0.459 vs
+# 0.470-0.472. Not taken (slower in the step): the wide models' x_proj in one-tile slices of 1024 in
+# 8 groups (mamba-2.8b 3.49 vs 3.31), mamba-1.4b's out_proj pipelined 5 deep in 4 groups (2.075 vs
+# 2.000); K loops in groups gained nothing alone (bench_decode_linear.py).
 K_GROUPS = True
 # The wide models' x_proj at several rows: K cut into slices of SPLIT_BLOCK_K, each one tile
 # read before the PDL wait (with early_weight), instead of ~320 of K per program in a loop after
