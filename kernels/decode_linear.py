@@ -329,9 +329,9 @@ def _decode_linear_kernel(
 
 def default_config(rows: int, features: int, k: int, early_weight: bool = True,
                    itemsize: int = 2, k_groups: bool = True) -> tuple[int, ...]:
-    """(BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), from the H100 sweeps of 2026-11-23
-    and 2026-11-24 (scripts/bench_decode_linear.py --sweep / --stages-sweep, configs run with
-    early_weight as the model does).
+    """(BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages[, k_groups]]), from the H100 sweeps of
+    2026-11-23 and 2026-11-24 (scripts/bench_decode_linear.py --sweep / --stages-sweep /
+    --k-groups-sweep, configs run with early_weight as the model does).
 
     With ``early_weight``, weights up to _ONE_TILE_MAX elements take one tile per program
     covering all of K, read before the PDL wait: one row at 1.3-3.0 us where the K loop took
@@ -575,8 +575,9 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
     written into ``out`` when given (any strides).
 
-    ``config``: (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages]), default ``default_config``
-    (num_stages: the K loop's software pipelining depth, Triton's default when not given).
+    ``config``: (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages[, k_groups]]), default
+    ``default_config`` (num_stages: the K loop's software pipelining depth, Triton's default when
+    not given; k_groups: the kernel's K_GROUPS, tensor-core tiles only, 1 when not given).
 
     ``early_weight``: with PDL and a config whose BLOCK_K covers each program's K slice, read
     the weight before waiting for the kernel launched just before this one; only for callers

@@ -14,7 +14,7 @@ from bench_decode_linear import graph_ms_per_call  # scripts/ is on sys.path whe
 from bench_kernels import copy_bandwidth
 
 
-def start(config_names: str, presets: str = "", batches: str = "1,8,16"):
+def start(config_names: str, presets: str, batches: str):
     """``--out``, ``--presets`` and ``--batches`` (comma lists, defaults given), the CUDA check and
     the copy bandwidth; prints the table's head. Returns (out path or None, bytes/s, preset
     names, batch sizes), or None without CUDA."""

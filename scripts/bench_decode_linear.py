@@ -1,6 +1,7 @@
 """Decode-step projections: cuBLAS (F.linear) vs kernels/decode_linear.py (needs CUDA).
 
-    python3 scripts/bench_decode_linear.py [--out results.json] [--sweep | --stages-sweep | --k-groups-sweep]
+    python3 scripts/bench_decode_linear.py [--out results.json]
+                                           [--sweep | --stages-sweep | --k-groups-sweep]
                                            [--shapes TEXT] [--rows 1,16]
 
 Each shape is a projection of a preset (in_proj, x_proj, dt_proj, out_proj, lm_head) at 1 or 16

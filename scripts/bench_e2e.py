@@ -84,7 +84,7 @@ DISPATCH_SWITCHES = [
     ("--no-fold-conv", "FOLD_CONV", "the conv and Mamba-2's gated norm as kernels of their own (default: the "
      "conv in in_proj's epilogue and the norm in out_proj where those take the Triton kernel)"),
     ("--no-fold-conv-rows", "FOLD_CONV_ROWS", "Mamba-1's conv as its own kernel at several rows (default: "
-     "folded into in_proj where that reads its weight in one tile)"),
+     "folded into in_proj where that reads its weight in one tile of at most CONV_ROWS_MAX_WEIGHT elements)"),
     ("--no-fold-next-norm", "FOLD_NEXT_NORM", "the add + RMSNorm between blocks as its own kernel where it "
      "does not fold into in_proj (default: begun in out_proj's epilogue, finished in the next in_proj)"),
 ]

@@ -3,13 +3,14 @@ CUDA), in both of the step's forms: "conv" (the conv folded into the state updat
 cuBLAS) and "folded" (x, B, C already through the conv in in_proj's epilogue; the kernel gates y
 and writes the gated norm's sums: the default where in_proj takes the Triton kernel).
 
-    python3 scripts/bench_ssd_update.py [--out results.json] [--presets mamba2-130m,...] [--batches 1,16]
+    python3 scripts/bench_ssd_update.py [--out results.json] [--presets mamba2-130m,...]
+                                        [--batches 1,16]
 
-mamba2-130m and mamba2-2.7b (or --presets) layer shapes at batch 1 and 16, fp16 activations, float32 states;
-one CUDA graph of calls over distinct per-layer states (>= 256 MB in all, so states come from
-HBM as in a real step), replayed; us per call = median replay / calls. Each (head channels per
-program, warps) configuration is first checked against the float64 reference step. Floor: the
-state read and written once at the copy bandwidth measured here.
+mamba2-130m and mamba2-2.7b (or --presets) layer shapes at batch 1 and 16, fp16 activations,
+float32 states; one CUDA graph of calls over distinct per-layer states (>= 256 MB in all, so
+states come from HBM as in a real step), replayed; us per call = median replay / calls. Each
+(head channels per program, warps) configuration is first checked against the float64
+reference step. Floor: the state read and written once at the copy bandwidth measured here.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ step runs it (needs CUDA).
 
 Layer shapes of mamba-370m, mamba-1.4b and mamba-2.8b (or --presets) at batch 1, 8 and 16, fp16
 activations, float32 states; one CUDA graph of calls over distinct per-layer states (>= 256 MB
-in all, so states come from HBM as in a real step), replayed; us per call = median replay / calls. Each (channels per program,
-warps) configuration is first checked against the float64 reference. Floor: the state read and
-written once at the copy bandwidth measured here (the dt_proj weight, read once, adds D*R*2 bytes).
+in all, so states come from HBM as in a real step), replayed; us per call = median replay /
+calls. Each (channels per program, warps) configuration is first checked against the float64
+reference. Floor: the state read and written once at the copy bandwidth measured here (the
+dt_proj weight, read once, adds D*R*2 bytes).
 """
 
 from __future__ import annotations
