@@ -123,12 +123,18 @@ def _next_norm_epilogue(out, offs_m, offs_n, mask_m, mask_n, out_dtype: tl.const
 
 
 @device_fn
+def _group_cols(k0, BLOCK_K: tl.constexpr, K_GROUPS: tl.constexpr):
+    """The tile's columns ``k0 + [0, BLOCK_K)`` as ``[K_GROUPS, BLOCK_K / K_GROUPS]``: group g is
+    the g-th contiguous stretch of them."""
+    return k0 + tl.arange(0, K_GROUPS)[:, None] * (BLOCK_K // K_GROUPS) + tl.arange(0, BLOCK_K // K_GROUPS)[None, :]
+
+
+@device_fn
 def _w_groups(w_ptr, offs_n, mask_n, k0, k_stop, sw_n, sw_k, BLOCK_K: tl.constexpr,
               K_GROUPS: tl.constexpr):
     """The weight tile of columns ``k0 + [0, BLOCK_K)`` as ``[K_GROUPS, BLOCK_N,
-    BLOCK_K / K_GROUPS]`` (group g: the g-th contiguous stretch of the tile's K)."""
-    ks = k0 + tl.arange(0, K_GROUPS)[:, None] * (BLOCK_K // K_GROUPS) + \
-        tl.arange(0, BLOCK_K // K_GROUPS)[None, :]
+    BLOCK_K / K_GROUPS]`` (_group_cols)."""
+    ks = _group_cols(k0, BLOCK_K, K_GROUPS)
     return tl.load(w_ptr + offs_n[None, :, None] * sw_n + ks[:, None, :] * sw_k,
                    mask=mask_n[None, :, None] & (ks < k_stop)[:, None, :], other=0.0)
 
@@ -138,8 +144,7 @@ def _dot_k_groups(x_ptr, w, acc, offs_m, mask_m, k0, k_stop, sx_m, sx_k, BLOCK_K
                   K_GROUPS: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr):
     """``acc [K_GROUPS, BLOCK_M, BLOCK_N] += `` group g's ``x[:, ks_g] @ w[g].T`` over the tile of
     columns ``k0 + [0, BLOCK_K)`` (``w`` from _w_groups): one batched tensor-core product."""
-    ks = k0 + tl.arange(0, K_GROUPS)[:, None] * (BLOCK_K // K_GROUPS) + \
-        tl.arange(0, BLOCK_K // K_GROUPS)[None, :]
+    ks = _group_cols(k0, BLOCK_K, K_GROUPS)
     x = tl.load(x_ptr + offs_m[None, :, None] * sx_m + ks[:, None, :] * sx_k,
                 mask=mask_m[None, :, None] & (ks < k_stop)[:, None, :], other=0.0)
     if WIDEN:

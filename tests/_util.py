@@ -19,6 +19,14 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out64 - ref64).norm().item() / (denom if denom > 0 else 1.0)
 
 
+def record_returns(monkeypatch, owner, name: str) -> list:
+    """Wrap ``owner.name`` (for the test's duration) so that every call's return value is
+    appended to the returned list; the calls themselves are unchanged."""
+    returns, real = [], getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: returns.append(real(*a, **k)) or returns[-1])
+    return returns
+
+
 def scan_inputs(batch, dim, length, dstate, groups=0, dtype=torch.float64, device="cpu",
                 with_options=True, seed=None):
     """Fresh random inputs for the selective scan at mamba-like magnitudes.

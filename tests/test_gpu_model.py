@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from _util import rel_err
+from _util import record_returns, rel_err
 
 import mamba_export as me
 
@@ -49,9 +49,7 @@ def test_decode_at_16_rows_of_real_widths_matches_float64(d_model, dtype, bound,
     three steps against the float64 reference."""
     from mamba_export.kernels import decode_linear as dl
 
-    configs = []
-    real = dl.default_config
-    monkeypatch.setattr(dl, "default_config", lambda *a, **k: configs.append(real(*a, **k)) or configs[-1])
+    configs = record_returns(monkeypatch, dl, "default_config")
     ref, gpu = _pair(dtype, me.MambaConfig(**{**CFG, "d_model": d_model, "n_layer": 2}))
     ids = torch.randint(0, CFG["vocab_size"], (16, 8))
     with torch.no_grad():

@@ -5,7 +5,7 @@ errors are ||out - ref|| / ||ref|| on the same rounded inputs: fp32 <= 1e-5, fp1
 
 import pytest
 import torch
-from _util import rel_err
+from _util import record_returns, rel_err
 
 from mamba_export.kernels import _common
 import mamba_export as me
@@ -357,9 +357,7 @@ def test_kernel_decode_step_with_k_groups_equals_op_step(monkeypatch):
     if DEVICE == "cpu":
         monkeypatch.setattr(dl, "_ONE_TILE_SMEM", 1 << 20)
         monkeypatch.setattr(su, "launch_config", lambda *a, **k: (64, 1, 1))  # (fewer interpreted programs)
-    configs = []
-    real = dl.default_config
-    monkeypatch.setattr(dl, "default_config", lambda *a, **k: configs.append(real(*a, **k)) or configs[-1])
+    configs = record_returns(monkeypatch, dl, "default_config")
     cfg = me.MambaConfig(d_model=512, n_layer=2, vocab_size=61)
     torch.manual_seed(8)
     lm = me.MambaLM(cfg).to(DEVICE).eval()
@@ -379,9 +377,7 @@ def test_default_config_groups_k_only_for_one_norm_group(groups, monkeypatch):
     several groups (Mamba-2's gated norm with ngroups > 1), which K groups do not take."""
     from mamba_export.kernels import decode_linear as dl
 
-    configs = []
-    real = dl.default_config
-    monkeypatch.setattr(dl, "default_config", lambda *a, **k: configs.append(real(*a, **k)) or configs[-1])
+    configs = record_returns(monkeypatch, dl, "default_config")
     k = 1024
     v, w, b = operands(MAX_ROWS, 45, k, torch.float16, seed=groups)
     vd = v.double().view(MAX_ROWS, groups, -1)
