@@ -859,12 +859,44 @@ def _bc_args(B, C, gB, sB, gC, sC, dim, block_d):
     return ch_per_group, bc_row, sB, sC
 
 
-def _gluon_runs(u, block_d: int, block_t: int, block_n: int, bc_row: bool, dpt: int) -> bool:
-    """Whether this call may take the Gluon kernel: an eager call on a GPU it serves, with a
-    tile it covers (kernels/scan_gluon.py)."""
+def _gluon_serves(u, block_d: int, block_t: int, block_n: int, bc_row: bool, dpt: int) -> bool:
+    """Whether the Gluon kernel covers this call's GPU and tile (kernels/scan_gluon.py)."""
     return (u.device.type == "cuda" and not use_interpreter(u.device)
             and scan_gluon.available(u.device.index or 0)
-            and scan_gluon.supports(block_d, block_t, block_n, bc_row, dpt) and not _tracing((u,)))
+            and scan_gluon.supports(block_d, block_t, block_n, bc_row, dpt))
+
+
+def _gluon_runs(u, block_d: int, block_t: int, block_n: int, bc_row: bool, dpt: int) -> bool:
+    """Whether this call may launch the Gluon kernel itself: an eager call it serves."""
+    return _gluon_serves(u, block_d, block_t, block_n, bc_row, dpt) and not _tracing((u,))
+
+
+def gluon_for_inductor(u, delta, A, B, C, initial_state=None) -> bool:
+    """Whether a call traced for Inductor (``torch.compile``) should run the Gluon kernel
+    through the opaque op ``mamba_export::_selective_scan_gluon``: scan_config picks it and it
+    serves the call, as it would for the same call made eagerly. Inductor takes Triton kernels
+    only through ``wrap_triton``, which takes Triton JIT functions, not Gluon ones, so the
+    traced call would otherwise take the Triton kernels' choice (H100, 2026-11-24, prefill 1 x
+    2048 compiled and in a CUDA graph: mamba-130m 9.84 ms on the chunk kernel -> 3.90 with this,
+    mamba-2.8b 33.81 on the seq kernel -> 29.74-29.86; eager kernels in a graph 3.5 / 28.4). Not under
+    ``torch.export`` (the public op stays one node there) nor AOTInductor / the C++ wrapper,
+    whose code could not call a Python op without Python."""
+    if u.device.type != "cuda" or not _tracing((u,)) or torch.compiler.is_exporting():
+        return False
+    from torch._inductor import config as inductor_config
+    from torch._inductor.virtualized import V
+
+    if V.aot_compilation or inductor_config.cpp_wrapper:
+        return False
+    batch, dim, length, dstate, gB, sB, gC, sC = _validate(u, delta, A, B, C, None, None, None,
+                                                           initial_state)
+    cfg = scan_config(batch, dim, length, u.dtype, u.device,
+                      channel_contiguous=u.stride(1) == 1 and dim > 1)
+    if cfg.get("KIND") != "gluon":
+        return False
+    bc_row = _bc_args(B, C, gB, sB, gC, sC, dim, cfg["BLOCK_D"])[1]
+    return _gluon_serves(u, cfg["BLOCK_D"], cfg["BLOCK_T"], next_pow2(dstate), bc_row,
+                         cfg.get("DPT", 1))
 
 
 def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,

@@ -8,7 +8,9 @@ traced graph). ``torch.export`` keeps the public ops as single nodes.
 
 With ``TRITON_INTERPRET=1`` in the environment, eager calls on CPU tensors run the Triton kernels
 in Triton's interpreter: that is how CI exercises the kernels without a GPU. Traced calls (fake
-tensors, ``torch.compile``) always take the reference branch on CPU.
+tensors, ``torch.compile``) always take the reference branch on CPU. One exception on CUDA: the
+scan's Gluon kernel cannot be scheduled by Inductor, so compiled code reaches it through the
+opaque op ``_selective_scan_gluon`` (see ``kernels.selective_scan.gluon_for_inductor``).
 
 The mamba_ssm-compatible wrappers (same argument names, order and layouts) are at the bottom.
 """
@@ -227,6 +229,25 @@ def _(x, conv_state, weight, bias, silu):
         conv_state.shape, dtype=x.dtype)
 
 
+# --------------------------------------------------------------------------- kernels, opaque
+@custom_op("mamba_export::_selective_scan_gluon", mutates_args=())
+def _selective_scan_gluon(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None, delta_softplus: bool, initial_state: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The scan's CUDA kernels called eagerly from compiled code, where they pick the Gluon
+    kernel that Inductor cannot schedule itself (kernels.selective_scan.gluon_for_inductor)."""
+    from .kernels.selective_scan import selective_scan_fwd
+
+    return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+
+
+@register_fake("mamba_export::_selective_scan_gluon")
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    return torch.empty_like(u, memory_format=torch.contiguous_format), u.new_empty(
+        u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
+
+
 # --------------------------------------------------------------------------- public ops
 @triton_op("mamba_export::selective_scan", mutates_args=())
 def selective_scan(
@@ -237,8 +258,11 @@ def selective_scan(
     """Selective scan; returns ``(out [B, D, L], last_state [B, D, N] float32)``."""
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if _runs_triton(u):
-        from .kernels.selective_scan import selective_scan_fwd
+        from .kernels.selective_scan import gluon_for_inductor, selective_scan_fwd
 
+        if gluon_for_inductor(u, delta, A, B, C, initial_state):
+            return torch.ops.mamba_export._selective_scan_gluon(
+                u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
         return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     return torch.ops.mamba_export._selective_scan_reference(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)

@@ -1,10 +1,11 @@
 """End-to-end GPU benchmarks at the published shapes (random weights, mamba_ssm init).
 
 - decode: ms/token at batch 1 and 16, fp16, prompt 128, greedy, CUDA graphs (the replayed step
-  plus the argmax, timed with CUDA events over many tokens), eager-captured and compiled
-  ("reduce-overhead") variants, against the weight-reading floor (parameter bytes over the
-  device-to-device copy bandwidth measured here);
-- prefill: batch 1, whole model, CUDA events, median of repeats;
+  plus the argmax, timed with CUDA events over many tokens), the eager kernels' step and
+  Inductor's (``compile_model``) captured the same way, against the weight-reading floor
+  (parameter bytes over the device-to-device copy bandwidth measured here);
+- prefill: batch 1, whole model, CUDA events, median of repeats; eager and compiled, each also
+  captured in a CUDA graph as ``generate(cuda_graph=True, prefill_chunk_size=...)`` does;
 - long prefill: time per token at 16K and 1M tokens for the mamba-130m shape.
 
 Usage: python3 scripts/bench_e2e.py [--quick] [--out results.json]
@@ -277,7 +278,9 @@ def main() -> int:
             row["compiled_b1_ms"] = decode_ms(model, 1, 128, tokens, runner=compiled)
             log(f"{name} compiled + CUDA graph decode b1: {row['compiled_b1_ms']:.3f} ms/token")
             row["compiled_prefill_2048_ms"] = prefill_ms(compiled, 1, 2048)
-            log(f"{name} compiled prefill 1x2048: {row['compiled_prefill_2048_ms']:.2f} ms")
+            row["compiled_prefill_2048_graph_ms"] = prefill_ms(compiled, 1, 2048, graph=True)
+            log(f"{name} compiled prefill 1x2048: {row['compiled_prefill_2048_ms']:.2f} ms, "
+                f"{row['compiled_prefill_2048_graph_ms']:.2f} ms in a CUDA graph")
         if args.profile:
             if not args.skip_prefill:
                 profile(model, "prefill")
@@ -305,12 +308,13 @@ def main() -> int:
     print(f"\n{dev} | torch {torch.__version__} | copy {bw / 1e12:.2f} TB/s | {results['date']} | "
           f"PDL {'on' if kernel_common.PDL else 'off'}")
     print(f"{'model':<12} " + "".join(f"{f'b{b} ms/tok':>12}" for b in batches) +
-          f"{'compiled b1':>12} {'floor ms':>9} {'compiled prefill 2048':>22}")
+          f"{'compiled b1':>12} {'floor ms':>9} {'compiled prefill 2048 (graph)':>30}")
     for r in results["decode"]:
         comp = f"{r['compiled_b1_ms']:.3f}" if "compiled_b1_ms" in r else "-"
-        cpre = f"{r['compiled_prefill_2048_ms']:.2f}" if "compiled_prefill_2048_ms" in r else "-"
+        cpre = (f"{r['compiled_prefill_2048_ms']:.2f} ({r['compiled_prefill_2048_graph_ms']:.2f})"
+                if "compiled_prefill_2048_ms" in r else "-")
         print(f"{r['model']:<12} " + "".join(f"{r[f'b{b}_ms']:>12.3f}" for b in batches) +
-              f"{comp:>12} {r['floor_ms']:>9.3f} {cpre:>22}")
+              f"{comp:>12} {r['floor_ms']:>9.3f} {cpre:>30}")
     for r in results["decode"]:
         for other in ("pdl", "no_pdl"):
             if f"b{batches[0]}_{other}_ms" in r:

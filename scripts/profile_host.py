@@ -1,6 +1,6 @@
-"""Host-side cost of an eager prefill (cProfile), to find what keeps the GPU waiting.
+"""Host-side cost of an eager (or compiled) prefill (cProfile), to find what keeps the GPU waiting.
 
-Usage (GPU machine): python3 scripts/profile_host.py [--preset mamba-2.8b] [--length 64]
+Usage (GPU machine): python3 scripts/profile_host.py [--preset mamba-2.8b] [--length 64] [--compiled]
 """
 
 import argparse
@@ -11,12 +11,16 @@ import time
 import torch
 
 import mamba_export as me
+from mamba_export.compiled import compile_model
 
 p = argparse.ArgumentParser()
 p.add_argument("--preset", default="mamba-2.8b")
 p.add_argument("--length", type=int, default=64)
+p.add_argument("--compiled", action="store_true", help="compile_model(model)'s prefill")
 args = p.parse_args()
 model = me.MambaLM(me.MambaConfig.preset(args.preset), device="cuda", dtype=torch.float16).eval()
+if args.compiled:
+    model = compile_model(model)
 ids = torch.randint(0, 1000, (1, args.length), device="cuda")
 state = model.new_state(1)
 with torch.no_grad():
@@ -33,4 +37,6 @@ with torch.no_grad():
     model.prefill(ids, state)
     torch.cuda.synchronize()
     prof.disable()
-pstats.Stats(prof).sort_stats("tottime").print_stats(22)
+stats = pstats.Stats(prof)
+stats.sort_stats("tottime").print_stats(22)
+stats.sort_stats("cumulative").print_stats(25)

@@ -4,10 +4,12 @@ programs reloaded from disk give eager's numbers, training under compile matches
 import pytest
 import torch
 import torch._dynamo.testing
-from _util import rel_err
+from _util import rel_err, scan_inputs
 from torch._dynamo.utils import counters
 
 import mamba_export as me
+from mamba_export import reference as ref
+from mamba_export.kernels import selective_scan as scan_kernels
 from mamba_export.compiled import compile_model
 from mamba_export.export.programs import aot_compile, export_program, load_aot, load_program, save_program
 
@@ -155,3 +157,24 @@ def test_mamba2_compiles_without_breaks_or_recompiles_and_trains():
         f(ids).logsumexp(-1).mean().backward()
     for (name, p), q in zip(model.named_parameters(), trained.parameters()):
         assert rel_err(q.grad, p.grad) < 1e-4, name
+
+
+def test_compiled_scan_takes_the_gluon_op_where_that_kernel_serves(monkeypatch):
+    """Where the Gluon scan serves a call (Hopper), compiled code calls it through the opaque op
+    mamba_export::_selective_scan_gluon (Inductor cannot schedule Gluon kernels itself). Here
+    the routing is forced on CPU, where the op runs the Triton kernels in the interpreter: the
+    compiled graph holds that op and gives the float64 reference's numbers."""
+    args = scan_inputs(2, 5, 9, 4, dtype=torch.float32, seed=3)
+    assert not scan_kernels.gluon_for_inductor(args["u"], args["delta"], args["A"], args["B"],
+                                               args["C"])  # (not on a CPU tensor)
+    monkeypatch.setattr(me.ops, "_runs_triton", lambda t: True)
+    monkeypatch.setattr(scan_kernels, "gluon_for_inductor", lambda *a: True)
+    torch._dynamo.reset()
+    backend = torch._dynamo.testing.AotEagerAndRecordGraphs()
+    scan = torch.compile(lambda kw: torch.ops.mamba_export.selective_scan(**kw), backend=backend,
+                         fullgraph=True)
+    out, last = scan(args)
+    assert "mamba_export._selective_scan_gluon" in "\n".join(g.code for g in backend.fw_graphs)
+    want_out, want_last = ref.selective_scan(**{k: v.double() if isinstance(v, torch.Tensor) else v
+                                               for k, v in args.items()})
+    assert rel_err(out, want_out) < 1e-5 and rel_err(last, want_last) < 1e-5

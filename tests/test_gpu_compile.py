@@ -1,5 +1,5 @@
-"""torch.compile on CUDA: the compiled code launches the project's Triton kernels (read from
-Inductor's generated code) and matches eager."""
+"""torch.compile on CUDA: the compiled code launches the project's kernels (read from Inductor's
+generated code) and matches eager."""
 
 import pytest
 import torch
@@ -8,6 +8,7 @@ from torch._inductor.utils import run_and_get_code
 
 import mamba_export as me
 from mamba_export.compiled import compile_model
+from mamba_export.kernels import scan_gluon
 
 pytestmark = pytest.mark.gpu
 
@@ -26,7 +27,10 @@ def test_compiled_prefill_and_step_call_project_kernels(model):
     with torch.no_grad():
         (logits, new_state), codes = run_and_get_code(compiled.prefill, ids, state)
         code = "\n".join(codes)
-        assert "_scan_fwd" in code and "_conv_fwd_kernel" in code
+        # (on Hopper the scan is the Gluon kernel, called through an opaque op: Inductor cannot
+        # schedule Gluon kernels; elsewhere Inductor's code launches the Triton scan itself)
+        scan = "_selective_scan_gluon" if scan_gluon.available(0) else "_scan_fwd"
+        assert scan in code and "_conv_fwd_kernel" in code
         want, want_state = model.prefill(ids, state)
         assert rel_err(logits, want) < 1e-5 and rel_err(new_state.ssm, want_state.ssm) < 1e-5
         tokens = ids[:, -1].contiguous()
