@@ -878,9 +878,9 @@ def gluon_for_inductor(u, delta, A, B, C, initial_state=None) -> bool:
     only through ``wrap_triton``, which takes Triton JIT functions, not Gluon ones, so the
     traced call would otherwise take the Triton kernels' choice (H100, 2026-11-24, prefill 1 x
     2048 compiled and in a CUDA graph: mamba-130m 9.84 ms on the chunk kernel -> 3.90 with this,
-    mamba-2.8b 33.81 on the seq kernel -> 29.74-29.86; eager kernels in a graph 3.5 / 28.4). Not under
-    ``torch.export`` (the public op stays one node there) nor AOTInductor / the C++ wrapper,
-    whose code could not call a Python op without Python."""
+    mamba-2.8b 33.81 on the seq kernel -> 29.74-29.86; eager kernels in a graph 3.5 / 28.4).
+    Not under ``torch.export`` (the public op stays one node there) nor AOTInductor / the C++
+    wrapper, whose code could not call a Python op without Python."""
     if u.device.type != "cuda" or not _tracing((u,)) or torch.compiler.is_exporting():
         return False
     from torch._inductor import config as inductor_config

@@ -9,9 +9,9 @@ from torch._dynamo.utils import counters
 
 import mamba_export as me
 from mamba_export import reference as ref
-from mamba_export.kernels import selective_scan as scan_kernels
 from mamba_export.compiled import compile_model
 from mamba_export.export.programs import aot_compile, export_program, load_aot, load_program, save_program
+from mamba_export.kernels import selective_scan as scan_kernels
 
 CFG = dict(d_model=24, n_layer=2, vocab_size=61, d_state=4, d_conv=4)
 
