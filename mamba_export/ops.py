@@ -17,6 +17,7 @@ The mamba_ssm-compatible wrappers (same argument names, order and layouts) are a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -50,6 +51,23 @@ def _runs_triton(t: Tensor) -> bool:
         and t.dtype != torch.float64  # the interpreter path mirrors the GPU's dtypes
         and triton_available()
     )
+
+
+def _kernel_choice(t: Tensor):
+    """Context for a Triton branch's launcher call. The launchers pick kernels and block sizes
+    from the sizes (scan_config, launch_config, ...); traced by ``torch.export`` or
+    AOTInductor on symbolic sizes, each such comparison records a guard that narrows the
+    program's dynamic range (export of a CUDA model's prefill raised ConstraintViolationError:
+    guards "length <= 8191", "batch < 33/4"). Every choice computes the same values, so there
+    the comparisons read the example sizes and record no guard: the program launches the
+    kernels chosen for its example inputs, at every size. ``torch.compile`` keeps its guards (a
+    size across a threshold recompiles with the kernels chosen for it)."""
+    from torch._inductor.virtualized import V
+
+    sym = next((s for s in t.shape if isinstance(s, torch.SymInt)), None)
+    if sym is None or not (torch.compiler.is_exporting() or V.aot_compilation):
+        return contextlib.nullcontext()
+    return sym.node.shape_env.suppress_guards()
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -260,10 +278,12 @@ def selective_scan(
     if _runs_triton(u):
         from .kernels.selective_scan import gluon_for_inductor, selective_scan_fwd
 
-        if gluon_for_inductor(u, delta, A, B, C, initial_state):
-            return torch.ops.mamba_export._selective_scan_gluon(
-                u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-        return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        with _kernel_choice(u):
+            if gluon_for_inductor(u, delta, A, B, C, initial_state):
+                return torch.ops.mamba_export._selective_scan_gluon(
+                    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+            return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                      initial_state)
     return torch.ops.mamba_export._selective_scan_reference(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 
@@ -279,8 +299,9 @@ def selective_scan_bwd(
     if _runs_triton(u):
         from .kernels.selective_scan import selective_scan_bwd as kernel_bwd
 
-        grads = kernel_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                           dout, dlast_state)
+        with _kernel_choice(u):
+            grads = kernel_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                               dout, dlast_state)
         return [_empty_if_none(g, u).contiguous() for g in grads]
     return torch.ops.mamba_export._selective_scan_reference_bwd(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dout, dlast_state)
@@ -315,7 +336,8 @@ def selective_state_update_op(
     if _runs_triton(x):
         from .kernels.state_update import selective_state_update_fwd
 
-        return selective_state_update_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        with _kernel_choice(x):
+            return selective_state_update_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return torch.ops.mamba_export._selective_state_update_reference(
         state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
@@ -330,7 +352,8 @@ def causal_conv1d(
     if _runs_triton(x):
         from .kernels.causal_conv1d import causal_conv1d_fwd
 
-        return causal_conv1d_fwd(x, weight, bias, initial_state, silu)
+        with _kernel_choice(x):
+            return causal_conv1d_fwd(x, weight, bias, initial_state, silu)
     return torch.ops.mamba_export._causal_conv1d_reference(x, weight, bias, initial_state, silu)
 
 
@@ -359,7 +382,8 @@ def causal_conv1d_update_op(
     if _runs_triton(x):
         from .kernels.causal_conv1d import causal_conv1d_update_fwd
 
-        return causal_conv1d_update_fwd(x, conv_state, weight, bias, silu)
+        with _kernel_choice(x):
+            return causal_conv1d_update_fwd(x, conv_state, weight, bias, silu)
     return torch.ops.mamba_export._causal_conv1d_update_reference(x, conv_state, weight, bias, silu)
 
 
@@ -457,7 +481,8 @@ def ssd_scan(
     if _runs_triton(x) and x.dtype != torch.float64:
         from .kernels.ssd_scan import ssd_scan_fwd
 
-        return ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_state, dt_softplus, dt_limit)
+        with _kernel_choice(x):
+            return ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_state, dt_softplus, dt_limit)
     if x.device.type == "cuda":
         out, state = ref.ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state,
                                   dt_softplus, dt_limit)
@@ -514,7 +539,9 @@ def ssd_state_update(
     if _runs_triton(x):
         from .kernels.ssd_update import ssd_state_update_fwd
 
-        return ssd_state_update_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+        with _kernel_choice(x):
+            return ssd_state_update_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                        dt_limit)
     return torch.ops.mamba_export._ssd_state_update_reference(
         state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
 
