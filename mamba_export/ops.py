@@ -10,7 +10,10 @@ With ``TRITON_INTERPRET=1`` in the environment, eager calls on CPU tensors run t
 in Triton's interpreter: that is how CI exercises the kernels without a GPU. Traced calls (fake
 tensors, ``torch.compile``) always take the reference branch on CPU. One exception on CUDA: the
 scan's Gluon kernel cannot be scheduled by Inductor, so compiled code reaches it through the
-opaque op ``_selective_scan_gluon`` (see ``kernels.selective_scan.gluon_for_inductor``).
+opaque op ``_selective_scan_gluon`` (see ``kernels.selective_scan.gluon_for_inductor``). Under
+``torch.export`` and AOTInductor the Triton branches choose their kernels from the example
+sizes without recording guards, so exported programs keep batch and length dynamic
+(``_kernel_choice``).
 
 The mamba_ssm-compatible wrappers (same argument names, order and layouts) are at the bottom.
 """
@@ -62,10 +65,12 @@ def _kernel_choice(t: Tensor):
     the comparisons read the example sizes and record no guard: the program launches the
     kernels chosen for its example inputs, at every size. ``torch.compile`` keeps its guards (a
     size across a threshold recompiles with the kernels chosen for it)."""
+    sym = next((s for s in t.shape if isinstance(s, torch.SymInt)), None)
+    if sym is None:  # (eager calls: concrete sizes)
+        return contextlib.nullcontext()
     from torch._inductor.virtualized import V
 
-    sym = next((s for s in t.shape if isinstance(s, torch.SymInt)), None)
-    if sym is None or not (torch.compiler.is_exporting() or V.aot_compilation):
+    if not (torch.compiler.is_exporting() or V.aot_compilation):
         return contextlib.nullcontext()
     return sym.node.shape_env.suppress_guards()
 
