@@ -859,6 +859,15 @@ def _bc_args(B, C, gB, sB, gC, sC, dim, block_d):
     return ch_per_group, bc_row, sB, sC
 
 
+def _forward_config(u, allow_gluon: bool = True) -> dict:
+    """scan_config for a forward call on ``u [B, D, L]`` as laid out (channel-contiguous: the
+    model's [B, L, D] buffers seen as [B, D, L]): what eager calls, traced calls and the Gluon
+    routing of compiled code all decide from."""
+    batch, dim, length = u.shape
+    return scan_config(batch, dim, length, u.dtype, u.device, allow_gluon=allow_gluon,
+                       channel_contiguous=u.stride(1) == 1 and dim > 1)
+
+
 def _gluon_serves(u, block_d: int, block_t: int, block_n: int, bc_row: bool, dpt: int) -> bool:
     """Whether the Gluon kernel covers this call's GPU and tile (kernels/scan_gluon.py)."""
     return (u.device.type == "cuda" and not use_interpreter(u.device)
@@ -888,10 +897,8 @@ def gluon_for_inductor(u, delta, A, B, C, initial_state=None) -> bool:
 
     if V.aot_compilation or inductor_config.cpp_wrapper:
         return False
-    batch, dim, length, dstate, gB, sB, gC, sC = _validate(u, delta, A, B, C, None, None, None,
-                                                           initial_state)
-    cfg = scan_config(batch, dim, length, u.dtype, u.device,
-                      channel_contiguous=u.stride(1) == 1 and dim > 1)
+    _, dim, _, dstate, gB, sB, gC, sC = _validate(u, delta, A, B, C, None, None, None, initial_state)
+    cfg = _forward_config(u)
     if cfg.get("KIND") != "gluon":
         return False
     bc_row = _bc_args(B, C, gB, sB, gC, sC, dim, cfg["BLOCK_D"])[1]
@@ -911,8 +918,7 @@ def _run_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg,
                                            cfg.get("DPT", 1)):
         # the Triton kernels' choice instead (same semantics; the Gluon kernel is for eager CUDA
         # calls, see kernels/scan_gluon.py)
-        cfg = scan_config(batch, dim, length, u.dtype, device, allow_gluon=False,
-                          channel_contiguous=u.stride(1) == 1 and dim > 1)
+        cfg = _forward_config(u, allow_gluon=False)
         kind = cfg["KIND"] = "seq" if cfg.get("KIND") == "gluon" else cfg.get("KIND", "chunk")
         block_d, block_t = cfg["BLOCK_D"], cfg["BLOCK_T"]
         ch_per_group, bc_row, sB, sC = _bc_args(B, C, gB, sB, gC, sC, dim, block_d)
@@ -1004,10 +1010,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     check_float("u", u)
     if u.dim() != 3:
         raise ValueError(f"u must be [batch, dim, length], got shape {tuple(u.shape)}")
-    cfg = scan_config(u.shape[0], u.shape[1], u.shape[2], u.dtype, u.device,
-                      channel_contiguous=u.stride(1) == 1 and u.shape[1] > 1)
     out, last, _ = _run_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                            cfg)
+                            _forward_config(u))
     return out, last
 
 
