@@ -123,13 +123,13 @@ def _state_update_rows_kernel(
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, EARLY_STATE: tl.constexpr = False,
     PDL: tl.constexpr = False,
 ):
-    """Every batch row of BLOCK_D channels in one program (several-row decode). The fused
-    dt_proj is one [BLOCK_M, R] x [R, BLOCK_D] product on tensor cores, so its weight tile is
-    read once per step instead of once per row (the one-row kernel at 16 rows re-reads it 16
-    times from L2: 26 MB per mamba-2.8b layer against 5.2 MB of state). EARLY_STATE as in the
-    one-row kernel."""
+    """BLOCK_M batch rows of BLOCK_D channels in one program (several-row decode). The fused
+    dt_proj is one [BLOCK_M, R] x [R, BLOCK_D] product on tensor cores (small tiles padded), so
+    its weight tile is read once per row block instead of once per row (the one-row kernel at 16
+    rows re-reads it 16 times from L2: 26 MB per mamba-2.8b layer against 5.2 MB of state).
+    EARLY_STATE as in the one-row kernel."""
     pid_d = tl.program_id(0)
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < batch
     m64 = offs_m.to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -191,12 +191,21 @@ def _state_update_rows_kernel(
 
 
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
-# The several-row kernel (16 channels x every row on 2 warps) when the one-row kernel would
-# re-read at least this many dt_proj weight elements per step (batch x dim x rank). H100,
-# 2026-11-24 (docs/kernel_notes.md v16), us per layer, several-row vs the one-row default:
-# mamba-2.8b (5120 x 160) 7.36 vs 10.41 at batch 16, 5.57 vs 6.03 at 8; mamba-1.4b (4096 x 128)
-# 5.91 vs 5.78 at 16, 4.87 vs 4.12 at 8; mamba-370m (2048 x 64) 4.67 vs 3.86 at 16.
+# The several-row kernel (row blocks per program, dt_proj's weight tile read once per block) when
+# the one-row kernel would re-read at least this many dt_proj weight elements per step (batch x
+# dim x rank): 16 channels x 16 rows on 2 warps from _ROWS_MIN_REREAD, 8 x 8 on 2 warps from
+# batch 8 and _ROWS8_MIN_REREAD, 4 x 4 on one warp below batch 8 from _ROWS4_MIN_REREAD.
+# H100, decode ms/token (2026-11-24, docs/kernel_notes.md v22; same calls, two runs where two
+# figures): b16 mamba-130m 0.451-0.453 with 8 x 8 vs 0.458 (one row, 4 warps), mamba-370m 0.973
+# vs 0.987-0.988, mamba-790m 1.571-1.573 vs 1.674-1.676 (one row); mamba-1.4b b8 1.789 vs
+# 1.901-1.903; b4 with 4 x 4 mamba-1.4b 1.706 vs 1.795 (8 x 8: 1.727), mamba-2.8b 3.127 vs 3.326
+# (3.171); mamba-2.8b b32 with 16 x 16 4.180-4.187 vs 4.565-4.571. 16 x 16 and 8 x 8 were level
+# at b16 (2.8b 3.305 vs 3.312, 1.4b 2.010 vs 2.015), 16 x 16 ahead at mamba-2.8b b8 (3.277 vs
+# 3.296); 16 channels x 4 rows on 4 warps, the fastest alone at b16 (2.8b 6.14 vs 6.67 us per
+# layer), was slower in the step (3.543, 2.185).
 _ROWS_MIN_REREAD = 6_500_000
+_ROWS8_MIN_REREAD = 1_100_000  # (the smallest measured: mamba-130m b16, 1.18M)
+_ROWS4_MIN_REREAD = 2_000_000
 
 
 # The one-row kernel over more than 8 rows of at most this many channels in all: 32 channels on
@@ -209,9 +218,9 @@ _FOUR_WARPS_MAX_ROWS_X_DIM = 32768
 
 def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False,
                   rank: int = 0) -> tuple[int, int, int]:
-    """(channels per program, warps, rows per program). Every row per program where the fused
+    """(channels per program, warps, rows per program). Several rows per program where the fused
     dt_proj (``rank``: its inner size, 0 if not fused) would otherwise be re-read too often
-    (_ROWS_MIN_REREAD, at most 16 rows); else one row per program: 32 channels on 4 warps for
+    (_ROWS_MIN_REREAD and below); else one row per program: 32 channels on 4 warps for
     more than 8 rows of few channels (_FOUR_WARPS_MAX_ROWS_X_DIM), else one warp, the widest
     block (4 to 32 channels, at most 512 states) that still launches _MIN_PROGRAMS programs. H100
     sweep (scripts/bench_state_update.py, 2026-11-23, dt_proj fused): batch 1 fastest at 4
@@ -219,8 +228,13 @@ def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False,
     (10.21 vs 11.83 us; mamba-370m 3.79 vs 4.83). The interpreter: 4 channels, one row."""
     if interpret:
         return 4, 1, 1
-    if batch <= 16 and batch * dim * rank >= _ROWS_MIN_REREAD:
+    reread = batch * dim * rank
+    if batch > 1 and reread >= _ROWS_MIN_REREAD:
         return 16, 2, 16
+    if batch >= 8 and reread >= _ROWS8_MIN_REREAD:
+        return 8, 2, 8
+    if batch > 1 and reread >= _ROWS4_MIN_REREAD:
+        return 4, 1, 4
     if 8 < batch and batch * dim <= _FOUR_WARPS_MAX_ROWS_X_DIM and 32 * block_n <= 512:
         return 32, 4, 1
     block_d = 4
@@ -285,14 +299,12 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     block_n = next_pow2(dstate)
     block_d, num_warps, rows = launch_config(batch, dim, block_n, use_interpreter(device),
                                              dt_rank)
-    if rows > 1:  # every row in each program (tensor-core dt_proj): one program per channel block
-        if batch > 16:
-            raise ValueError(f"the several-row state update takes at most 16 rows, got {batch}")
-        block_d = max(16, block_d)  # tl.dot's smallest tile
+    if rows > 1:  # blocks of ``rows`` rows per program (tensor-core dt_proj)
         W_dtype = dt_proj_weight.dtype if dt_proj_weight is not None else dt.dtype
-        grid = (triton.cdiv(dim, block_d),)
+        block_m = next_pow2(rows)
+        grid = (triton.cdiv(dim, block_d), triton.cdiv(batch, block_m))
         kern, head = _state_update_rows_kernel, (batch, dim)
-        tiles = dict(BLOCK_M=16, BLOCK_D=block_d,
+        tiles = dict(BLOCK_M=block_m, BLOCK_D=block_d,
                      IEEE=(use_interpreter(device) or dt.dtype != W_dtype
                            or torch.float32 in (dt.dtype, W_dtype)))
     else:

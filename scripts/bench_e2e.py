@@ -197,7 +197,7 @@ def main() -> int:
                         "kernels/ssd_update.launch_config)")
     p.add_argument("--state-config", default=None, metavar="BLOCK_D,WARPS,ROWS",
                    help="Mamba-1 decode state update at several rows: channels per program, warps and "
-                        "rows per program, 1 or 16 (default: kernels/state_update.launch_config)")
+                        "rows per program (default: kernels/state_update.launch_config)")
     p.add_argument("--split-block-k", type=int, default=None,
                    help="decode: K per slice of the wide models' x_proj at several rows (default: "
                         "kernels/decode_linear.SPLIT_BLOCK_K)")

@@ -27,7 +27,7 @@ from _layer_sweep import rel_err, start, summary, sweep, write_json  # scripts/ 
 # (channels per program, warps, rows per program): one row (the one-row kernel), or every row
 # (the several-row kernel, only timed at batch > 1)
 CONFIGS = [(bd, w, 1) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4)]
-ROWS_CONFIGS = [(bd, w, 16) for bd in (16, 32, 64) for w in (2, 4, 8)]
+ROWS_CONFIGS = [(bd, w, m) for m in (4, 8, 16) for bd in (8, 16, 32) for w in (1, 2, 4)]
 
 
 def layer_inputs(cfg, batch, copies):

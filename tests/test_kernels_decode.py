@@ -11,7 +11,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("early_state", [False, True])
-@pytest.mark.parametrize("config", [None, (32, 4, 1), (16, 4, 16)])
+@pytest.mark.parametrize("config", [None, (32, 4, 1), (16, 4, 16), (8, 1, 4)])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])
 @pytest.mark.parametrize("batch,dim,rank,dstate,groups", [(1, 7, 3, 5, 0), (3, 24, 5, 16, 2),
                                                          (6, 9, 4, 16, 3), (16, 37, 20, 16, 0)])
@@ -47,18 +47,23 @@ def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate,
 
 
 def test_state_update_launch_rules():
-    """Every row per program where the one-row kernel would re-read the fused dt_proj weight
-    most (H100 sweep, docs/kernel_notes.md v16), one row per program otherwise (on 4 warps for
-    more than 8 rows of at most 2048 channels); the interpreter's small one-row config."""
+    """Row blocks per program where the one-row kernel would re-read the fused dt_proj weight
+    (H100 decode A/Bs, docs/kernel_notes.md v16, v22), one row per program otherwise (on 4 warps
+    for more than 8 rows of at most 2048 channels); the interpreter's small one-row config."""
     from mamba_export.kernels.state_update import launch_config
 
     assert launch_config(16, 5120, 16, rank=160) == (16, 2, 16)  # mamba-2.8b
     assert launch_config(8, 5120, 16, rank=160) == (16, 2, 16)
     assert launch_config(16, 4096, 16, rank=128) == (16, 2, 16)  # mamba-1.4b
-    assert launch_config(8, 4096, 16, rank=128)[2] == 1
-    assert launch_config(16, 2048, 16, rank=64) == (32, 4, 1)  # mamba-370m
-    assert launch_config(16, 1536, 16, rank=48) == (32, 4, 1)  # mamba-130m
-    assert launch_config(16, 3072, 16, rank=96) == (32, 1, 1)  # mamba-790m
+    assert launch_config(8, 4096, 16, rank=128) == (8, 2, 8)
+    assert launch_config(32, 5120, 16, rank=160) == (16, 2, 16)  # (row blocks of 16)
+    assert launch_config(4, 4096, 16, rank=128) == (4, 1, 4)
+    assert launch_config(2, 4096, 16, rank=128)[2] == 1
+    assert launch_config(16, 2048, 16, rank=64) == (8, 2, 8)  # mamba-370m
+    assert launch_config(16, 1536, 16, rank=48) == (8, 2, 8)  # mamba-130m
+    assert launch_config(8, 1536, 16, rank=48)[2] == 1
+    assert launch_config(16, 2048, 16) == (32, 4, 1)  # (dt given)
+    assert launch_config(16, 3072, 16, rank=96) == (8, 2, 8)  # mamba-790m
     assert launch_config(8, 2048, 16, rank=64) == (16, 1, 1)
     assert launch_config(16, 5120, 16)[2] == 1  # dt given: no weight to share
     assert launch_config(1, 5120, 16, rank=160) == (4, 1, 1)
