@@ -201,8 +201,21 @@ def main() -> int:
     p.add_argument("--split-block-k", type=int, default=None,
                    help="decode: K per slice of the wide models' x_proj at several rows (default: "
                         "kernels/decode_linear.SPLIT_BLOCK_K)")
+    p.add_argument("--linear-config", action="append", default=[], metavar="N,K=CONFIG",
+                   help="decode: the Triton projection of weight N x K at several rows takes CONFIG "
+                        "(BLOCK_N,BLOCK_K,WARPS,SPLIT[,STAGES[,K_GROUPS]], as decode_linear.default_config); "
+                        "repeatable")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
+    if args.linear_config:
+        forced = {}
+        for item in args.linear_config:
+            shape, config = item.split("=")
+            forced[tuple(int(v) for v in shape.split(","))] = tuple(int(v) for v in config.split(","))
+        default_linear = decode_linear.default_config
+        decode_linear.default_config = lambda rows, features, k, *a, **kw: (  # noqa: E731
+            forced[features, k] if rows > 1 and (features, k) in forced
+            else default_linear(rows, features, k, *a, **kw))
     if args.linear_rows is not None:
         decode_linear.MODEL_ROWS = args.linear_rows
     for switches, owner in ((DISPATCH_SWITCHES, me._dispatch), (DECODE_LINEAR_SWITCHES, decode_linear)):
@@ -245,6 +258,8 @@ def main() -> int:
         results["ssd_update_config"] = args.ssd_update_config
     if args.state_config:
         results["state_config"] = args.state_config
+    if args.linear_config:
+        results["linear_config"] = args.linear_config
     try:
         import triton
         results["triton"] = triton.__version__

@@ -24,10 +24,11 @@ from mamba_export.kernels import state_update as su
 
 from _layer_sweep import rel_err, start, summary, sweep, write_json  # scripts/ is on sys.path
 
-# (channels per program, warps, rows per program): one row (the one-row kernel), or every row
-# (the several-row kernel, only timed at batch > 1)
+# (channels per program, warps, rows per program): one row (the one-row kernel), or row blocks
+# (the several-row kernel, only timed at batch > 1; a sweep of 27 tiles, 2026-11-24, found these
+# the fastest alone at mamba-1.4b / 2.8b, docs/data/bench_state_update_2026-11-24_s15_row_blocks.json)
 CONFIGS = [(bd, w, 1) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4)]
-ROWS_CONFIGS = [(bd, w, m) for m in (4, 8, 16) for bd in (8, 16, 32) for w in (1, 2, 4)]
+ROWS_CONFIGS = [(16, 2, 16), (16, 4, 16), (8, 2, 8), (16, 4, 8), (4, 1, 4), (8, 2, 4), (16, 4, 4)]
 
 
 def layer_inputs(cfg, batch, copies):

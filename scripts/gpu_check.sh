@@ -65,8 +65,8 @@ if [ "$kernels" = 1 ]; then
   # Mamba-2 decode kernel (conv + SSD state update): block_p x warps per layer shape (~1 min)
   timeout 150 python3 scripts/bench_ssd_update.py --out "$OUT/bench_ssd_update.json" 2>&1 \
     | tee "$OUT/bench_ssd_update.log" | grep -v rejected | tail -6
-  # Mamba-1 decode state update (dt_proj fused): channels x warps per layer shape (~30 s)
-  timeout 90 python3 scripts/bench_state_update.py --out "$OUT/bench_state_update.json" 2>&1 \
+  # Mamba-1 decode state update (dt_proj fused): channels x warps x rows per layer shape (~1 min)
+  timeout 150 python3 scripts/bench_state_update.py --out "$OUT/bench_state_update.json" 2>&1 \
     | tee "$OUT/bench_state_update.log" | grep -v rejected | tail -6
 fi
 if [ "$e2e" = 1 ]; then
