@@ -171,7 +171,7 @@ def _decode_linear_kernel(
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
     BLOCK_K] accumulator; several: [BLOCK_M, BLOCK_N, BLOCK_K], which allows feature blocks
-    narrower than a tensor-core tile); DOT=True: tensor-core tiles of BLOCK_M rows. IEEE: full
+    narrower than a tensor-core tile, 8); DOT=True: tensor-core tiles of BLOCK_M rows. IEEE: full
     float32 products (float32 weights); WIDEN: float32 operands (the interpreter).
 
     SPLIT > 1 (few features, long K, e.g. Mamba-1's x_proj): the slices' float32 sums go to
@@ -368,13 +368,13 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     if one_tile and kp <= 2048 and (MAX_ROWS + block_n) * kp * itemsize <= _ONE_TILE_SMEM:
         if K_GROUPS and k_groups and kp == 1024:
             return block_n, kp, 4, 1, 1, 4
-        if K_GROUPS and k_groups and kp == 2048:  # (x_proj: 4 groups over 8 warps)
-            return 16, kp, 8, 1, 1, 4 if features <= 512 else 8
+        if K_GROUPS and k_groups and kp == 2048:  # (x_proj: 8 features in 8 groups on 8 warps)
+            return (8, kp, 8, 1, 1, 8) if features <= 512 else (16, kp, 8, 1, 1, 8)
         return block_n, kp, 4, 1
     if _vocab_wide(features):
         return 128, 128, 8, 1
     if K_GROUPS and k_groups and early_weight and features <= 512 and 2048 < k < 4096:  # mamba-790m's x_proj
-        return 16, 1024, 4, 4, 1, 8
+        return 8, 1024, 4, 4, 1, 8
     if features <= 512 and k >= 4096:  # x_proj of the wide models
         if early_weight and SPLIT_EARLY:  # K slices of one tile each, read before the PDL wait
             return 16, SPLIT_BLOCK_K, 4, triton.cdiv(k, SPLIT_BLOCK_K)
@@ -396,7 +396,12 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
 # the same commit): mamba-130m 0.471-0.474 vs 0.509 before, mamba-370m 1.031 vs 1.203, mamba-790m
 # 1.708 vs 1.821, mamba2-130m 0.562 vs 0.595 (K groups alone: mamba-130m 0.480 vs 0.513, mamba-370m
 # 1.060 vs 1.181); x_proj of K 2048 in 4 groups on 8 warps rather than 8: mamba-130m 0.457-0.459 vs
-# 0.470-0.472. Not taken (slower in the step): the wide models' x_proj in one-tile slices of 1024 in
+# 0.470-0.472; then (fifteenth session, two runs each) 8 features per program in 8 groups (an n8
+# tensor-core tile; twice the programs, 10 / 12 instead of 5 / 6): mamba-130m 0.442-0.443 vs
+# 0.448-0.451, mamba-370m 0.920-0.921 vs 0.969-0.970 (out_proj with 8 features lost: 0.467-0.470 vs
+# 0.448-0.451, 1.010-1.011 vs 0.969-0.970; in_proj with 8 or 16: level or worse); mamba-790m's
+# x_proj slices with 8 features 1.537 vs 1.557 (both runs), while mamba-1.4b's were level (1.992 vs
+# 1.991-1.995) and mamba-2.8b's slower (3.521-3.523 vs 3.298), so those keep 16. Not taken (slower in the step): the wide models' x_proj in one-tile slices of 1024 in
 # 8 groups (mamba-2.8b 3.49 vs 3.31), mamba-1.4b's out_proj pipelined 5 deep in 4 groups (2.075 vs
 # 2.000); K loops in groups gained nothing alone (bench_decode_linear.py).
 K_GROUPS = True
@@ -644,7 +649,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     block_n, block_k, warps, split = config[:4]
     stages = config[4] if len(config) >= 5 else None
     k_groups = config[5] if len(config) == 6 else 1
-    dot = rows > 1 and block_n >= 16  # tensor-core tiles need 16 features; narrower: elementwise
+    dot = rows > 1 and block_n >= 8  # tensor-core tiles (8 features: an n8 tile); narrower: elementwise
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)  # no empty slices
     blocks = triton.cdiv(features, block_n)

@@ -213,9 +213,13 @@ def main() -> int:
             shape, config = item.split("=")
             forced[tuple(int(v) for v in shape.split(","))] = tuple(int(v) for v in config.split(","))
         default_linear = decode_linear.default_config
-        decode_linear.default_config = lambda rows, features, k, *a, **kw: (  # noqa: E731
-            forced[features, k] if rows > 1 and (features, k) in forced
-            else default_linear(rows, features, k, *a, **kw))
+
+        def forced_config(rows, features, k, *a, **kw):
+            if rows == 1 or (features, k) not in forced:
+                return default_linear(rows, features, k, *a, **kw)
+            config = forced[features, k]  # (K groups dropped where the call allows none)
+            return config if kw.get("k_groups", True) else config[:5]
+        decode_linear.default_config = forced_config
     if args.linear_rows is not None:
         decode_linear.MODEL_ROWS = args.linear_rows
     for switches, owner in ((DISPATCH_SWITCHES, me._dispatch), (DECODE_LINEAR_SWITCHES, decode_linear)):

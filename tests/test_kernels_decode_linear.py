@@ -48,7 +48,7 @@ def test_matches_float64(dtype, rows, features, k, bias):
 # only 3 blocks of 128; one tile per slice), in 3 slices of one tile each on tensor cores (the
 # wide models' x_proj at several rows), one slice, wide blocks, a K loop pipelined 4 deep, one tile
 # for all of K
-# several rows: BLOCK_N < 16 takes the elementwise [M, N, K] path, >= 16 the tensor-core tiles
+# several rows: BLOCK_N < 8 takes the elementwise [M, N, K] path, >= 8 the tensor-core tiles
 @pytest.mark.parametrize("config", [(4, 64, 4, 3), (4, 128, 8, 5), (16, 128, 4, 3), (8, 64, 4, 1), (32, 256, 2, 1),
                                     (16, 64, 4, 1, 4),
                                     (16, 64, 4, 2), (16, 512, 4, 1), (4, 512, 8, 1), (128, 128, 8, 1)])
@@ -63,7 +63,8 @@ def test_every_block_config(config, rows, early_weight):
 
 # K groups (tensor-core tiles at several rows): one tile, read before the PDL wait or not (in the
 # K loop then), one-tile K slices (split), a K loop of several tiles; K 301 ends mid-group
-@pytest.mark.parametrize("config", [(16, 512, 4, 1, 1, 4), (16, 512, 8, 1, 1, 8), (32, 256, 4, 2, 1, 4),
+@pytest.mark.parametrize("config", [(16, 512, 4, 1, 1, 4), (16, 512, 8, 1, 1, 8), (8, 512, 8, 1, 1, 8),
+                                    (32, 256, 4, 2, 1, 4),
                                     (16, 64, 4, 1, 2, 4), (32, 128, 4, 2, 3, 2)])
 @pytest.mark.parametrize("rows", [2, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -246,7 +247,8 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     # one tile of all K, multiplied in K groups (not where the call allows none)
     assert default_config(16, 3072, 768) == (32, 1024, 4, 1, 1, 4)
     assert default_config(16, 3072, 768, k_groups=False) == (32, 1024, 4, 1)
-    assert default_config(16, 128, 3072) == (16, 1024, 4, 4, 1, 8)  # mamba-790m's x_proj: K slices
+    assert default_config(16, 128, 3072) == (8, 1024, 4, 4, 1, 8)  # mamba-790m's x_proj: K slices
+    assert default_config(16, 80, 1536) == (8, 2048, 8, 1, 1, 8)  # mamba-130m's x_proj: 8 features
     assert default_config(1, 10240, 2560) == (4, 128, 8, 1)  # large: a loop over K
     # mamba-2.8b's x_proj: K in slices of one tile read before the PDL wait; without early
     # reads, split 16 with a loop over each slice
@@ -428,7 +430,7 @@ def conv_reference(projected, first, conv_state, cw, cb):
 
 # one row and several, elementwise and tensor-core paths, one tile (early conv-state reads) and
 # a K loop; the 30 conv columns start mid-block and end mid-block
-@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (8, 64, 4, 1)),
+@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (4, 64, 4, 1)),
                                          (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 1)),
                                          (MAX_ROWS, (16, 256, 4, 1, 1, 4))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -460,7 +462,7 @@ def norm_sums(gated, groups, parts):
     return sq.sum(-1).contiguous()
 
 
-@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 32, 4, 1)), (5, (8, 64, 4, 1)),
+@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 32, 4, 1)), (5, (4, 64, 4, 1)),
                                          (MAX_ROWS, None), (MAX_ROWS, (16, 64, 4, 1)), (MAX_ROWS, (16, 256, 4, 1, 1, 4))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("groups,parts", [(1, 6), (3, 2)])
@@ -502,7 +504,7 @@ def test_conv_and_row_norm_reject_bad_shapes():
                           row_norm=(torch.zeros(2, 1, 3), 1e-5))
 
 
-@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (8, 64, 4, 1)),
+@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (4, 64, 4, 1)),
                                          (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 2)), (MAX_ROWS, (16, 256, 4, 1, 1, 4))])
 @pytest.mark.parametrize("dtype,residual_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32),
                                                   (torch.float16, torch.float16)])
