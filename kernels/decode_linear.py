@@ -171,7 +171,7 @@ def _decode_linear_kernel(
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
     BLOCK_K] accumulator; several: [BLOCK_M, BLOCK_N, BLOCK_K], which allows feature blocks
-    narrower than a tensor-core tile, 8); DOT=True: tensor-core tiles of BLOCK_M rows. IEEE: full
+    narrower than 8, the smallest tensor-core tile); DOT=True: tensor-core tiles of BLOCK_M rows. IEEE: full
     float32 products (float32 weights); WIDEN: float32 operands (the interpreter).
 
     SPLIT > 1 (few features, long K, e.g. Mamba-1's x_proj): the slices' float32 sums go to
@@ -401,9 +401,10 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
 # 0.448-0.451, mamba-370m 0.920-0.921 vs 0.969-0.970 (out_proj with 8 features lost: 0.467-0.470 vs
 # 0.448-0.451, 1.010-1.011 vs 0.969-0.970; in_proj with 8 or 16: level or worse); mamba-790m's
 # x_proj slices with 8 features 1.537 vs 1.557 (both runs), while mamba-1.4b's were level (1.992 vs
-# 1.991-1.995) and mamba-2.8b's slower (3.521-3.523 vs 3.298), so those keep 16. Not taken (slower in the step): the wide models' x_proj in one-tile slices of 1024 in
-# 8 groups (mamba-2.8b 3.49 vs 3.31), mamba-1.4b's out_proj pipelined 5 deep in 4 groups (2.075 vs
-# 2.000); K loops in groups gained nothing alone (bench_decode_linear.py).
+# 1.991-1.995) and mamba-2.8b's slower (3.521-3.523 vs 3.298), so those keep 16. Not taken (slower
+# in the step): the wide models' x_proj in one-tile slices of 1024 in 8 groups (mamba-2.8b 3.49 vs
+# 3.31), mamba-1.4b's out_proj pipelined 5 deep in 4 groups (2.075 vs 2.000); K loops in groups
+# gained nothing alone (bench_decode_linear.py).
 K_GROUPS = True
 # The wide models' x_proj at several rows: K cut into slices of SPLIT_BLOCK_K, each one tile
 # read before the PDL wait (with early_weight), instead of ~320 of K per program in a loop after
