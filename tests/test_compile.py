@@ -2,6 +2,8 @@
 programs reloaded from disk give eager's numbers, training under compile matches eager."""
 
 import json
+import subprocess
+import zipfile
 
 import pytest
 import torch
@@ -132,6 +134,33 @@ def test_aot_inductor_package_runs(model, tmp_path):
     logits, conv, ssm = runner(ids, *state)
     want, want_state = model.step(ids[:, 0], state)
     assert rel_err(logits, want) <= 1e-5 and rel_err(ssm, want_state.ssm) <= 1e-5
+    # a CPU package loads without the child-process probe of CUDA packages; the probe itself
+    # (a real child process) loads it too
+    from mamba_export.export import programs
+
+    assert not programs._is_cuda_package(package)
+    programs._probe_load(package)
+
+
+def test_cuda_aoti_package_whose_probe_dies_gives_an_error(tmp_path, monkeypatch):
+    """A CUDA package (it holds .cubin files) is first loaded in a child process: a child killed
+    by a signal (the H100 machine's torch 2.11.0+cu130 segfaulted loading any CUDA package) is an
+    error naming the package and what to use instead, not a crash of this process."""
+    from mamba_export.export import programs
+
+    package = tmp_path / "decode_aoti.pt2"
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("decode_aoti/data/aotinductor/model/kernel.cubin", b"")
+    calls = []
+
+    def child(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, -11, "", "Fatal Python error: Segmentation fault\n")
+
+    monkeypatch.setattr(programs.subprocess, "run", child)
+    with pytest.raises(RuntimeError, match=r"could not load the CUDA AOTInductor package .*signal 11.*ONNX"):
+        load_aot(package)
+    assert len(calls) == 1 and calls[0][-1] == str(package)
 
 
 def test_mamba2_compiles_without_breaks_or_recompiles_and_trains():

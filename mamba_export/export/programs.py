@@ -8,6 +8,9 @@ kernels on CUDA, compiled into the package; the registered reference op on CPU, 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -56,11 +59,50 @@ def aot_compile(program: ExportedProgram, path: str | os.PathLike) -> Path:
 
 
 def load_aot(path: str | os.PathLike):
-    """Load an AOTInductor package; returns a callable taking the graph's inputs."""
+    """Load an AOTInductor package; returns a callable taking the graph's inputs.
+
+    A CUDA package is first loaded once in a separate process: on the H100 machine's torch
+    2.11.0+cu130 (2026-11-24) loading any CUDA package, a plain torch module's too, killed the
+    process with a segmentation fault (scripts/aoti_cuda_probe.py). This turns that into an
+    error that says so instead of a crash."""
     from torch._inductor import aoti_load_package
 
     from .. import ops  # noqa: F401
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"no AOTInductor package at {path}")
+    if _is_cuda_package(path):
+        _probe_load(Path(path))
     return aoti_load_package(str(path))
+
+
+def _is_cuda_package(path: str | os.PathLike) -> bool:
+    """Whether the package holds compiled CUDA kernels (``.cubin`` files)."""
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith(".cubin") for name in archive.namelist())
+
+
+_PROBED: set = set()
+_PROBE = ("import sys, torch, mamba_export.ops; from torch._inductor import aoti_load_package; "
+          "aoti_load_package(sys.argv[1])")
+
+
+def _probe_load(path: Path) -> None:
+    """Load the package in a child process (once per file version); raise if the child dies."""
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key in _PROBED:
+        return
+    env = dict(os.environ)  # (the child imports this package as the parent does)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode != 0:
+        how = (f"killed by signal {-done.returncode}" if done.returncode < 0
+               else f"exit status {done.returncode}")
+        tail = done.stderr.strip().splitlines()[-1:] or [""]
+        raise RuntimeError(
+            f"this torch ({torch.__version__}) could not load the CUDA AOTInductor package {path}: a "
+            f"process loading it ended with {how} {tail[0]!r}. Use the torch (.pt2 programs) or ONNX "
+            f"runtime, or build the AOTInductor package from a CPU model.")
+    _PROBED.add(key)
