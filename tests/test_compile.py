@@ -158,7 +158,8 @@ def test_cuda_aoti_package_whose_probe_dies_gives_an_error(tmp_path, monkeypatch
         return subprocess.CompletedProcess(cmd, -11, "", "Fatal Python error: Segmentation fault\n")
 
     monkeypatch.setattr(programs.subprocess, "run", child)
-    with pytest.raises(RuntimeError, match=r"could not load the CUDA AOTInductor package .*signal 11.*ONNX"):
+    with pytest.raises(RuntimeError, match=r"could not load the CUDA AOTInductor package .*killed by signal 11 "
+                                           r"\(Fatal Python error: Segmentation fault\).*ONNX"):
         load_aot(package)
     assert len(calls) == 1 and calls[0][-1] == str(package)
 

@@ -95,14 +95,15 @@ def _probe_load(path: Path) -> None:
     env = dict(os.environ)  # (the child imports this package as the parent does)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _PROBE, str(path)], env=env,
+                          capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
-        how = (f"killed by signal {-done.returncode}" if done.returncode < 0
-               else f"exit status {done.returncode}")
-        tail = done.stderr.strip().splitlines()[-1:] or [""]
+        how = (f"was killed by signal {-done.returncode}" if done.returncode < 0
+               else f"exited with status {done.returncode}")
+        lines = done.stderr.strip().splitlines()
+        why = next((line for line in lines if "Fatal Python error" in line), lines[-1] if lines else "")
         raise RuntimeError(
             f"this torch ({torch.__version__}) could not load the CUDA AOTInductor package {path}: a "
-            f"process loading it ended with {how} {tail[0]!r}. Use the torch (.pt2 programs) or ONNX "
-            f"runtime, or build the AOTInductor package from a CPU model.")
+            f"process loading it {how}{f' ({why.strip()})' if why else ''}. Use the torch (.pt2 "
+            f"programs) or ONNX runtime, or build the AOTInductor package from a CPU model.")
     _PROBED.add(key)
