@@ -162,6 +162,10 @@ def test_cuda_aoti_package_whose_probe_dies_gives_an_error(tmp_path, monkeypatch
                                            r"\(Fatal Python error: Segmentation fault\).*ONNX"):
         load_aot(package)
     assert len(calls) == 1 and calls[0][-1] == str(package)
+    not_a_package = tmp_path / "prefill_aoti.pt2"
+    not_a_package.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="not an AOTInductor package"):
+        load_aot(not_a_package)
 
 
 def test_mamba2_compiles_without_breaks_or_recompiles_and_trains():

@@ -78,8 +78,12 @@ def load_aot(path: str | os.PathLike):
 
 def _is_cuda_package(path: str | os.PathLike) -> bool:
     """Whether the package holds compiled CUDA kernels (``.cubin`` files)."""
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith(".cubin") for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(".cubin") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not an AOTInductor package (not a zip archive); build one with "
+                         f"`mamba-export export --formats aoti`") from None
 
 
 _PROBED: set = set()
