@@ -171,8 +171,9 @@ def _decode_linear_kernel(
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
     BLOCK_K] accumulator; several: [BLOCK_M, BLOCK_N, BLOCK_K], which allows feature blocks
-    narrower than 8, the smallest tensor-core tile); DOT=True: tensor-core tiles of BLOCK_M rows. IEEE: full
-    float32 products (float32 weights); WIDEN: float32 operands (the interpreter).
+    narrower than 8, the smallest tensor-core tile); DOT=True: tensor-core tiles of BLOCK_M
+    rows. IEEE: full float32 products (float32 weights); WIDEN: float32 operands (the
+    interpreter).
 
     SPLIT > 1 (few features, long K, e.g. Mamba-1's x_proj): the slices' float32 sums go to
     the workspace ``ws [SPLIT, M, N]``; the last program of a feature block to finish (a
@@ -368,7 +369,7 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     if one_tile and kp <= 2048 and (MAX_ROWS + block_n) * kp * itemsize <= _ONE_TILE_SMEM:
         if K_GROUPS and k_groups and kp == 1024:
             return block_n, kp, 4, 1, 1, 4
-        if K_GROUPS and k_groups and kp == 2048:  # (x_proj: 8 features in 8 groups on 8 warps)
+        if K_GROUPS and k_groups and kp == 2048:  # (8 groups on 8 warps; x_proj: 8 features each)
             return (8, kp, 8, 1, 1, 8) if features <= 512 else (16, kp, 8, 1, 1, 8)
         return block_n, kp, 4, 1
     if _vocab_wide(features):
