@@ -544,3 +544,62 @@ def test_op_path_refuses_out_proj_folds():
         fold = dict(next_norm=(h, torch.ones(16), torch.empty(2, 16)))
         with pytest.raises(ValueError, match="eager CUDA kernel path"):
             mixer.step(h, conv, ssm, out_fold=fold)
+
+
+# The Gluon several-row kernel (kernels/decode_linear_gluon.py): CUDA only (Gluon has no
+# interpreter). Shapes of the small models' projections (mamba-130m / 370m x_proj, in_proj,
+# out_proj), K short of the padded groups (whole groups masked), features not a multiple of the
+# block, 2 / 5 / 16 rows; x a column slice of a wider tensor (in_proj's output, as x_proj reads it).
+@pytest.mark.gpu
+@pytest.mark.parametrize("features,k,config", [(80, 1536, (8, 256, 8)), (96, 2048, (8, 256, 8)),
+                                               (3072, 768, (32, 256, 4)), (768, 1536, (16, 256, 8)),
+                                               (45, 296, (16, 64, 8)), (200, 64, (64, 32, 2))])
+@pytest.mark.parametrize("rows", [2, 5, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_gluon_rows_matches_float64(features, k, config, rows, dtype):
+    from mamba_export.kernels import decode_linear_gluon as dg
+
+    x, w, b = (t.to(DEVICE) for t in operands(rows, features, k, dtype, seed=features))
+    x = torch.cat([x, torch.randn_like(x)], dim=1)[:, :k]
+    out = torch.full((rows, features), float("nan"), dtype=dtype, device=DEVICE)
+    assert dg.takes(x, w, out, config) is None
+    for bias in (b, None):
+        dg.rows_linear(x, w, bias, out, config, pdl=False)
+        assert rel_err(out.cpu(), reference(x.cpu(), w.cpu(), None if bias is None else bias.cpu())) <= TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [2, 16])
+def test_gpu_gluon_switch_routes_plain_one_tile_projections(rows, monkeypatch):
+    """With GLUON_ROWS, a one-tile K-group projection without folds takes the Gluon kernel
+    (and gives the same numbers as the Triton one, to fp16 rounding)."""
+    from mamba_export.kernels import decode_linear as dl
+    from mamba_export.kernels import decode_linear_gluon as dg
+
+    calls = record_returns(monkeypatch, dg, "rows_linear")
+    x, w, b = (t.to(DEVICE) for t in operands(rows, 80, 1536, torch.float16))
+    triton_out = decode_linear_fwd(x, w, b, early_weight=True)
+    monkeypatch.setattr(dl, "GLUON_ROWS", True)
+    gluon_out = decode_linear_fwd(x, w, b, early_weight=True)
+    assert len(calls) == 1
+    assert rel_err(gluon_out.cpu(), triton_out.cpu().double()) <= 2e-3
+    assert rel_err(gluon_out.cpu(), reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[torch.float16]
+
+
+def test_gluon_rows_refuses_what_it_cannot_run():
+    """takes() names the reason (CPU tensors, dtype, rows, K / strides, groups, block) rather
+    than letting a launch fail or read out of bounds."""
+    from mamba_export.kernels import decode_linear_gluon as dg
+
+    x, w = torch.randn(4, 64, dtype=torch.float16), torch.randn(8, 64, dtype=torch.float16)
+    assert ("CUDA" if dg.gluon is not None else "Gluon") in dg.takes(x, w, torch.empty(4, 8, dtype=torch.float16),
+                                                                   (8, 64, 1))
+    meta = torch.device("meta")
+    cases = [((4, 64), torch.float32, (8, 64, 1), "16-bit"), ((1, 64), torch.float16, (8, 64, 1), "rows"),
+             ((4, 60), torch.float16, (8, 64, 1), "multiples"), ((4, 64), torch.float16, (8, 32, 1), "cover K"),
+             ((4, 64), torch.float16, (8, 48, 2), "powers of two"), ((4, 64), torch.float16, (12, 64, 1), "BLOCK_N")]
+    for shape, dtype, config, words in cases:
+        x = torch.empty(shape, dtype=dtype, device=meta)
+        w = torch.empty(8, shape[1], dtype=dtype, device=meta)
+        reason = dg.takes(x, w, torch.empty(shape[0], 8, dtype=dtype, device=meta), config)
+        assert reason is not None and words in reason, (shape, config, reason)
