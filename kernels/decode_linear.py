@@ -16,9 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import decode_linear_gluon
-from ._common import (_tracing, check_float, check_same_device, check_shape, device_fn, kernel, launch, new_output,
-                      next_pow2, pdl_enabled, pdl_start, persistent_buffers, use_interpreter)
+from ._common import (check_float, check_same_device, check_shape, device_fn, kernel, launch, new_output,
+                      next_pow2, pdl_start, persistent_buffers, use_interpreter)
 
 MAX_ROWS = 16
 # The model (mamba_export._dispatch.decode_linear) sends projections of small weights with up to
@@ -408,9 +407,6 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
 # 3.31), mamba-1.4b's out_proj pipelined 5 deep in 4 groups (2.075 vs 2.000); K loops in groups
 # gained nothing alone (bench_decode_linear.py).
 K_GROUPS = True
-# Several-row one-tile projections without folds on the Gluon kernel (decode_linear_gluon): the
-# weight read straight into the tensor cores' operand layout before the PDL wait.
-GLUON_ROWS = False
 # The wide models' x_proj at several rows: K cut into slices of SPLIT_BLOCK_K, each one tile
 # read before the PDL wait (with early_weight), instead of ~320 of K per program in a loop after
 # it. Switches for benchmarks (scripts/bench_e2e.py --split-k-loop, --split-block-k).
@@ -668,12 +664,6 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError(f"k_groups {k_groups} needs tensor-core tiles (several rows, BLOCK_N >= 16), a power "
                          f"of two with BLOCK_K / k_groups >= 16, no add_norm and at most one row_norm group; "
                          f"config {config} for {rows} x {k} @ {features}")
-    if (GLUON_ROWS and k_groups > 1 and one_tile and split == 1 and early_weight and conv is None
-            and add_norm is None and row_norm is None and next_norm is None and not use_interpreter(x.device)
-            and not _tracing((x, weight, bias, out))):
-        gluon_config = (block_n, block_k // k_groups, k_groups)
-        if decode_linear_gluon.takes(x, weight, out, gluon_config) is None:
-            return decode_linear_gluon.rows_linear(x, weight, bias, out, gluon_config, pdl_enabled(x.device))
     eps = eps if norm_eps is None else norm_eps
     next_args, sums = _check_next_norm(next_norm, out, blocks)
     launch(

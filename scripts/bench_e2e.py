@@ -190,9 +190,6 @@ def main() -> int:
         p.add_argument(flag, action="store_true", help=f"decode: {what} (mamba_export._dispatch.{name})")
     for flag, name, what in DECODE_LINEAR_SWITCHES:
         p.add_argument(flag, action="store_true", help=f"decode: {what} (decode_linear.{name})")
-    p.add_argument("--gluon-rows", action="store_true",
-                   help="decode: several-row one-tile projections without folds on the Gluon kernel "
-                        "(decode_linear.GLUON_ROWS)")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -229,7 +226,6 @@ def main() -> int:
         for flag, name, _ in switches:
             if getattr(args, flag[2:].replace("-", "_")):
                 setattr(owner, name, False)
-    decode_linear.GLUON_ROWS = args.gluon_rows
     if args.state_config:
         from mamba_export.kernels import state_update
 
@@ -260,7 +256,6 @@ def main() -> int:
     for flag, _, _ in DECODE_LINEAR_SWITCHES:
         key = flag[2:].replace("-", "_")
         results[key] = getattr(args, key)
-    results["gluon_rows"] = args.gluon_rows
     results["torch_argmax"] = args.torch_argmax
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:
