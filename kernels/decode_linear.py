@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (check_float, check_same_device, check_shape, device_fn, kernel, launch, new_output,
-                      next_pow2, pdl_start, persistent_buffers, use_interpreter)
+from ._common import (PREFETCH_CHUNK, check_float, check_same_device, check_shape, device_fn, kernel, l2_prefetch,
+                      launch, new_output, next_pow2, pdl_start, persistent_buffers, prefetch_args, use_interpreter)
 
 MAX_ROWS = 16
 # The model (mamba_export._dispatch.decode_linear) sends projections of small weights with up to
@@ -160,13 +160,14 @@ def _decode_linear_kernel(
     sx_m, sx_k, sw_n, sw_k, so_m, so_n, sr_m, sro_m, eps,
     cs_ptr, cw_ptr, cb_ptr, ncs_ptr, conv_first, conv_dim, scs_m, scs_c, scs_s, scw_c, scw_k, scb,
     sn_m, sn_c, sn_s, sq_ptr, n_groups, per_group, group_size, ssq_m, ssq_g,
-    nres_ptr, nrout_ptr, nnw_ptr, nsum_ptr, snr_m, snro_m, snsum_m,
+    nres_ptr, nrout_ptr, nnw_ptr, nsum_ptr, snr_m, snro_m, snsum_m, pf_ptr, pf_bytes,
     HAS_BIAS: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EARLY_W: tl.constexpr, ADD_NORM: tl.constexpr, HAS_RES: tl.constexpr,
     CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_S: tl.constexpr,
     ROW_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
-    NEXT_NORM: tl.constexpr = False, K_GROUPS: tl.constexpr = 1, PDL: tl.constexpr = False,
+    NEXT_NORM: tl.constexpr = False, K_GROUPS: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -206,7 +207,10 @@ def _decode_linear_kernel(
     K_GROUPS contiguous groups, multiplied as one batched [K_GROUPS, BLOCK_M, BLOCK_K / K_GROUPS]
     x [.., BLOCK_N] product (Triton puts the warps on the batch) into K_GROUPS accumulators,
     summed at the end: each warp's chain of dependent tensor-core steps is K_GROUPS times
-    shorter (_dot_k_groups)."""
+    shorter (_dot_k_groups).
+
+    PREFETCH: the programs ask for the ``pf_bytes`` bytes at ``pf_ptr`` (a weight of a later
+    kernel) to be brought into L2 (l2_prefetch), after their early reads, before the PDL wait."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -229,6 +233,9 @@ def _decode_linear_kernel(
         tap_mask = cmask[:, :, None] & (j < WIDTH - 1)[None, None, :]
         if EARLY_W:  # nothing launched before in_proj writes the conv state
             taps = tl.load(tap_ptrs, mask=tap_mask, other=0.0)
+    if PREFETCH:  # (after this kernel's own early reads: those go to HBM first)
+        l2_prefetch(pf_ptr, pf_bytes, tl.program_id(1) * tl.num_programs(0) + pid_n,
+                    tl.num_programs(0) * tl.num_programs(1), PREFETCH_CHUNK)
     pdl_start(PDL)
     if CONV:
         if not EARLY_W:
@@ -583,7 +590,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                       out: torch.Tensor | None = None, config: tuple[int, ...] | None = None,
                       early_weight: bool = False, add_norm: tuple | None = None,
                       conv: tuple | None = None, row_norm: tuple | None = None,
-                      next_norm: tuple | None = None):
+                      next_norm: tuple | None = None, l2_prefetch: torch.Tensor | None = None):
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
     written into ``out`` when given (any strides).
 
@@ -619,7 +626,10 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     block's residual add and the first half of its RMSNorm run in the epilogue, as
     kernels/rmsnorm.py: ``r = out + residual`` (float32 math) goes to residual_out, and the call
     returns ``(r * norm_weight, sums [M, 1, blocks])`` (r rounded to the weight's dtype; sums
-    of its squares over each program's columns): the next in_proj's ``row_norm``."""
+    of its squares over each program's columns): the next in_proj's ``row_norm``.
+
+    ``l2_prefetch``: a contiguous tensor (a later kernel's weight) whose bytes the programs ask
+    to be brought into L2 before their PDL wait (CUDA only: ignored by the interpreter)."""
     check_float("x", x)
     check_float("weight", weight)
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
@@ -671,12 +681,13 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         x, weight, weight if bias is None else bias, out, ws, counters, res, nw, rout,
         rows, features, k, k_per_split,
         *x.stride(), *weight.stride(), *out.stride(), res.stride(0), rout.stride(0), eps,
-        *conv_args, *norm_args, *next_args,
+        *conv_args, *norm_args, *next_args, *prefetch_args(l2_prefetch, x),
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
         BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
         ADD_NORM=add_norm is not None, HAS_RES=add_norm is not None and add_norm[0] is not None,
-        **conv_meta, **norm_meta, NEXT_NORM=next_norm is not None, K_GROUPS=k_groups, num_warps=warps,
+        **conv_meta, **norm_meta, NEXT_NORM=next_norm is not None, K_GROUPS=k_groups,
+        PREFETCH=l2_prefetch is not None and not use_interpreter(x.device), num_warps=warps,
         num_stages=1 if one_tile else stages, pdl=True,  # one K step: nothing to pipeline
     )
     return out if sums is None else (out, sums)

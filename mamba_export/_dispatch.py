@@ -46,6 +46,14 @@ CONV_ROWS_MAX_WEIGHT = 3 << 20
 # norm's sums and in_proj applies the norm (hands_off_norm): no add_rmsnorm kernel. A switch for
 # benchmarks (scripts/bench_e2e.py --no-fold-next-norm).
 FOLD_NEXT_NORM = True
+# Mamba-1's x_proj asks for out_proj's weight to be brought into L2 (decode_linear_fwd's
+# l2_prefetch) where that weight has at most PREFETCH_MAX_BYTES. H100, 2026-11-24, decode
+# ms/token, two runs each, prefetch vs none: mamba-130m (2.4 MB) b16 0.431-0.432 vs 0.443-0.444
+# (0.428 with the request before x_proj's own weight reads), b1 level; every larger model slower, at b1 as well (mamba-370m b16 1.008 vs 0.949-0.951,
+# mamba-2.8b b1 2.859-2.862 vs 2.694-2.695; asked from the state update instead: mamba-370m b1
+# 0.642 vs 0.610, mamba-2.8b 2.855 vs 2.696). A switch for benchmarks (scripts/bench_e2e.py
+# --prefetch-max-mb; 0: none).
+PREFETCH_MAX_BYTES = 3 << 20
 
 
 class NormedRows(NamedTuple):
@@ -97,16 +105,20 @@ def _kernel_takes(x: Tensor, layer: nn.Linear, lm_head: bool = False) -> bool:
         dl.model_takes(x.shape[0], *layer.weight.shape, lm_head=lm_head)
 
 
-def decode_linear(x: Tensor, layer: nn.Linear, lm_head: bool = False, **fold) -> Tensor:
+def decode_linear(x: Tensor, layer: nn.Linear, lm_head: bool = False, l2_prefetch: Tensor | None = None,
+                  **fold) -> Tensor:
     """``layer(x)`` in a decode step that already took the kernel path: kernels/decode_linear.py
     where it measured faster than cuBLAS (``decode_linear.model_takes``: one row, or up to 16
     for small weights and, with ``lm_head``, the model's lm_head), else F.linear (also for
     float64). ``fold``: decode_linear_fwd's ``conv`` / ``row_norm`` / ``next_norm``, only where
-    the kernel takes x (the callers check); with ``next_norm`` the result is ``(weighted, sums)``."""
+    the kernel takes x (the callers check); with ``next_norm`` the result is ``(weighted, sums)``.
+    ``l2_prefetch``: a later kernel's weight for the kernel to bring into L2 (a hint: dropped
+    where F.linear runs)."""
     from .kernels import decode_linear as dl
 
     if _kernel_takes(x, layer, lm_head):
-        return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS, **fold)
+        return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS, l2_prefetch=l2_prefetch,
+                                    **fold)
     if any(v is not None for v in fold.values()):
         raise ValueError(f"a fold ({', '.join(fold)}) needs the decode_linear kernel, which does not "
                          f"take {tuple(x.shape)} {x.dtype} @ {tuple(layer.weight.shape)} {layer.weight.dtype}")

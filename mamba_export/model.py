@@ -157,7 +157,9 @@ class MambaMixer(nn.Module):
             else:
                 x, new_conv = causal_conv1d_update_fwd(x, conv_state, weight, self.conv1d.bias, True,
                                                        out_state=conv_state if inplace else None)
-            dt_low, B, C = self._split_x_dbl(decode_linear(x, self.x_proj))
+            out_w = self.out_proj.weight
+            prefetch = out_w if out_w.numel() * out_w.element_size() <= _dispatch.PREFETCH_MAX_BYTES else None
+            dt_low, B, C = self._split_x_dbl(decode_linear(x, self.x_proj, l2_prefetch=prefetch))
             y, new_ssm = selective_state_update_fwd(
                 ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
                 out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight,

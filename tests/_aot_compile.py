@@ -70,7 +70,8 @@ def main():
         # (one-tile cases: the weight read before the PDL wait, the model's add + RMSNorm, the
         # conv (in_proj) or the gated norm's scaling (out_proj, one or two groups) folded in, and
         # the next block's add + norm sums in out_proj's epilogue; K groups at 16 rows: in_proj
-        # in one tile with the conv and the norm, one-tile K slices, a K loop)
+        # in one tile with the conv and the norm, one-tile K slices, a K loop; the x_proj-like
+        # split cases also prefetch a weight into L2)
         for dot, split, rows, pdl, norm, conv, groups, k_groups in (
                 (False, 1, 1, True, True, True, 0, 1), (False, 6, 1, False, False, False, 0, 1),
                 (True, 1, 16, True, True, False, 0, 1), (True, 4, 16, False, False, True, 1, 1),
@@ -83,7 +84,7 @@ def main():
                 BLOCK_N=32 if dot else 4, BLOCK_K=1024 if norm or k_groups > 1 else 128, EARLY_W=pdl,
                 ADD_NORM=norm, HAS_RES=norm, CONV=conv, CONV_BIAS=conv, WIDTH=4, BLOCK_S=4,
                 ROW_NORM=groups > 0, BLOCK_G=max(groups, 1), BLOCK_Q=8, NEXT_NORM=groups == 1,
-                K_GROUPS=k_groups, PDL=pdl),
+                K_GROUPS=k_groups, PREFETCH=split in (3, 6), PDL=pdl),
                 lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr", "nsum_ptr", "nrout_ptr") else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)

@@ -544,3 +544,16 @@ def test_op_path_refuses_out_proj_folds():
         fold = dict(next_norm=(h, torch.ones(16), torch.empty(2, 16)))
         with pytest.raises(ValueError, match="eager CUDA kernel path"):
             mixer.step(h, conv, ssm, out_fold=fold)
+
+
+def test_l2_prefetch_is_a_hint_and_checked():
+    """``l2_prefetch`` changes no number (the interpreter ignores it; on CUDA the kernel asks for
+    the bytes and goes on), and a tensor it cannot take is an error that says so."""
+    x, w, b = (t.to(DEVICE) for t in operands(5, 37, 96, torch.float16))
+    later = torch.randn(64, 40, dtype=torch.float16, device=DEVICE)
+    for config in (None, (8, 128, 4, 1, 1, 2)):
+        plain = decode_linear_fwd(x, w, b, config=config, early_weight=True)
+        hinted = decode_linear_fwd(x, w, b, config=config, early_weight=True, l2_prefetch=later)
+        assert torch.equal(plain, hinted)
+    with pytest.raises(ValueError, match="contiguous"):
+        decode_linear_fwd(x, w, b, l2_prefetch=later.t())
