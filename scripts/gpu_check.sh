@@ -55,6 +55,8 @@ if [ "$tests" = 1 ]; then
     --tb=short --durations=10 2>&1 | tee "$OUT/gpu_tests.log" | grep -v DEBUG | tail -25
 fi
 if [ "$kernels" = 1 ]; then
+  # the HBM read ceilings the weight-streaming projections are measured against (~20 s)
+  timeout 120 python3 scripts/bench_read_bw.py --out "$OUT/read_bw.json" 2>&1 | tee "$OUT/read_bw.log" | tail -14
   timeout 300 python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 \
     | tee "$OUT/bench_kernels.log" | grep -v '^{' | tail -25
   timeout 200 python3 scripts/bench_ssd.py --out "$OUT/bench_ssd.json" 2>&1 \
