@@ -49,10 +49,10 @@ FOLD_NEXT_NORM = True
 # Mamba-1's x_proj asks for out_proj's weight to be brought into L2 (decode_linear_fwd's
 # l2_prefetch) where that weight has at most PREFETCH_MAX_BYTES. H100, 2026-11-24, decode
 # ms/token, two runs each, prefetch vs none: mamba-130m (2.4 MB) b16 0.431-0.432 vs 0.443-0.444
-# (0.428 with the request before x_proj's own weight reads), b1 level; every larger model slower, at b1 as well (mamba-370m b16 1.008 vs 0.949-0.951,
-# mamba-2.8b b1 2.859-2.862 vs 2.694-2.695; asked from the state update instead: mamba-370m b1
-# 0.642 vs 0.610, mamba-2.8b 2.855 vs 2.696). A switch for benchmarks (scripts/bench_e2e.py
-# --prefetch-max-mb; 0: none).
+# (0.428 with the request before x_proj's own weight reads), b1 level; every larger model
+# slower, at b1 as well (mamba-370m b16 1.008 vs 0.949-0.951, mamba-2.8b b1 2.859-2.862 vs
+# 2.694-2.695; asked by the state update instead: mamba-370m b1 0.642 vs 0.610, mamba-2.8b
+# 2.855 vs 2.695-2.696). A switch for benchmarks (scripts/bench_e2e.py --prefetch-max-mb; 0: none).
 PREFETCH_MAX_BYTES = 3 << 20
 
 
