@@ -55,10 +55,11 @@ def _state_update_kernel(
     sn_b, sn_d, sn_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    EARLY_STATE: tl.constexpr = False, PDL: tl.constexpr = False,
+    EARLY_STATE: tl.constexpr = False, EARLY_W: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """BLOCK_D channels of one batch row. EARLY_STATE: the state (and A) is read before the PDL
-    wait, overlapping the previous kernel (the caller knows that kernel does not write it).
+    wait, overlapping the previous kernel (the caller knows that kernel does not write it);
+    EARLY_W: dt_proj's weight tile too (DT_PROJ).
     (tl.exp, not the several-row kernel's exp2, and B and C loaded per channel even with one
     group: both measured slower otherwise, docs/kernel_notes.md v19.)"""
     pid_d = tl.program_id(0)
@@ -72,17 +73,20 @@ def _state_update_kernel(
     grp = (offs_d // ch_per_group).to(tl.int64)
     state_tile = state_ptr + b64 * ss_b + d64[:, None] * ss_d + offs_n[None, :] * ss_n
     A_tile = A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < dt_rank
+    W_tile = W_ptr + d64[:, None] * sW_d + offs_r[None, :] * sW_r
+    if DT_PROJ and EARLY_W:  # dt_proj's weight: no kernel writes it
+        W = tl.load(W_tile, mask=mask_d[:, None] & mask_r[None, :], other=0.0)
     h, A = _state_and_A(state_tile, A_tile, mask, mask, EARLY_STATE, PDL)
 
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:
         # dt = dt_proj.weight @ dt_low, fused: dt_ptr holds dt_low [B, R] (sdt_d is its R stride).
-        offs_r = tl.arange(0, BLOCK_R)
-        mask_r = offs_r < dt_rank
         low = tl.load(dt_ptr + b64 * sdt_b + offs_r * sdt_d, mask=mask_r, other=0.0).to(tl.float32)
-        W = tl.load(W_ptr + d64[:, None] * sW_d + offs_r[None, :] * sW_r,
-                    mask=mask_d[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
-        dt = tl.sum(W * low[None, :], axis=1)
+        if not EARLY_W:
+            W = tl.load(W_tile, mask=mask_d[:, None] & mask_r[None, :], other=0.0)
+        dt = tl.sum(W.to(tl.float32) * low[None, :], axis=1)
     else:
         dt = tl.load(dt_ptr + b64 * sdt_b + d64 * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -121,13 +125,13 @@ def _state_update_rows_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, EARLY_STATE: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    EARLY_W: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """BLOCK_M batch rows of BLOCK_D channels in one program (several-row decode). The fused
     dt_proj is one [BLOCK_M, R] x [R, BLOCK_D] product on tensor cores (small tiles padded), so
     its weight tile is read once per row block instead of once per row (the one-row kernel at 16
     rows re-reads it 16 times from L2: 26 MB per mamba-2.8b layer against 5.2 MB of state).
-    EARLY_STATE as in the one-row kernel."""
+    EARLY_STATE and EARLY_W as in the one-row kernel."""
     pid_d = tl.program_id(0)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < batch
@@ -144,17 +148,20 @@ def _state_update_rows_kernel(
     state_tile = state_ptr + rows_g * ss_b + d64[None, :, None] * ss_d + offs_n[None, None, :] * ss_n
     A_tile = A_ptr + d64[:, None] * sA_d + offs_n[None, :] * sA_n
     mask_dn = mask_d[:, None] & mask_n[None, :]
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < dt_rank
+    W_tile = W_ptr + offs_r[:, None] * sW_r + d64[None, :] * sW_d
+    if DT_PROJ and EARLY_W:  # dt_proj's weight: no kernel writes it
+        W = tl.load(W_tile, mask=mask_r[:, None] & mask_d[None, :], other=0.0)
     h, A = _state_and_A(state_tile, A_tile, mask, mask_dn, EARLY_STATE, PDL)
     A = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e): MUFU.EX2 alone, no range fix-up
 
     if DT_PROJ:
         # dt = dt_low @ dt_proj.weight.T: dt_ptr holds dt_low [B, R] (sdt_d is its R stride)
-        offs_r = tl.arange(0, BLOCK_R)
-        mask_r = offs_r < dt_rank
         low = tl.load(dt_ptr + m64[:, None] * sdt_b + offs_r[None, :] * sdt_d,
                       mask=mask_m[:, None] & mask_r[None, :], other=0.0)
-        W = tl.load(W_ptr + offs_r[:, None] * sW_r + d64[None, :] * sW_d,
-                    mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+        if not EARLY_W:
+            W = tl.load(W_tile, mask=mask_r[:, None] & mask_d[None, :], other=0.0)
         if IEEE:  # float32 or mixed inputs (or the interpreter, whose bf16 dot reads raw bits)
             dt = tl.dot(low.to(tl.float32), W.to(tl.float32), input_precision="ieee",
                         out_dtype=tl.float32)
@@ -190,6 +197,15 @@ def _state_update_rows_kernel(
              mask=mask_md)
 
 
+# With early_state, the kernels read dt_proj's weight tile before the PDL wait too (no kernel
+# writes a weight). H100, 2026-11-24, decode ms/token, two runs each, before vs after the wait:
+# b1 mamba-130m 0.243-0.244 vs 0.250, 370m 0.570-0.571 vs 0.583, 790m 1.081 vs 1.084, 1.4b
+# 1.461-1.462 vs 1.464-1.467, 2.8b 2.665-2.666 vs 2.687-2.692; b16 130m 0.427 vs 0.428-0.431,
+# 370m 0.917-0.920 vs 0.921-0.922, 790m 1.582-1.584 vs 1.589-1.591, 1.4b 1.957-1.958 vs
+# 1.963-1.972, 2.8b 3.294-3.297 vs 3.306-3.307 (the sixth session's form, the one-row kernel
+# at 16 rows holding its tile across the wait, had lost: docs/kernel_notes.md v13). A switch for
+# benchmarks (scripts/bench_e2e.py --late-dt-proj).
+EARLY_DT_PROJ = True
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 # The several-row kernel (row blocks per program, dt_proj's weight tile read once per block) when
 # the one-row kernel would re-read at least this many dt_proj weight elements per step (batch x
@@ -256,9 +272,9 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     The new state goes into ``out_state`` when given (it may be ``state`` itself: in-place
     update), else into a new tensor of ``state``'s dtype (float32 for the model's fp32 state).
 
-    ``early_state``: with PDL, read the state before waiting for the kernel launched just before
-    this one; only for callers that know that kernel does not write it (the model's step:
-    x_proj runs before).
+    ``early_state``: with PDL, read the state (and, with EARLY_DT_PROJ, dt_proj's weight) before
+    waiting for the kernel launched just before this one; only for callers that know that
+    kernel does not write them (the model's step: x_proj runs before).
     """
     check_float("x", x)
     if x.dim() != 2:
@@ -304,12 +320,13 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         block_m = next_pow2(rows)
         grid = (triton.cdiv(dim, block_d), triton.cdiv(batch, block_m))
         kern, head = _state_update_rows_kernel, (batch, dim)
-        tiles = dict(BLOCK_M=block_m, BLOCK_D=block_d,
+        tiles = dict(BLOCK_M=block_m, BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ,
                      IEEE=(use_interpreter(device) or dt.dtype != W_dtype
                            or torch.float32 in (dt.dtype, W_dtype)))
     else:
         grid = (triton.cdiv(dim, block_d), batch)
-        kern, head, tiles = _state_update_kernel, (dim,), dict(BLOCK_D=block_d)
+        kern, head = _state_update_kernel, (dim,)
+        tiles = dict(BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ)
     launch(
         kern, grid, device,
         state, x, dt, A, B, C,

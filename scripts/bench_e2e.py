@@ -193,6 +193,9 @@ def main() -> int:
     p.add_argument("--prefetch-max-mb", type=float, default=None,
                    help="decode: largest Mamba-1 out_proj weight (MiB) that x_proj asks to be brought "
                         "into L2 (mamba_export._dispatch.PREFETCH_MAX_BYTES; 0: none)")
+    p.add_argument("--late-dt-proj", action="store_true",
+                   help="decode: the Mamba-1 state update reads dt_proj's weight after its PDL wait "
+                        "(default: before it; kernels/state_update.EARLY_DT_PROJ)")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -229,6 +232,10 @@ def main() -> int:
         for flag, name, _ in switches:
             if getattr(args, flag[2:].replace("-", "_")):
                 setattr(owner, name, False)
+    if args.late_dt_proj:
+        from mamba_export.kernels import state_update
+
+        state_update.EARLY_DT_PROJ = False
     if args.prefetch_max_mb is not None:
         me._dispatch.PREFETCH_MAX_BYTES = int(args.prefetch_max_mb * (1 << 20))
     if args.state_config:
@@ -262,6 +269,7 @@ def main() -> int:
         key = flag[2:].replace("-", "_")
         results[key] = getattr(args, key)
     results["prefetch_max_bytes"] = me._dispatch.PREFETCH_MAX_BYTES
+    results["late_dt_proj"] = args.late_dt_proj
     results["torch_argmax"] = args.torch_argmax
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:

@@ -58,11 +58,11 @@ def main():
         for fused in (True, False):  # (fused: the model's, state read before the PDL wait)
             compile_for_sm90(state_update._state_update_kernel, dict(
                 HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=fused, BLOCK_D=4,
-                BLOCK_N=16, BLOCK_R=256 if fused else 1, EARLY_STATE=fused, PDL=fused),
+                BLOCK_N=16, BLOCK_R=256 if fused else 1, EARLY_STATE=fused, EARLY_W=fused, PDL=fused),
                 ptr, num_warps=1)
         compile_for_sm90(state_update._state_update_rows_kernel, dict(  # (the model's at 16 rows)
             HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=True, IEEE=False,
-            BLOCK_M=16, BLOCK_D=16, BLOCK_N=16, BLOCK_R=256, EARLY_STATE=True, PDL=True),
+            BLOCK_M=16, BLOCK_D=16, BLOCK_N=16, BLOCK_R=256, EARLY_STATE=True, EARLY_W=True, PDL=True),
             ptr, num_warps=2)
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
