@@ -206,6 +206,7 @@ def _state_update_rows_kernel(
 # at 16 rows holding its tile across the wait, had lost: docs/kernel_notes.md v13). A switch for
 # benchmarks (scripts/bench_e2e.py --late-dt-proj).
 EARLY_DT_PROJ = True
+
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 # The several-row kernel (row blocks per program, dt_proj's weight tile read once per block) when
 # the one-row kernel would re-read at least this many dt_proj weight elements per step (batch x
