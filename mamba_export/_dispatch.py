@@ -21,9 +21,10 @@ from . import ops
 # --no-early-reads).
 EARLY_READS = True
 # Mamba-1's state update reads its SSM state early too (with EARLY_READS; H100, 2026-11-24,
-# decode b16 ms/token: mamba-2.8b 3.511 vs 3.537, mamba-1.4b 2.077 vs 2.109). (Reading the
-# fused dt_proj's weight early as well gained nothing at batch 1 and lost at batch 16,
-# 2026-11-23.) A switch for benchmarks (scripts/bench_e2e.py --no-early-state-mamba1).
+# decode b16 ms/token: mamba-2.8b 3.511 vs 3.537, mamba-1.4b 2.077 vs 2.109), and with it the
+# fused dt_proj's weight (kernels/state_update.EARLY_DT_PROJ: faster at both batch sizes since
+# the several-row kernel, 2026-11-24; the one-row kernel's form of 2026-11-23 had lost at 16
+# rows). A switch for benchmarks (scripts/bench_e2e.py --no-early-state-mamba1).
 EARLY_STATE_MAMBA1 = True
 # The decode step folds each block's residual add + RMSNorm into in_proj's kernel where in_proj
 # reads its weight in one tile (decode_linear.folds_norm). A switch for benchmarks
