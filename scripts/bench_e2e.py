@@ -78,8 +78,8 @@ def param_bytes(model) -> int:
 DISPATCH_SWITCHES = [
     ("--no-early-reads", "EARLY_READS", "the state updates read the state and projections their "
      "weight after their PDL wait (default: before)"),
-    ("--no-early-state-mamba1", "EARLY_STATE_MAMBA1", "Mamba-1's state update reads the state after its "
-     "PDL wait (default: before)"),
+    ("--no-early-state-mamba1", "EARLY_STATE_MAMBA1", "Mamba-1's state update reads the state and "
+     "dt_proj's weight after its PDL wait (default: before)"),
     ("--no-fold-norm", "FOLD_NORM", "each block's add + RMSNorm as its own kernel (default: folded into "
      "in_proj where it reads its weight in one tile)"),
     ("--no-fold-conv", "FOLD_CONV", "the conv and Mamba-2's gated norm as kernels of their own (default: the "
