@@ -41,16 +41,17 @@ def main():
         rows.append(dict(what=what, ms=ms, tb_per_s=nbytes / ms / 1e9))
         print(f"{what:<44} {ms:8.3f} ms {nbytes / ms / 1e9:6.2f} TB/s")
 
-    record("torch sum (read)", do_bench(lambda: x.sum(), rep=200), 2 * n)
+    record("torch sum (read)", do_bench(lambda: x.sum(), rep=200, return_mode="median"), 2 * n)
     y = torch.empty_like(x)
-    record("copy (read + write, bytes of both)", do_bench(lambda: y.copy_(x), rep=200), 4 * n)
+    record("copy (read + write, bytes of both)", do_bench(lambda: y.copy_(x), rep=200, return_mode="median"), 4 * n)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     out = torch.empty(sms * 64, dtype=torch.float32, device="cuda")
     for programs in (sms, 2 * sms, 4 * sms, 8 * sms, 32 * sms):
         for block, warps in ((2048, 4), (4096, 8)):
             per = triton.cdiv(triton.cdiv(n, programs), block) * block
             grid = (triton.cdiv(n, per),)
-            ms = do_bench(lambda: _read_kernel[grid](x, out, n, per, BLOCK=block, num_warps=warps), rep=200)
+            ms = do_bench(lambda: _read_kernel[grid](x, out, n, per, BLOCK=block, num_warps=warps), rep=200,
+                          return_mode="median")
             record(f"triton read, {grid[0]} programs, block {block}, {warps} warps", ms, 2 * n)
     if args.out:
         with open(args.out, "w") as f:
