@@ -27,20 +27,20 @@ MODEL_ROWS = 16
 
 
 @device_fn
-def _add_norm_rows(x_ptr, res_ptr, nw_ptr, offs_m, offs_k, mask_m, K, eps, sx_m, sx_k, sr_m,
+def _add_norm_rows(x_ptr, res_ptr, nw, offs_m, offs_k, mask_m, K, eps, sx_m, sx_k, sr_m,
                    HAS_RES: tl.constexpr):
     """``(x + residual, rmsnorm(x + residual) * nw)`` for whole rows ``[BLOCK_M, BLOCK_K]``: the
-    sum in float32, the norm of it rounded to nw's dtype (as kernels/rmsnorm.py). Loads only."""
+    sum in float32, the norm of it rounded to nw's dtype (as kernels/rmsnorm.py); ``nw`` the
+    norm weight [BLOCK_K] as stored (_fold_constants)."""
     mask = mask_m[:, None] & (offs_k < K)[None, :]
     r = tl.load(x_ptr + offs_m[:, None] * sx_m + offs_k[None, :] * sx_k, mask=mask,
                 other=0.0).to(tl.float32)
     if HAS_RES:
         r += tl.load(res_ptr + offs_m[:, None] * sr_m + offs_k[None, :], mask=mask,
                      other=0.0).to(tl.float32)
-    v = r.to(nw_ptr.dtype.element_ty).to(tl.float32)
+    v = r.to(nw.dtype).to(tl.float32)
     inv = 1.0 / tl.sqrt(tl.sum(v * v, axis=1) / K + eps)
-    nw = tl.load(nw_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-    return r, (v * inv[:, None] * nw[None, :]).to(nw_ptr.dtype.element_ty)
+    return r, (v * inv[:, None] * nw.to(tl.float32)[None, :]).to(nw.dtype)
 
 
 @device_fn
@@ -82,21 +82,18 @@ def _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW
 
 
 @device_fn
-def _conv_epilogue(out, taps, cw_ptr, cb_ptr, ncs_ptr, offs_m, ch, cmask, is_conv, out_dtype: tl.constexpr,
-                   scw_c, scw_k, scb, sn_m, sn_c, sn_s, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr,
-                   BLOCK_S: tl.constexpr):
-    """in_proj's output columns that feed Mamba-2's causal conv replaced by silu(conv) at this
-    step (window = the conv state's WIDTH - 1 ``taps`` [BLOCK_M, BLOCK_N, BLOCK_S], then the
-    column itself rounded to the output dtype, as the reference conv sees it); the state
-    shifted by one step into ``ncs`` (which may be the state itself: every tap was read)."""
+def _conv_epilogue(out, taps, w_taps, w_new, cbias, ncs_ptr, offs_m, ch, cmask, is_conv, out_dtype: tl.constexpr,
+                   sn_m, sn_c, sn_s, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_S: tl.constexpr):
+    """in_proj's output columns that feed the causal conv replaced by silu(conv) at this step
+    (window = the conv state's WIDTH - 1 ``taps`` [BLOCK_M, BLOCK_N, BLOCK_S], then the column
+    itself rounded to the output dtype, as the reference conv sees it; the conv's weights and
+    bias from _fold_constants); the state shifted by one step into ``ncs`` (which may be the
+    state itself: every tap was read)."""
     j = tl.arange(0, BLOCK_S)
     raw = out.to(out_dtype).to(tl.float32)
-    w_taps = tl.load(cw_ptr + ch[:, None] * scw_c + j[None, :] * scw_k,
-                     mask=is_conv[:, None] & (j < WIDTH - 1)[None, :], other=0.0).to(tl.float32)
-    w_new = tl.load(cw_ptr + ch * scw_c + (WIDTH - 1) * scw_k, mask=is_conv, other=0.0).to(tl.float32)
-    acc = tl.sum(taps.to(tl.float32) * w_taps[None, :, :], axis=2) + raw * w_new[None, :]
+    acc = tl.sum(taps.to(tl.float32) * w_taps.to(tl.float32)[None, :, :], axis=2) + raw * w_new.to(tl.float32)[None, :]
     if CONV_BIAS:
-        acc += tl.load(cb_ptr + ch * scb, mask=is_conv, other=0.0).to(tl.float32)[None, :]
+        acc += cbias.to(tl.float32)[None, :]
     tl.debug_barrier()  # every thread's taps are read before any is overwritten (in place)
     rows_ch = offs_m[:, None, None] * sn_m + ch[None, :, None] * sn_c
     tl.store(ncs_ptr + rows_ch + (j - 1)[None, None, :] * sn_s, taps.to(ncs_ptr.dtype.element_ty),
@@ -108,18 +105,48 @@ def _conv_epilogue(out, taps, cw_ptr, cb_ptr, ncs_ptr, offs_m, ch, cmask, is_con
 
 @device_fn
 def _next_norm_epilogue(out, offs_m, offs_n, mask_m, mask_n, out_dtype: tl.constexpr, nres_ptr, nrout_ptr,
-                        nnw_ptr, nsum_ptr, snr_m, snro_m, snsum_m):
+                        nnw, nsum_ptr, snr_m, snro_m, snsum_m):
     """Residual add + the sums of the next RMSNorm for the output tile (see NEXT_NORM), as
-    kernels/rmsnorm.py: the sum in float32, the norm of it rounded to the norm weight's dtype."""
+    kernels/rmsnorm.py: the sum in float32, the norm of it rounded to the norm weight's dtype
+    (``nnw`` [BLOCK_N] as stored, _fold_constants)."""
     tile = mask_m[:, None] & mask_n[None, :]
     r = out.to(out_dtype).to(tl.float32) + tl.load(nres_ptr + offs_m[:, None] * snr_m + offs_n[None, :],
                                                    mask=tile, other=0.0).to(tl.float32)
     tl.store(nrout_ptr + offs_m[:, None] * snro_m + offs_n[None, :], r.to(nrout_ptr.dtype.element_ty), mask=tile)
-    v = r.to(nnw_ptr.dtype.element_ty).to(tl.float32)
+    v = r.to(nnw.dtype).to(tl.float32)
     tl.store(nsum_ptr + offs_m * snsum_m + tl.program_id(0), tl.sum(tl.where(tile, v * v, 0.0), axis=1),
              mask=mask_m)
-    nw = tl.load(nnw_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    return v * nw[None, :]
+    return v * nnw.to(tl.float32)[None, :]
+
+
+@device_fn
+def _fold_constants(b_ptr, nw_ptr, nnw_ptr, cw_ptr, cb_ptr, offs_n, mask_n, offs_k, K, ch, is_conv,
+                    scw_c, scw_k, scb, HAS_BIAS: tl.constexpr, ADD_NORM: tl.constexpr, CONV: tl.constexpr,
+                    CONV_BIAS: tl.constexpr, NEXT_NORM: tl.constexpr, WIDTH: tl.constexpr,
+                    BLOCK_S: tl.constexpr):
+    """The parameters the kernel's folds read, as stored (0.0 where the call has none): bias
+    [BLOCK_N], norm weight [BLOCK_K] (ADD_NORM), the conv's tap weights [BLOCK_N, BLOCK_S], its
+    weight of the new column and bias [BLOCK_N] (CONV), the next norm's weight [BLOCK_N]."""
+    bias = 0.0
+    nw = 0.0
+    w_taps = 0.0
+    w_new = 0.0
+    cbias = 0.0
+    nnw = 0.0
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
+    if ADD_NORM:
+        nw = tl.load(nw_ptr + offs_k, mask=offs_k < K, other=0.0)
+    if CONV:
+        j = tl.arange(0, BLOCK_S)
+        w_taps = tl.load(cw_ptr + ch[:, None] * scw_c + j[None, :] * scw_k,
+                         mask=is_conv[:, None] & (j < WIDTH - 1)[None, :], other=0.0)
+        w_new = tl.load(cw_ptr + ch * scw_c + (WIDTH - 1) * scw_k, mask=is_conv, other=0.0)
+        if CONV_BIAS:
+            cbias = tl.load(cb_ptr + ch * scb, mask=is_conv, other=0.0)
+    if NEXT_NORM:
+        nnw = tl.load(nnw_ptr + offs_n, mask=mask_n, other=0.0)
+    return bias, nw, w_taps, w_new, cbias, nnw
 
 
 @device_fn
@@ -167,7 +194,7 @@ def _decode_linear_kernel(
     CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_S: tl.constexpr,
     ROW_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
     NEXT_NORM: tl.constexpr = False, K_GROUPS: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    EARLY_C: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -210,7 +237,10 @@ def _decode_linear_kernel(
     shorter (_dot_k_groups).
 
     PREFETCH: the programs ask for the ``pf_bytes`` bytes at ``pf_ptr`` (a weight of a later
-    kernel) to be brought into L2 (l2_prefetch), after their early reads, before the PDL wait."""
+    kernel) to be brought into L2 (l2_prefetch), after their early reads, before the PDL wait.
+
+    EARLY_C: the folds' parameters (bias, norm weights, the conv's weights and bias;
+    _fold_constants) are read before the PDL wait too."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -233,10 +263,21 @@ def _decode_linear_kernel(
         tap_mask = cmask[:, :, None] & (j < WIDTH - 1)[None, None, :]
         if EARLY_W:  # nothing launched before in_proj writes the conv state
             taps = tl.load(tap_ptrs, mask=tap_mask, other=0.0)
+    else:
+        ch = offs_n  # (unused without CONV)
+        is_conv = mask_n
+    if EARLY_C:  # no kernel writes a parameter
+        bias, nw, w_taps, w_new, cbias, nnw = _fold_constants(
+            b_ptr, nw_ptr, nnw_ptr, cw_ptr, cb_ptr, offs_n, mask_n, offs_k, K, ch, is_conv, scw_c, scw_k, scb,
+            HAS_BIAS, ADD_NORM, CONV, CONV_BIAS, NEXT_NORM, WIDTH, BLOCK_S)
     if PREFETCH:  # (after this kernel's own early reads: those go to HBM first)
         l2_prefetch(pf_ptr, pf_bytes, tl.program_id(1) * tl.num_programs(0) + pid_n,
                     tl.num_programs(0) * tl.num_programs(1), PREFETCH_CHUNK)
     pdl_start(PDL)
+    if not EARLY_C:
+        bias, nw, w_taps, w_new, cbias, nnw = _fold_constants(
+            b_ptr, nw_ptr, nnw_ptr, cw_ptr, cb_ptr, offs_n, mask_n, offs_k, K, ch, is_conv, scw_c, scw_k, scb,
+            HAS_BIAS, ADD_NORM, CONV, CONV_BIAS, NEXT_NORM, WIDTH, BLOCK_S)
     if CONV:
         if not EARLY_W:
             taps = tl.load(tap_ptrs, mask=tap_mask, other=0.0)
@@ -245,7 +286,7 @@ def _decode_linear_kernel(
         rstd = _row_rstd(sq_ptr, offs_m, mask_m, n_groups, per_group, group_size, eps, ssq_m, ssq_g,
                          BLOCK_G, BLOCK_Q)
     if ADD_NORM:
-        summed, normed = _add_norm_rows(x_ptr, res_ptr, nw_ptr, offs_m, offs_k, mask_m, K, eps,
+        summed, normed = _add_norm_rows(x_ptr, res_ptr, nw, offs_m, offs_k, mask_m, K, eps,
                                         sx_m, sx_k, sr_m, HAS_RES)
         if pid_n == 0:
             tl.store(rout_ptr + offs_m[:, None] * sro_m + offs_k[None, :],
@@ -328,14 +369,13 @@ def _decode_linear_kernel(
             if BLOCK_G == 1:  # (see _row_normed)
                 out = out * tl.sum(rstd, axis=1)[:, None]
         if HAS_BIAS:
-            out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            out += bias.to(tl.float32)[None, :]
         if CONV:
-            out = _conv_epilogue(out, taps, cw_ptr, cb_ptr, ncs_ptr, offs_m, ch, cmask, is_conv,
-                                 out_ptr.dtype.element_ty, scw_c, scw_k, scb, sn_m, sn_c, sn_s,
-                                 CONV_BIAS, WIDTH, BLOCK_S)
+            out = _conv_epilogue(out, taps, w_taps, w_new, cbias, ncs_ptr, offs_m, ch, cmask, is_conv,
+                                 out_ptr.dtype.element_ty, sn_m, sn_c, sn_s, CONV_BIAS, WIDTH, BLOCK_S)
         if NEXT_NORM:
             out = _next_norm_epilogue(out, offs_m, offs_n, mask_m, mask_n, out_ptr.dtype.element_ty, nres_ptr,
-                                      nrout_ptr, nnw_ptr, nsum_ptr, snr_m, snro_m, snsum_m)
+                                      nrout_ptr, nnw, nsum_ptr, snr_m, snro_m, snsum_m)
         tl.store(out_ptr + offs_m[:, None] * so_m + offs_n[None, :] * so_n,
                  out.to(out_ptr.dtype.element_ty), mask=tile)
 
@@ -414,6 +454,14 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
 # 3.31), mamba-1.4b's out_proj pipelined 5 deep in 4 groups (2.075 vs 2.000); K loops in groups
 # gained nothing alone (bench_decode_linear.py).
 K_GROUPS = True
+# With early_weight (the model's PDL launches) at one row, the folds' parameters (norm weights,
+# the conv's weights and bias, a bias) are read before the PDL wait too, as the weight: the
+# epilogues that use them then wait on no memory read. H100, 2026-11-24, decode ms/token, same
+# call, two runs each, before vs after the wait: b1 mamba-370m 0.571-0.573 vs 0.586-0.587,
+# mamba-130m 0.223-0.224 vs 0.225, mamba-790m / 1.4b / 2.8b level; at 16 rows it was level or
+# slower (mamba-370m 0.922-0.924 vs 0.917-0.921, mamba-130m 0.407-0.409 vs 0.406-0.407), so one
+# row only. A switch for benchmarks (scripts/bench_e2e.py --late-constants).
+EARLY_CONSTANTS = True
 # The wide models' x_proj at several rows: K cut into slices of SPLIT_BLOCK_K, each one tile
 # read before the PDL wait (with early_weight), instead of ~320 of K per program in a loop after
 # it. Switches for benchmarks (scripts/bench_e2e.py --split-k-loop, --split-block-k).
@@ -685,6 +733,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
         BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
+        EARLY_C=bool(early_weight) and EARLY_CONSTANTS and rows == 1,
         ADD_NORM=add_norm is not None, HAS_RES=add_norm is not None and add_norm[0] is not None,
         **conv_meta, **norm_meta, NEXT_NORM=next_norm is not None, K_GROUPS=k_groups,
         PREFETCH=l2_prefetch is not None and not use_interpreter(x.device), num_warps=warps,

@@ -40,6 +40,18 @@ def _state_and_A(state_tile, A_tile, mask, mask_A, EARLY_STATE: tl.constexpr, PD
     return h, A
 
 
+@device_fn
+def _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """dt_bias and D of the channels (float32; zeros for the ones the call lacks)."""
+    bias = tl.zeros(offs_d.shape, tl.float32)
+    Dv = tl.zeros(offs_d.shape, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    return bias, Dv
+
+
 @kernel
 def _state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, W_ptr,
@@ -55,11 +67,12 @@ def _state_update_kernel(
     sn_b, sn_d, sn_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    EARLY_STATE: tl.constexpr = False, EARLY_W: tl.constexpr = False, PDL: tl.constexpr = False,
+    EARLY_STATE: tl.constexpr = False, EARLY_W: tl.constexpr = False, EARLY_BD: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """BLOCK_D channels of one batch row. EARLY_STATE: the state (and A) is read before the PDL
     wait, overlapping the previous kernel (the caller knows that kernel does not write it);
-    EARLY_W: dt_proj's weight tile too (DT_PROJ).
+    EARLY_W: dt_proj's weight tile too (DT_PROJ); EARLY_BD: dt_bias and D too.
     (tl.exp, not the several-row kernel's exp2, and B and C loaded per channel even with one
     group: both measured slower otherwise, docs/kernel_notes.md v19.)"""
     pid_d = tl.program_id(0)
@@ -78,7 +91,11 @@ def _state_update_kernel(
     W_tile = W_ptr + d64[:, None] * sW_d + offs_r[None, :] * sW_r
     if DT_PROJ and EARLY_W:  # dt_proj's weight: no kernel writes it
         W = tl.load(W_tile, mask=mask_d[:, None] & mask_r[None, :], other=0.0)
+    if EARLY_BD:  # nor dt_bias and D
+        bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS, HAS_D)
     h, A = _state_and_A(state_tile, A_tile, mask, mask, EARLY_STATE, PDL)
+    if not EARLY_BD:
+        bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS, HAS_D)
 
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:
@@ -90,7 +107,7 @@ def _state_update_kernel(
     else:
         dt = tl.load(dt_ptr + b64 * sdt_b + d64 * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        dt += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+        dt += bias
     if SOFTPLUS:
         dt = softplus_f32(dt)
     Bv = tl.load(B_ptr + b64 * sB_b + grp[:, None] * sB_g + offs_n[None, :] * sB_n, mask=mask,
@@ -100,7 +117,7 @@ def _state_update_kernel(
     h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv
     y = tl.sum(h * Cv, axis=1)
     if HAS_D:
-        y += x * tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
+        y += x * Dv
     if HAS_Z:
         z = tl.load(z_ptr + b64 * sz_b + d64 * sz_d, mask=mask_d, other=0.0).to(tl.float32)
         y = y * (z * tl.sigmoid(z))
@@ -125,13 +142,13 @@ def _state_update_rows_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, EARLY_STATE: tl.constexpr = False,
-    EARLY_W: tl.constexpr = False, PDL: tl.constexpr = False,
+    EARLY_W: tl.constexpr = False, EARLY_BD: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """BLOCK_M batch rows of BLOCK_D channels in one program (several-row decode). The fused
     dt_proj is one [BLOCK_M, R] x [R, BLOCK_D] product on tensor cores (small tiles padded), so
     its weight tile is read once per row block instead of once per row (the one-row kernel at 16
     rows re-reads it 16 times from L2: 26 MB per mamba-2.8b layer against 5.2 MB of state).
-    EARLY_STATE and EARLY_W as in the one-row kernel."""
+    EARLY_STATE, EARLY_W and EARLY_BD as in the one-row kernel."""
     pid_d = tl.program_id(0)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < batch
@@ -153,7 +170,11 @@ def _state_update_rows_kernel(
     W_tile = W_ptr + offs_r[:, None] * sW_r + d64[None, :] * sW_d
     if DT_PROJ and EARLY_W:  # dt_proj's weight: no kernel writes it
         W = tl.load(W_tile, mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+    if EARLY_BD:  # nor dt_bias and D
+        bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS, HAS_D)
     h, A = _state_and_A(state_tile, A_tile, mask, mask_dn, EARLY_STATE, PDL)
+    if not EARLY_BD:
+        bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS, HAS_D)
     A = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e): MUFU.EX2 alone, no range fix-up
 
     if DT_PROJ:
@@ -171,7 +192,7 @@ def _state_update_rows_kernel(
         dt = tl.load(dt_ptr + m64[:, None] * sdt_b + d64[None, :] * sdt_d, mask=mask_md,
                      other=0.0).to(tl.float32)
     if HAS_BIAS:
-        dt += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        dt += bias[None, :]
     if SOFTPLUS:
         dt = softplus_f32(dt)
     x = tl.load(x_ptr + m64[:, None] * sx_b + d64[None, :] * sx_d, mask=mask_md,
@@ -186,7 +207,7 @@ def _state_update_rows_kernel(
     h = h * tl.exp2(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * Bv
     y = tl.sum(h * Cv, axis=2)
     if HAS_D:
-        y += x * tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        y += x * Dv[None, :]
     if HAS_Z:
         z = tl.load(z_ptr + m64[:, None] * sz_b + d64[None, :] * sz_d, mask=mask_md,
                     other=0.0).to(tl.float32)
@@ -206,6 +227,13 @@ def _state_update_rows_kernel(
 # at 16 rows holding its tile across the wait, had lost: docs/kernel_notes.md v13). A switch for
 # benchmarks (scripts/bench_e2e.py --late-dt-proj).
 EARLY_DT_PROJ = True
+# With early_state, dt_bias and D before the wait as well (constants like the weight; the bias is
+# on dt's path). H100, 2026-11-24, decode ms/token, same call, two runs each, before vs after
+# the wait: b1 mamba-130m 0.232 vs 0.239, 790m 1.069-1.070 vs 1.082-1.084, 1.4b 1.455-1.457 vs
+# 1.464-1.466, 2.8b 2.661-2.665 vs 2.681, 370m 0.605-0.606 vs 0.602-0.603; b16 2.8b 3.456-3.457
+# vs 3.482-3.485, 1.4b 1.976-1.980 vs 1.982-1.983, the others level. A switch for benchmarks
+# (scripts/bench_e2e.py --late-bias-d).
+EARLY_BIAS_D = True
 
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 # The several-row kernel (row blocks per program, dt_proj's weight tile read once per block) when
@@ -322,12 +350,14 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         grid = (triton.cdiv(dim, block_d), triton.cdiv(batch, block_m))
         kern, head = _state_update_rows_kernel, (batch, dim)
         tiles = dict(BLOCK_M=block_m, BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ,
+                     EARLY_BD=bool(early_state) and EARLY_BIAS_D,
                      IEEE=(use_interpreter(device) or dt.dtype != W_dtype
                            or torch.float32 in (dt.dtype, W_dtype)))
     else:
         grid = (triton.cdiv(dim, block_d), batch)
         kern, head = _state_update_kernel, (dim,)
-        tiles = dict(BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ)
+        tiles = dict(BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ,
+                     EARLY_BD=bool(early_state) and EARLY_BIAS_D)
     launch(
         kern, grid, device,
         state, x, dt, A, B, C,

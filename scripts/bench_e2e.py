@@ -103,6 +103,8 @@ DECODE_LINEAR_SWITCHES = [
      "product (default: in K groups, one batched product)"),
     ("--cublas-large-weights", "LARGE_WEIGHTS", "the large in_proj / out_proj of the wide models at "
      "several rows on cuBLAS (default: kernels/decode_linear.py)"),
+    ("--late-constants", "EARLY_CONSTANTS", "the projections' folds read their parameters (norm weights, "
+     "conv weights) after the PDL wait (default: before it)"),
 ]
 
 # greedy selection as generate() does it (--torch-argmax: torch's argmax instead)
@@ -196,6 +198,9 @@ def main() -> int:
     p.add_argument("--late-dt-proj", action="store_true",
                    help="decode: the Mamba-1 state update reads dt_proj's weight after its PDL wait "
                         "(default: before it; kernels/state_update.EARLY_DT_PROJ)")
+    p.add_argument("--late-bias-d", action="store_true",
+                   help="decode: the Mamba-1 state update reads dt_bias and D after its PDL wait "
+                        "(default: before it; kernels/state_update.EARLY_BIAS_D)")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -236,6 +241,10 @@ def main() -> int:
         from mamba_export.kernels import state_update
 
         state_update.EARLY_DT_PROJ = False
+    if args.late_bias_d:
+        from mamba_export.kernels import state_update
+
+        state_update.EARLY_BIAS_D = False
     if args.prefetch_max_mb is not None:
         me._dispatch.PREFETCH_MAX_BYTES = int(args.prefetch_max_mb * (1 << 20))
     if args.state_config:
@@ -270,6 +279,7 @@ def main() -> int:
         results[key] = getattr(args, key)
     results["prefetch_max_bytes"] = me._dispatch.PREFETCH_MAX_BYTES
     results["late_dt_proj"] = args.late_dt_proj
+    results["late_bias_d"] = args.late_bias_d
     results["torch_argmax"] = args.torch_argmax
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:

@@ -58,11 +58,13 @@ def main():
         for fused in (True, False):  # (fused: the model's, state read before the PDL wait)
             compile_for_sm90(state_update._state_update_kernel, dict(
                 HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=fused, BLOCK_D=4,
-                BLOCK_N=16, BLOCK_R=256 if fused else 1, EARLY_STATE=fused, EARLY_W=fused, PDL=fused),
+                BLOCK_N=16, BLOCK_R=256 if fused else 1, EARLY_STATE=fused, EARLY_W=fused, EARLY_BD=fused,
+                PDL=fused),
                 ptr, num_warps=1)
         compile_for_sm90(state_update._state_update_rows_kernel, dict(  # (the model's at 16 rows)
             HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=True, IEEE=False,
-            BLOCK_M=16, BLOCK_D=16, BLOCK_N=16, BLOCK_R=256, EARLY_STATE=True, EARLY_W=True, PDL=True),
+            BLOCK_M=16, BLOCK_D=16, BLOCK_N=16, BLOCK_R=256, EARLY_STATE=True, EARLY_W=True, EARLY_BD=True,
+            PDL=True),
             ptr, num_warps=2)
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
@@ -84,7 +86,7 @@ def main():
                 BLOCK_N=32 if dot else 4, BLOCK_K=1024 if norm or k_groups > 1 else 128, EARLY_W=pdl,
                 ADD_NORM=norm, HAS_RES=norm, CONV=conv, CONV_BIAS=conv, WIDTH=4, BLOCK_S=4,
                 ROW_NORM=groups > 0, BLOCK_G=max(groups, 1), BLOCK_Q=8, NEXT_NORM=groups == 1,
-                K_GROUPS=k_groups, PREFETCH=split in (3, 6), PDL=pdl),
+                K_GROUPS=k_groups, PREFETCH=split in (3, 6), EARLY_C=pdl, PDL=pdl),
                 lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr", "nsum_ptr", "nrout_ptr") else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
