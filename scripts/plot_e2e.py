@@ -1,4 +1,6 @@
-"""Plot decode ms/token vs model size (with the weight-reading floor) from bench_e2e.py's JSON.
+"""Plot decode ms/token vs model size from bench_e2e.py's JSON, with two floors: the weights read
+once (batch 1), and the weights plus every row's recurrent state read and written once (batch 16:
+the float32 SSM state and the conv state, at the run's copy bandwidth).
 
 Usage: python scripts/plot_e2e.py docs/data/bench_e2e_<date>.json docs/decode_vs_size.png
 """
@@ -11,7 +13,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mamba_export.config import MambaConfig
+
 SIZES = {"mamba-130m": 130, "mamba-370m": 370, "mamba-790m": 790, "mamba-1.4b": 1400, "mamba-2.8b": 2800}
+
+
+def state_bytes_per_row(preset: str) -> int:
+    """Bytes of one sequence's decode state read and written once per step (Mamba-1 presets:
+    float32 SSM state [d_inner, d_state] and a float16 conv state [d_inner, d_conv - 1] per
+    layer)."""
+    c = MambaConfig.preset(preset)
+    d_inner = c.expand * c.d_model
+    return 2 * c.n_layer * d_inner * (c.d_state * 4 + (c.d_conv - 1) * 2)
+
+
+def batch_floor_ms(row: dict, batch: int, copy_bps: float) -> float:
+    """The weight floor plus ``batch`` rows' state traffic at the copy bandwidth."""
+    return row["floor_ms"] + batch * state_bytes_per_row(row["model"]) / copy_bps * 1e3
 
 
 def main(src: str, dst: str) -> None:
@@ -25,6 +43,9 @@ def main(src: str, dst: str) -> None:
         ax.plot(x, [r["b1_no_pdl_ms"] for r in rows], "o:", color="C0", alpha=0.6,
                 label="batch 1, without PDL")
     ax.plot(x, [r["floor_ms"] for r in rows], "k--", label="floor: weights / copy bandwidth")
+    copy_bps = data["copy_TBps"] * 1e12
+    ax.plot(x, [batch_floor_ms(r, 16, copy_bps) for r in rows], "k:",
+            label="batch-16 floor: weights + 16 states read and written")
     for r, xi in zip(rows, x):
         ax.annotate(r["model"].replace("mamba-", ""), (xi, r["b1_ms"]), textcoords="offset points",
                     xytext=(4, -12), fontsize=8)
