@@ -2,15 +2,16 @@
 # Everything the GPU machine checks: install, GPU tests, kernel and end-to-end benchmarks, the
 # transformers switch and ONNX Runtime's CUDA provider; a short table last. Logs and JSON under
 # $OUT (or ./gpu_out). All stages together take longer than one 10-minute device command, so
-# split them over calls: `--skip-kernels --skip-e2e --tests-part=1`, `... --tests-part=2` and
-# `... --tests-part=3` (the GPU tests: all of them overran one call on the H100 on 2026-11-23;
-# part 1 is the model, compile and Mamba-1 kernel tests, part 3 the decode kernels: the
-# projections with their folds and the state updates (tests/test_kernels_decode_linear.py and
-# test_kernels_decode.py; part 1 with the latter overran its 560 s on the H100 on 2026-11-24),
-# part 2 the rest), `--skip-tests --skip-e2e` (kernel
+# split them over calls: `--skip-kernels --skip-e2e --tests-part=1`, `... --tests-part=2`,
+# `... --tests-part=3` and `... --tests-part=4` (the GPU tests: all of them overran one call on
+# the H100 on 2026-11-23; part 1 is the model and compile tests, part 4 the Mamba-1 kernel tests
+# (tests/test_kernels.py; with part 1 it overran its 560 s on a fresh H100 on 2026-11-24), part 3
+# the decode kernels: the projections with their folds and the state updates
+# (tests/test_kernels_decode_linear.py and test_kernels_decode.py), part 2 the rest),
+# `--skip-tests --skip-e2e` (kernel
 # benchmarks), `--skip-tests --skip-kernels` (end to end; extra args go to bench_e2e.py).
 # The ONNX Runtime stage runs when onnxruntime-gpu is importable (ORT_GPU_WHEEL, see below).
-# Usage (on the GPU machine): bash scripts/gpu_check.sh [--skip-tests] [--tests-part=1|2|3] [--skip-kernels] [--skip-e2e] [bench_e2e.py args]
+# Usage (on the GPU machine): bash scripts/gpu_check.sh [--skip-tests] [--tests-part=1|2|3|4] [--skip-kernels] [--skip-e2e] [bench_e2e.py args]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -43,12 +44,14 @@ python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torc
 if [ "$tests" = 1 ]; then
   # gpu-marked tests, and every kernel test file (test_kernels*.py, marked "interpret"), which
   # runs natively on CUDA
-  part1=(tests/test_gpu_compile.py tests/test_gpu_model.py tests/test_kernels.py)
+  part1=(tests/test_gpu_compile.py tests/test_gpu_model.py)
   part3=(tests/test_kernels_decode.py tests/test_kernels_decode_linear.py)
+  part4=(tests/test_kernels.py)
   case "$part" in
     1) sel=("${part1[@]}") ;;
     3) sel=("${part3[@]}") ;;
-    2) sel=(tests); for f in "${part1[@]}" "${part3[@]}"; do sel+=(--ignore="$f"); done ;;
+    4) sel=("${part4[@]}") ;;
+    2) sel=(tests); for f in "${part1[@]}" "${part3[@]}" "${part4[@]}"; do sel+=(--ignore="$f"); done ;;
     *) sel=(tests) ;;
   esac
   timeout 560 python3 -m pytest "${sel[@]}" -m "gpu or interpret" -q -p no:cacheprovider -rf \
