@@ -91,7 +91,8 @@ def _conv_epilogue(out, taps, w_taps, w_new, cbias, ncs_ptr, offs_m, ch, cmask, 
     state itself: every tap was read)."""
     j = tl.arange(0, BLOCK_S)
     raw = out.to(out_dtype).to(tl.float32)
-    acc = tl.sum(taps.to(tl.float32) * w_taps.to(tl.float32)[None, :, :], axis=2) + raw * w_new.to(tl.float32)[None, :]
+    acc = tl.sum(taps.to(tl.float32) * w_taps.to(tl.float32)[None, :, :], axis=2)
+    acc += raw * w_new.to(tl.float32)[None, :]
     if CONV_BIAS:
         acc += cbias.to(tl.float32)[None, :]
     tl.debug_barrier()  # every thread's taps are read before any is overwritten (in place)

@@ -103,8 +103,8 @@ DECODE_LINEAR_SWITCHES = [
      "product (default: in K groups, one batched product)"),
     ("--cublas-large-weights", "LARGE_WEIGHTS", "the large in_proj / out_proj of the wide models at "
      "several rows on cuBLAS (default: kernels/decode_linear.py)"),
-    ("--late-constants", "EARLY_CONSTANTS", "the projections' folds read their parameters (norm weights, "
-     "conv weights) after the PDL wait (default: before it)"),
+    ("--late-constants", "EARLY_CONSTANTS", "the one-row projections' folds read their parameters (norm "
+     "weights, conv weights) after the PDL wait (default: before it)"),
 ]
 
 # greedy selection as generate() does it (--torch-argmax: torch's argmax instead)
