@@ -98,9 +98,12 @@ def _conv_update_kernel(
     sbias,
     sn_b, sn_d, sn_s,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, WIDTH: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, EARLY_STATE: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
-    pdl_start(PDL)
+    """BLOCK_D channels of one batch row. EARLY_STATE: everything but the step's input x (the
+    state's taps and shifted part, the weights, the bias) is read before the PDL wait (the
+    caller knows the kernel before does not write the state)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     b64 = pid_b.to(tl.int64)
@@ -108,28 +111,26 @@ def _conv_update_kernel(
     mask_d = offs_d < dim
     d64 = offs_d.to(tl.int64)
     s_rows = state_ptr + b64 * ss_b + d64 * ss_d
+    # window = [state, x] (length state_len + 1); taps are its last WIDTH entries; the new state
+    # is window[1:], everything read before anything is written (in-place safe)
+    j = tl.arange(0, BLOCK_S)
+    from_state = (j + 1) < state_len
+    shift_ptrs = s_rows[:, None] + (j + 1)[None, :] * ss_s
+    shift_mask = mask_d[:, None] & from_state[None, :]
+    if EARLY_STATE:
+        partial, w_new = conv_step_partial(state_ptr + b64 * ss_b, w_ptr, bias_ptr, d64, mask_d, state_len,
+                                           ss_d, ss_s, sw_d, sw_w, sbias, HAS_BIAS, WIDTH)
+        sv = tl.load(shift_ptrs, mask=shift_mask, other=0.0)
+    pdl_start(PDL)
+    if not EARLY_STATE:
+        partial, w_new = conv_step_partial(state_ptr + b64 * ss_b, w_ptr, bias_ptr, d64, mask_d, state_len,
+                                           ss_d, ss_s, sw_d, sw_w, sbias, HAS_BIAS, WIDTH)
+        sv = tl.load(shift_ptrs, mask=shift_mask, other=0.0)
     x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0)
-
-    # window = [state, x] (length state_len + 1); taps are its last WIDTH entries
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for w in tl.static_range(WIDTH):
-        pos = state_len + 1 - WIDTH + w
-        wv = tl.load(w_ptr + offs_d * sw_d + w * sw_w, mask=mask_d, other=0.0).to(tl.float32)
-        if w == WIDTH - 1:
-            tap = x.to(tl.float32)
-        else:
-            tap = tl.load(s_rows + pos * ss_s, mask=mask_d, other=0.0).to(tl.float32)
-        acc += wv * tap
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    acc = partial + w_new * x.to(tl.float32)
     if SILU:
         acc = acc * tl.sigmoid(acc)
 
-    # new state = window[1:]; everything is read before anything is written (in-place safe)
-    j = tl.arange(0, BLOCK_S)
-    from_state = (j + 1) < state_len
-    sv = tl.load(s_rows[:, None] + (j + 1)[None, :] * ss_s,
-                 mask=mask_d[:, None] & from_state[None, :], other=0.0)
     nv = tl.where(from_state[None, :], sv.to(nstate_ptr.dtype.element_ty),
                   x.to(nstate_ptr.dtype.element_ty)[:, None])
     tl.debug_barrier()
@@ -143,22 +144,29 @@ def _conv_update_kernel(
 # state update computes the conv outputs it reads; the gated norm, which runs after it, shifts
 # the conv state, so no program overwrites a state another still reads).
 @device_fn
-def conv_step_silu(raw_ptr, state_ptr, w_ptr, bias_ptr, ch, mask, state_len,
-                   s_raw, s_state_c, s_state_s, sw_c, sw_k, s_bias,
-                   HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr):
-    """silu(conv) of channels ``ch`` at the new step (float32): the window is [state, raw],
-    the taps its last WIDTH entries. Pointers are at the batch row; the state is only read."""
+def conv_step_partial(state_ptr, w_ptr, bias_ptr, ch, mask, state_len, s_state_c, s_state_s, sw_c, sw_k,
+                      s_bias, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr):
+    """The conv of channels ``ch`` at the new step without its newest tap (float32): the taps
+    from the state times their weights, plus the bias; and the newest tap's weight. The window
+    is [state, raw], the taps its last WIDTH entries; pointers are at the batch row, the state
+    is only read. Needs nothing of the step's input, so a PDL kernel may compute it before its
+    wait (conv_step_finish adds the input)."""
     acc = tl.zeros(ch.shape, dtype=tl.float32)
-    for w in tl.static_range(WIDTH):
+    for w in tl.static_range(WIDTH - 1):
         wv = tl.load(w_ptr + ch * sw_c + w * sw_k, mask=mask, other=0.0).to(tl.float32)
-        if w == WIDTH - 1:
-            tap = tl.load(raw_ptr + ch * s_raw, mask=mask, other=0.0).to(tl.float32)
-        else:
-            tap = tl.load(state_ptr + ch * s_state_c + (state_len + 1 - WIDTH + w) * s_state_s,
-                          mask=mask, other=0.0).to(tl.float32)
+        tap = tl.load(state_ptr + ch * s_state_c + (state_len + 1 - WIDTH + w) * s_state_s,
+                      mask=mask, other=0.0).to(tl.float32)
         acc += wv * tap
     if HAS_BIAS:
         acc += tl.load(bias_ptr + ch * s_bias, mask=mask, other=0.0).to(tl.float32)
+    return acc, tl.load(w_ptr + ch * sw_c + (WIDTH - 1) * sw_k, mask=mask, other=0.0).to(tl.float32)
+
+
+@device_fn
+def conv_step_finish(partial, w_new, raw_ptr, ch, mask, s_raw):
+    """silu(conv) of channels ``ch`` at the new step: conv_step_partial's sum plus the newest
+    tap (the step's input ``raw``, pointer at the batch row) times its weight."""
+    acc = partial + w_new * tl.load(raw_ptr + ch * s_raw, mask=mask, other=0.0).to(tl.float32)
     return acc * tl.sigmoid(acc)
 
 
@@ -283,12 +291,16 @@ def causal_conv1d_fwd(x, weight, bias=None, initial_state=None, silu=False):
     return out, final
 
 
-def causal_conv1d_update_fwd(x, conv_state, weight, bias=None, silu=False, out_state=None):
+def causal_conv1d_update_fwd(x, conv_state, weight, bias=None, silu=False, out_state=None,
+                             early_state=False):
     """One step. Returns ``(out [B, D] in x.dtype, new_state [B, D, S])``.
 
     ``conv_state [B, D, S]`` (S >= W-1) holds the last S inputs, oldest first. The new state
     (old shifted left by one, x appended) goes into ``out_state`` when given (it may be
     ``conv_state`` itself: in-place), else into a new tensor of x's dtype.
+    ``early_state``: with PDL, read the state, weights and bias before waiting for the kernel
+    launched just before this one; only for callers that know that kernel does not write the
+    state (the Mamba-1 decode step: in_proj).
     """
     width = check_conv_step(x, conv_state, weight, bias, out_state)
     (batch, dim), state_len = x.shape, conv_state.shape[2]
@@ -308,7 +320,8 @@ def causal_conv1d_update_fwd(x, conv_state, weight, bias=None, silu=False, out_s
         bias.stride(0) if bias is not None else 0,
         nstate.stride(0), nstate.stride(1), nstate.stride(2),
         HAS_BIAS=bias is not None, SILU=bool(silu), WIDTH=width,
-        BLOCK_S=next_pow2(max(state_len, 1)), BLOCK_D=block_d, num_warps=4, pdl=True,
+        BLOCK_S=next_pow2(max(state_len, 1)), BLOCK_D=block_d, EARLY_STATE=bool(early_state), num_warps=4,
+        pdl=True,
     )
     return out, nstate
 

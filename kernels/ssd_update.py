@@ -15,9 +15,46 @@ import torch
 import triton
 import triton.language as tl
 
-from .causal_conv1d import check_conv_step, conv_step_silu
-from ._common import (check_float, check_same_device, check_shape, kernel, launch, new_output, next_pow2,
-                      pdl_start)
+from .causal_conv1d import check_conv_step, conv_step_finish, conv_step_partial
+from ._common import (check_float, check_same_device, check_shape, device_fn, kernel, launch, new_output,
+                      next_pow2, pdl_start)
+
+
+@device_fn
+def _step_inputs_known(bias_ptr, A_ptr, D_ptr, nw_ptr, cstate_ptr, cw_ptr, cbias_ptr, b, h, g, headdim, dstate,
+                       b_off, c_off, cstate_len, offs_p, mask_p, offs_n, mask_n, sA, sbias, sD_h, sD_p, snw,
+                       scs_b, scs_c, scs_s, scw_c, scw_k, scbias, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+                       NORM_SUMS: tl.constexpr):
+    """What the step reads that the kernel before it does not write (float32): the head's
+    dt_bias and A, its channels' D and norm weight, and with CONV the conv of x, B and C
+    without the step's input (conv_step_partial: the conv state's taps, weights, bias), with
+    the newest tap's weights. Absent ones are 0.0."""
+    bias_h = 0.0
+    Dv = 0.0
+    nwv = 0.0
+    if HAS_BIAS:
+        bias_h = tl.load(bias_ptr + h * sbias).to(tl.float32)
+    A_h = tl.load(A_ptr + h * sA).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + h * sD_h + offs_p * sD_p, mask=mask_p, other=0.0).to(tl.float32)
+    if NORM_SUMS:
+        nwv = tl.load(nw_ptr + (h * headdim + offs_p) * snw, mask=mask_p, other=0.0).to(tl.float32)
+    px = 0.0
+    wx = 0.0
+    pB = 0.0
+    wB = 0.0
+    pC = 0.0
+    wC = 0.0
+    if CONV:
+        cst = cstate_ptr + b * scs_b
+        px, wx = conv_step_partial(cst, cw_ptr, cbias_ptr, h * headdim + offs_p, mask_p, cstate_len,
+                                   scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
+        pB, wB = conv_step_partial(cst, cw_ptr, cbias_ptr, b_off + g * dstate + offs_n, mask_n, cstate_len,
+                                   scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
+        pC, wC = conv_step_partial(cst, cw_ptr, cbias_ptr, c_off + g * dstate + offs_n, mask_n, cstate_len,
+                                   scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
+    return bias_h, A_h, Dv, nwv, px, wx, pB, wB, pC, wC
 
 
 @kernel
@@ -31,7 +68,7 @@ def _ssd_update_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LIMIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, EARLY_STATE: tl.constexpr,
-    NORM_SUMS: tl.constexpr = False, PDL: tl.constexpr = False,
+    NORM_SUMS: tl.constexpr = False, EARLY_C: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """CONV: x_ptr is the conv's raw input row ``xBC [B, conv_dim]`` (x, then B and C at
     channel offsets b_off / c_off); x, B and C are silu(conv) computed here from the conv state,
@@ -40,7 +77,9 @@ def _ssd_update_kernel(
     NORM_SUMS (with z; Mamba-2's gated RMSNorm, gate first, folded into out_proj): y is
     rounded to the output dtype before the gate, as the op path's norm sees it; the program's
     sum of squares of v = y * silu(z) goes to ``sums[b, h, pid_p]`` and the output is v times
-    the norm weight ``nw`` (out_proj then scales by 1/rms)."""
+    the norm weight ``nw`` (out_proj then scales by 1/rms). EARLY_C (with EARLY_STATE's
+    promise): the parameters and the conv state's part of the conv (_step_inputs_known) are
+    read before the PDL wait too."""
     pid_p = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -49,29 +88,36 @@ def _ssd_update_kernel(
     mask_p, mask_n = offs_p < headdim, offs_n < dstate
     mask = mask_p[:, None] & mask_n[None, :]
     state_rows = state_ptr + b * ss_b + h * ss_h + offs_p[:, None] * ss_p + offs_n[None, :] * ss_n
+    g = h // heads_per_group
     if EARLY_STATE:
         s = tl.load(state_rows, mask=mask, other=0.0).to(tl.float32)
+    if EARLY_C:
+        bias_h, A_h, Dv, nwv, px, wx, pB, wB, pC, wC = _step_inputs_known(
+            bias_ptr, A_ptr, D_ptr, nw_ptr, cstate_ptr, cw_ptr, cbias_ptr, b, h, g, headdim, dstate, b_off, c_off,
+            cstate_len, offs_p, mask_p, offs_n, mask_n, sA, sbias, sD_h, sD_p, snw, scs_b, scs_c, scs_s, scw_c,
+            scw_k, scbias, HAS_D, HAS_BIAS, CONV, CONV_BIAS, WIDTH, NORM_SUMS)
     pdl_start(PDL)
     if not EARLY_STATE:
         s = tl.load(state_rows, mask=mask, other=0.0).to(tl.float32)
+    if not EARLY_C:
+        bias_h, A_h, Dv, nwv, px, wx, pB, wB, pC, wC = _step_inputs_known(
+            bias_ptr, A_ptr, D_ptr, nw_ptr, cstate_ptr, cw_ptr, cbias_ptr, b, h, g, headdim, dstate, b_off, c_off,
+            cstate_len, offs_p, mask_p, offs_n, mask_n, sA, sbias, sD_h, sD_p, snw, scs_b, scs_c, scs_s, scw_c,
+            scw_k, scbias, HAS_D, HAS_BIAS, CONV, CONV_BIAS, WIDTH, NORM_SUMS)
 
     dt = tl.load(dt_ptr + b * sdt_b + h * sdt_h).to(tl.float32)
     if HAS_BIAS:
-        dt += tl.load(bias_ptr + h * sbias).to(tl.float32)
+        dt += bias_h
     if SOFTPLUS:
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
     if HAS_LIMIT:
         dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
-    decay = tl.exp(dt * tl.load(A_ptr + h * sA).to(tl.float32))
-    g = h // heads_per_group
+    decay = tl.exp(dt * A_h)
     if CONV:
-        raw, cst = x_ptr + b * sx_b, cstate_ptr + b * scs_b
-        x = conv_step_silu(raw, cst, cw_ptr, cbias_ptr, h * headdim + offs_p, mask_p, cstate_len,
-                           sx_p, scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
-        Bv = conv_step_silu(raw, cst, cw_ptr, cbias_ptr, b_off + g * dstate + offs_n, mask_n,
-                            cstate_len, sx_p, scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
-        Cv = conv_step_silu(raw, cst, cw_ptr, cbias_ptr, c_off + g * dstate + offs_n, mask_n,
-                            cstate_len, sx_p, scs_c, scs_s, scw_c, scw_k, scbias, CONV_BIAS, WIDTH)
+        raw = x_ptr + b * sx_b
+        x = conv_step_finish(px, wx, raw, h * headdim + offs_p, mask_p, sx_p)
+        Bv = conv_step_finish(pB, wB, raw, b_off + g * dstate + offs_n, mask_n, sx_p)
+        Cv = conv_step_finish(pC, wC, raw, c_off + g * dstate + offs_n, mask_n, sx_p)
     else:
         Bv = tl.load(B_ptr + b * sB_b + g * sB_g + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
         Cv = tl.load(C_ptr + b * sC_b + g * sC_g + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -79,7 +125,7 @@ def _ssd_update_kernel(
     s = s * decay + (dt * x)[:, None] * Bv[None, :]
     y = tl.sum(s * Cv[None, :], axis=1)
     if HAS_D:
-        y += x * tl.load(D_ptr + h * sD_h + offs_p * sD_p, mask=mask_p, other=0.0).to(tl.float32)
+        y += x * Dv
     if HAS_Z:
         z = tl.load(z_ptr + b * sz_b + h * sz_h + offs_p * sz_p, mask=mask_p, other=0.0).to(tl.float32)
         if NORM_SUMS:
@@ -87,7 +133,7 @@ def _ssd_update_kernel(
         y = y * (z * tl.sigmoid(z))
         if NORM_SUMS:
             tl.store(sums_ptr + b * ssum_b + h * ssum_h + pid_p, tl.sum(y * y, axis=0))
-            y *= tl.load(nw_ptr + (h * headdim + offs_p) * snw, mask=mask_p, other=0.0).to(tl.float32)
+            y *= nwv
     tl.store(nstate_ptr + b * sn_b + h * sn_h + offs_p[:, None] * sn_p + offs_n[None, :] * sn_n,
              s.to(nstate_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + b * so_b + h * so_h + offs_p * so_p, y.to(out_ptr.dtype.element_ty), mask=mask_p)
@@ -171,6 +217,11 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
     return out, nstate
 
 
+# With early_state, the parameters and the conv state's part of the folded conv are read before
+# the PDL wait too (_step_inputs_known): in the model's step the kernel before this one is
+# in_proj, which writes neither. Not yet timed (scripts/bench_e2e.py --late-ssd-known).
+EARLY_KNOWN = True
+
 _MIN_PROGRAMS = 256  # decode is latency-bound: at batch 1, spread a layer over ~2 waves of SMs
 
 
@@ -221,6 +272,7 @@ def _launch(state, x, dt, A, B, C, groups, dstate, D, z, dt_bias, dt_softplus, d
         SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit, BLOCK_P=block_p, BLOCK_N=block_n,
         CONV=conv is not None, CONV_BIAS=conv is not None and conv[2] is not None,
         WIDTH=1 if conv is None else conv[1].shape[1], EARLY_STATE=bool(early_state), NORM_SUMS=norm is not None,
+        EARLY_C=bool(early_state) and EARLY_KNOWN,
         num_warps=warps, pdl=True,
     )
 

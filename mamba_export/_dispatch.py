@@ -26,6 +26,10 @@ EARLY_READS = True
 # the several-row kernel, 2026-11-24; the one-row kernel's form of 2026-11-23 had lost at 16
 # rows). A switch for benchmarks (scripts/bench_e2e.py --no-early-state-mamba1).
 EARLY_STATE_MAMBA1 = True
+# Mamba-1's conv kernel (where the conv is not folded into in_proj) reads its conv state, weights
+# and bias before its PDL wait too (with EARLY_READS; in_proj, the kernel before it, does not
+# write the conv state). Not yet timed (scripts/bench_e2e.py --no-early-conv).
+EARLY_CONV = True
 # The decode step folds each block's residual add + RMSNorm into in_proj's kernel where in_proj
 # reads its weight in one tile (decode_linear.folds_norm). A switch for benchmarks
 # (scripts/bench_e2e.py --no-fold-norm).

@@ -156,7 +156,8 @@ class MambaMixer(nn.Module):
                 new_conv = conv[4]
             else:
                 x, new_conv = causal_conv1d_update_fwd(x, conv_state, weight, self.conv1d.bias, True,
-                                                       out_state=conv_state if inplace else None)
+                                                       out_state=conv_state if inplace else None,
+                                                       early_state=_dispatch.EARLY_READS and _dispatch.EARLY_CONV)
             out_w = self.out_proj.weight
             prefetch = out_w if out_w.numel() * out_w.element_size() <= _dispatch.PREFETCH_MAX_BYTES else None
             dt_low, B, C = self._split_x_dbl(decode_linear(x, self.x_proj, l2_prefetch=prefetch))

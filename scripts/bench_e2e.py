@@ -80,6 +80,8 @@ DISPATCH_SWITCHES = [
      "weight after their PDL wait (default: before)"),
     ("--no-early-state-mamba1", "EARLY_STATE_MAMBA1", "Mamba-1's state update reads the state and "
      "dt_proj's weight after its PDL wait (default: before)"),
+    ("--no-early-conv", "EARLY_CONV", "Mamba-1's conv kernel reads its state, weights and bias after its "
+     "PDL wait (default: before)"),
     ("--no-fold-norm", "FOLD_NORM", "each block's add + RMSNorm as its own kernel (default: folded into "
      "in_proj where it reads its weight in one tile)"),
     ("--no-fold-conv", "FOLD_CONV", "the conv and Mamba-2's gated norm as kernels of their own (default: the "
@@ -201,6 +203,9 @@ def main() -> int:
     p.add_argument("--late-bias-d", action="store_true",
                    help="decode: the Mamba-1 state update reads dt_bias and D after its PDL wait "
                         "(default: before it; kernels/state_update.EARLY_BIAS_D)")
+    p.add_argument("--late-ssd-known", action="store_true",
+                   help="decode: the Mamba-2 state update reads its parameters and the conv state's taps after "
+                        "its PDL wait (default: before it; kernels/ssd_update.EARLY_KNOWN)")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -245,6 +250,10 @@ def main() -> int:
         from mamba_export.kernels import state_update
 
         state_update.EARLY_BIAS_D = False
+    if args.late_ssd_known:
+        from mamba_export.kernels import ssd_update
+
+        ssd_update.EARLY_KNOWN = False
     if args.prefetch_max_mb is not None:
         me._dispatch.PREFETCH_MAX_BYTES = int(args.prefetch_max_mb * (1 << 20))
     if args.state_config:
@@ -280,6 +289,7 @@ def main() -> int:
     results["prefetch_max_bytes"] = me._dispatch.PREFETCH_MAX_BYTES
     results["late_dt_proj"] = args.late_dt_proj
     results["late_bias_d"] = args.late_bias_d
+    results["late_ssd_known"] = args.late_ssd_known
     results["torch_argmax"] = args.torch_argmax
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:

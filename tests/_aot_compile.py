@@ -54,7 +54,7 @@ def main():
             compile_for_sm90(ssd_update._ssd_update_kernel, dict(
                 HAS_D=True, HAS_Z=not conv, HAS_BIAS=True, SOFTPLUS=True, HAS_LIMIT=True,
                 BLOCK_P=32, BLOCK_N=128, CONV=conv, CONV_BIAS=conv, WIDTH=4 if conv else 1,
-                EARLY_STATE=True, NORM_SUMS=sums, PDL=True), ptr)
+                EARLY_STATE=True, NORM_SUMS=sums, EARLY_C=True, PDL=True), ptr)
         for fused in (True, False):  # (fused: the model's, state read before the PDL wait)
             compile_for_sm90(state_update._state_update_kernel, dict(
                 HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=fused, BLOCK_D=4,
@@ -90,6 +90,8 @@ def main():
                 lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr", "nsum_ptr", "nrout_ptr") else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
+        compile_for_sm90(causal_conv1d._conv_update_kernel, dict(  # (Mamba-1's decode conv kernel)
+            HAS_BIAS=True, SILU=True, WIDTH=4, BLOCK_S=4, BLOCK_D=128, EARLY_STATE=True, PDL=True), ptr)
     # the decode step's ends: embedding rows (int64 ids), greedy tokens (one chunk; several)
     compile_for_sm90(embedding._embedding_kernel, dict(BLOCK=1024, PDL=True),
                      lambda n: "i64" if n == "ids_ptr" else "fp16")

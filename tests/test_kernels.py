@@ -625,15 +625,17 @@ def test_conv_fwd_model_layout_half(dtype):
 
 
 @pytest.mark.parametrize("width,state_len", [(4, 3), (4, 5), (2, 1)])
-def test_conv_update(width, state_len):
+@pytest.mark.parametrize("early_state", [False, True])
+def test_conv_update(width, state_len, early_state):
+    """(early_state: the state, weights and bias read before the PDL wait.)"""
     x = torch.randn(3, 6)
     state = torch.randn(3, 6, state_len)
     w, b = torch.randn(6, width), torch.randn(6)
     r_out, r_state = ref.causal_conv1d_update(f64(x), f64(state), f64(w), f64(b), True)
-    out, new = causal_conv1d_update_fwd(x, state, w, b, True)
+    out, new = causal_conv1d_update_fwd(x, state, w, b, True, early_state=early_state)
     assert rel(out, r_out) <= 1e-5 and rel(new, r_state) == 0.0
     # in place
-    out2, new2 = causal_conv1d_update_fwd(x, state, w, b, True, out_state=state)
+    out2, new2 = causal_conv1d_update_fwd(x, state, w, b, True, out_state=state, early_state=early_state)
     assert new2.data_ptr() == state.data_ptr()
     assert rel(out2, r_out) <= 1e-5 and rel(state, r_state) == 0.0
 

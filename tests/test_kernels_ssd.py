@@ -143,7 +143,9 @@ def test_ssd_scan_kernel_rejects_bad_input():
     (2, 4, 16, 16, 2, True, (0.01, 0.5)),
     (3, 6, 8, 3, 3, False, (0.0, math.inf)),
 ])
-def test_ssd_state_update_kernel(dtype, bound, batch, heads, headdim, dstate, groups, d_per_p, limit):
+@pytest.mark.parametrize("early_state", [False, True])
+def test_ssd_state_update_kernel(dtype, bound, batch, heads, headdim, dstate, groups, d_per_p, limit,
+                                 early_state):
     from mamba_export.kernels.ssd_update import ssd_state_update_fwd
 
     x, z = (torch.randn(batch, heads, headdim).to(dtype) for _ in range(2))
@@ -155,7 +157,7 @@ def test_ssd_state_update_kernel(dtype, bound, batch, heads, headdim, dstate, gr
     out_state = torch.full_like(state, float("nan"))
     on = lambda *ts: [t.to(DEVICE) for t in ts]  # noqa: E731
     y, new = ssd_state_update_fwd(*on(state, x, dt, A, B, C, D, z, bias), True, limit,
-                                  out_state=out_state.to(DEVICE))
+                                  out_state=out_state.to(DEVICE), early_state=early_state)
     d64 = lambda t: t.double()  # noqa: E731
     want_y, want_state = ref.ssd_state_update(*map(d64, (state, x, dt, A, B, C, D, z, bias)), True, limit)
     assert rel_err(y.cpu(), want_y) <= bound
@@ -164,7 +166,8 @@ def test_ssd_state_update_kernel(dtype, bound, batch, heads, headdim, dstate, gr
 
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.float16, 5e-3)])
 @pytest.mark.parametrize("batch,heads,headdim", [(1, 3, 40), (2, 4, 7)])
-def test_ssd_state_update_norm_sums(dtype, bound, batch, heads, headdim):
+@pytest.mark.parametrize("early_state", [False, True])
+def test_ssd_state_update_norm_sums(dtype, bound, batch, heads, headdim, early_state):
     """``norm_weight``: the gated output v = y16 * silu(z) (y rounded first, as the op path's
     gated norm sees it) times the norm weight, and per head partial sums of v^2 that add up to
     the head's total."""
@@ -178,7 +181,7 @@ def test_ssd_state_update_norm_sums(dtype, bound, batch, heads, headdim):
     D, state, nw = r(heads), r(batch, heads, headdim, 6), (1 + 0.2 * r(heads * headdim)).to(dtype)
     on = lambda *ts: [t.to(DEVICE) for t in ts]  # noqa: E731
     out, new, sums = ssd_state_update_fwd(*on(state, x, dt, A, B, C, D, z, bias), True, None,
-                                          norm_weight=nw.to(DEVICE))
+                                          norm_weight=nw.to(DEVICE), early_state=early_state)
     y, want_state = ref.ssd_state_update(*(t.double() for t in (state, x, dt, A, B, C, D)), None,
                                          bias.double(), True, None)
     gated = y.to(dtype).double() * torch.nn.functional.silu(z.double())
@@ -255,10 +258,12 @@ def test_drop_in_chunk_scan_eager_path_matches_op():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch,heads,headdim,groups,dstate,width,state_len,with_bias", [
     (1, 4, 8, 2, 6, 4, 3, True), (3, 3, 5, 1, 7, 2, 4, False)])
+@pytest.mark.parametrize("early_state", [False, True])
 def test_fused_conv_state_update_equals_conv_then_update(dtype, batch, heads, headdim, groups,
-                                                         dstate, width, state_len, with_bias):
+                                                         dstate, width, state_len, with_bias, early_state):
     """``ssd_conv_state_update_fwd`` (conv folded into the SSD decode kernel, conv state only
-    read) then ``conv_state_commit_fwd`` == the conv update kernel then the SSD update kernel."""
+    read) then ``conv_state_commit_fwd`` == the conv update kernel then the SSD update kernel.
+    (early_state: the state, parameters and the conv state's taps read before the PDL wait.)"""
     from mamba_export.kernels.causal_conv1d import causal_conv1d_update_fwd, conv_state_commit_fwd
     from mamba_export.kernels.ssd_update import ssd_conv_state_update_fwd, ssd_state_update_fwd
 
@@ -275,7 +280,7 @@ def test_fused_conv_state_update_equals_conv_then_update(dtype, batch, heads, he
                                             D, None, bias, True, None)
     before = cst.clone()
     y, new_ssm = ssd_conv_state_update_fwd(ssm, xbc, cst, w, cb, dt, A, groups, D, None, bias, True, None,
-                                           out_state=ssm)
+                                           out_state=ssm, early_state=early_state)
     assert torch.equal(cst, before) and new_ssm is ssm  # conv state read only; ssm in place
     assert y.dtype == dtype
     # bf16: the unfused path rounds the conv outputs to bf16, the fused one keeps float32
