@@ -219,7 +219,12 @@ def ssd_conv_state_update_fwd(state, xBC, conv_state, conv_weight, conv_bias, dt
 
 # With early_state, the parameters and the conv state's part of the folded conv are read before
 # the PDL wait too (_step_inputs_known): in the model's step the kernel before this one is
-# in_proj, which writes neither. Not yet timed (scripts/bench_e2e.py --late-ssd-known).
+# in_proj, which writes neither. H100, 2026-11-24, decode ms/token, same call, two runs each,
+# early vs after the wait: b1 mamba2-130m 0.236 vs 0.239, 370m 0.671-0.673 vs 0.702, 780m
+# 1.091-1.092 vs 1.143-1.144, 1.3b 1.489-1.491 vs 1.543-1.545, 2.7b 2.700-2.701 vs 2.776-2.778;
+# b16 130m 0.513-0.514 vs 0.544-0.545, 370m 1.492-1.494 vs 1.675-1.679, 780m 2.210 vs
+# 2.473-2.474, 1.3b 2.899-2.903 vs 3.123-3.125, 2.7b 4.911-4.914 vs 5.241-5.246. A switch for
+# benchmarks (scripts/bench_e2e.py --late-ssd-known).
 EARLY_KNOWN = True
 
 _MIN_PROGRAMS = 256  # decode is latency-bound: at batch 1, spread a layer over ~2 waves of SMs

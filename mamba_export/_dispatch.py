@@ -28,7 +28,11 @@ EARLY_READS = True
 EARLY_STATE_MAMBA1 = True
 # Mamba-1's conv kernel (where the conv is not folded into in_proj) reads its conv state, weights
 # and bias before its PDL wait too (with EARLY_READS; in_proj, the kernel before it, does not
-# write the conv state). Not yet timed (scripts/bench_e2e.py --no-early-conv).
+# write the conv state). H100, 2026-11-24, decode ms/token, same call, two runs each, early vs
+# after the wait: b16 mamba-2.8b 3.243-3.244 vs 3.440-3.441, 1.4b 1.948-1.949 vs 1.957-1.958,
+# 790m 1.573-1.575 vs 1.599-1.601, 370m 0.914 vs 0.921-0.922; b1 790m 1.066 vs 1.070-1.072,
+# 1.4b 1.449-1.450 vs 1.456, 2.8b level. A switch for benchmarks (scripts/bench_e2e.py
+# --no-early-conv).
 EARLY_CONV = True
 # The decode step folds each block's residual add + RMSNorm into in_proj's kernel where in_proj
 # reads its weight in one tile (decode_linear.folds_norm). A switch for benchmarks
