@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import statistics
 import sys
@@ -109,6 +110,17 @@ DECODE_LINEAR_SWITCHES = [
      "weights, conv weights) after the PDL wait (default: before it)"),
 ]
 
+# switches of the decode kernels' early reads (on by default): flag, module in
+# mamba_export.kernels, name, what the flag does (recorded in the JSON under the flag's name)
+KERNEL_SWITCHES = [
+    ("--late-dt-proj", "state_update", "EARLY_DT_PROJ", "the Mamba-1 state update reads dt_proj's weight "
+     "after its PDL wait"),
+    ("--late-bias-d", "state_update", "EARLY_BIAS_D", "the Mamba-1 state update reads dt_bias and D after "
+     "its PDL wait"),
+    ("--late-ssd-known", "ssd_update", "EARLY_KNOWN", "the Mamba-2 state update reads its parameters and "
+     "the conv state's taps after its PDL wait"),
+]
+
 # greedy selection as generate() does it (--torch-argmax: torch's argmax instead)
 SELECT = greedy_tokens
 
@@ -197,15 +209,9 @@ def main() -> int:
     p.add_argument("--prefetch-max-mb", type=float, default=None,
                    help="decode: largest Mamba-1 out_proj weight (MiB) that x_proj asks to be brought "
                         "into L2 (mamba_export._dispatch.PREFETCH_MAX_BYTES; 0: none)")
-    p.add_argument("--late-dt-proj", action="store_true",
-                   help="decode: the Mamba-1 state update reads dt_proj's weight after its PDL wait "
-                        "(default: before it; kernels/state_update.EARLY_DT_PROJ)")
-    p.add_argument("--late-bias-d", action="store_true",
-                   help="decode: the Mamba-1 state update reads dt_bias and D after its PDL wait "
-                        "(default: before it; kernels/state_update.EARLY_BIAS_D)")
-    p.add_argument("--late-ssd-known", action="store_true",
-                   help="decode: the Mamba-2 state update reads its parameters and the conv state's taps after "
-                        "its PDL wait (default: before it; kernels/ssd_update.EARLY_KNOWN)")
+    for flag, module, name, what in KERNEL_SWITCHES:
+        p.add_argument(flag, action="store_true",
+                       help=f"decode: {what} (default: before it; kernels/{module}.{name})")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -242,18 +248,9 @@ def main() -> int:
         for flag, name, _ in switches:
             if getattr(args, flag[2:].replace("-", "_")):
                 setattr(owner, name, False)
-    if args.late_dt_proj:
-        from mamba_export.kernels import state_update
-
-        state_update.EARLY_DT_PROJ = False
-    if args.late_bias_d:
-        from mamba_export.kernels import state_update
-
-        state_update.EARLY_BIAS_D = False
-    if args.late_ssd_known:
-        from mamba_export.kernels import ssd_update
-
-        ssd_update.EARLY_KNOWN = False
+    for flag, module, name, _ in KERNEL_SWITCHES:
+        if getattr(args, flag[2:].replace("-", "_")):
+            setattr(importlib.import_module(f"mamba_export.kernels.{module}"), name, False)
     if args.prefetch_max_mb is not None:
         me._dispatch.PREFETCH_MAX_BYTES = int(args.prefetch_max_mb * (1 << 20))
     if args.state_config:
@@ -287,9 +284,9 @@ def main() -> int:
         key = flag[2:].replace("-", "_")
         results[key] = getattr(args, key)
     results["prefetch_max_bytes"] = me._dispatch.PREFETCH_MAX_BYTES
-    results["late_dt_proj"] = args.late_dt_proj
-    results["late_bias_d"] = args.late_bias_d
-    results["late_ssd_known"] = args.late_ssd_known
+    for flag, _, _, _ in KERNEL_SWITCHES:
+        key = flag[2:].replace("-", "_")
+        results[key] = getattr(args, key)
     results["torch_argmax"] = args.torch_argmax
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:
