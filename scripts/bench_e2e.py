@@ -93,32 +93,27 @@ DISPATCH_SWITCHES = [
      "does not fold into in_proj (default: begun in out_proj's epilogue, finished in the next in_proj)"),
 ]
 
-# the decode projections' routing switches in kernels/decode_linear.py (on by default): flag,
-# name, what the flag does (recorded in the JSON under the flag's name)
-DECODE_LINEAR_SWITCHES = [
-    ("--cublas-lm-head", "LM_HEAD", "the lm_head at several rows on cuBLAS (default: "
-     "kernels/decode_linear.py)"),
-    ("--split-k-loop", "SPLIT_EARLY", "the wide models' x_proj at several rows loops over K after its PDL wait "
-     "(default: one tile per K slice, read before it)"),
-    ("--split-out-proj", "DEEP_OUT_PROJ", "the widest models' out_proj at several rows with K split in 4 "
-     "(default: unsplit, pipelined 5 deep)"),
-    ("--no-k-groups", "K_GROUPS", "tensor-core tiles read in one tile multiply all of their K in one "
-     "product (default: in K groups, one batched product)"),
-    ("--cublas-large-weights", "LARGE_WEIGHTS", "the large in_proj / out_proj of the wide models at "
-     "several rows on cuBLAS (default: kernels/decode_linear.py)"),
-    ("--late-constants", "EARLY_CONSTANTS", "the one-row projections' folds read their parameters (norm "
-     "weights, conv weights) after the PDL wait (default: before it)"),
-]
-
-# switches of the decode kernels' early reads (on by default): flag, module in
-# mamba_export.kernels, name, what the flag does (recorded in the JSON under the flag's name)
+# the decode kernels' switches in mamba_export.kernels (on by default): flag, module, name, what
+# the flag does (recorded in the JSON under the flag's name)
 KERNEL_SWITCHES = [
+    ("--cublas-lm-head", "decode_linear", "LM_HEAD", "the lm_head at several rows on cuBLAS (default: "
+     "kernels/decode_linear.py)"),
+    ("--split-k-loop", "decode_linear", "SPLIT_EARLY", "the wide models' x_proj at several rows loops over K "
+     "after its PDL wait (default: one tile per K slice, read before it)"),
+    ("--split-out-proj", "decode_linear", "DEEP_OUT_PROJ", "the widest models' out_proj at several rows with K "
+     "split in 4 (default: unsplit, pipelined 5 deep)"),
+    ("--no-k-groups", "decode_linear", "K_GROUPS", "tensor-core tiles read in one tile multiply all of their K "
+     "in one product (default: in K groups, one batched product)"),
+    ("--cublas-large-weights", "decode_linear", "LARGE_WEIGHTS", "the large in_proj / out_proj of the wide "
+     "models at several rows on cuBLAS (default: kernels/decode_linear.py)"),
+    ("--late-constants", "decode_linear", "EARLY_CONSTANTS", "the one-row projections' folds read their "
+     "parameters (norm weights, conv weights) after the PDL wait (default: before it)"),
     ("--late-dt-proj", "state_update", "EARLY_DT_PROJ", "the Mamba-1 state update reads dt_proj's weight "
-     "after its PDL wait"),
+     "after its PDL wait (default: before it)"),
     ("--late-bias-d", "state_update", "EARLY_BIAS_D", "the Mamba-1 state update reads dt_bias and D after "
-     "its PDL wait"),
+     "its PDL wait (default: before it)"),
     ("--late-ssd-known", "ssd_update", "EARLY_KNOWN", "the Mamba-2 state update reads its parameters and "
-     "the conv state's taps after its PDL wait"),
+     "the conv state's taps after its PDL wait (default: before it)"),
 ]
 
 # greedy selection as generate() does it (--torch-argmax: torch's argmax instead)
@@ -204,14 +199,11 @@ def main() -> int:
     p.add_argument("--skip-prefill", action="store_true", help="decode only")
     for flag, name, what in DISPATCH_SWITCHES:
         p.add_argument(flag, action="store_true", help=f"decode: {what} (mamba_export._dispatch.{name})")
-    for flag, name, what in DECODE_LINEAR_SWITCHES:
-        p.add_argument(flag, action="store_true", help=f"decode: {what} (decode_linear.{name})")
+    for flag, module, name, what in KERNEL_SWITCHES:
+        p.add_argument(flag, action="store_true", help=f"decode: {what} (kernels/{module}.{name})")
     p.add_argument("--prefetch-max-mb", type=float, default=None,
                    help="decode: largest Mamba-1 out_proj weight (MiB) that x_proj asks to be brought "
                         "into L2 (mamba_export._dispatch.PREFETCH_MAX_BYTES; 0: none)")
-    for flag, module, name, what in KERNEL_SWITCHES:
-        p.add_argument(flag, action="store_true",
-                       help=f"decode: {what} (default: before it; kernels/{module}.{name})")
     p.add_argument("--torch-argmax", action="store_true",
                    help="decode: greedy tokens by torch's argmax (default: kernels/greedy.py, as generate())")
     p.add_argument("--ssd-update-config", default=None, metavar="BLOCK_P,WARPS",
@@ -244,10 +236,9 @@ def main() -> int:
         decode_linear.default_config = forced_config
     if args.linear_rows is not None:
         decode_linear.MODEL_ROWS = args.linear_rows
-    for switches, owner in ((DISPATCH_SWITCHES, me._dispatch), (DECODE_LINEAR_SWITCHES, decode_linear)):
-        for flag, name, _ in switches:
-            if getattr(args, flag[2:].replace("-", "_")):
-                setattr(owner, name, False)
+    for flag, name, _ in DISPATCH_SWITCHES:
+        if getattr(args, flag[2:].replace("-", "_")):
+            setattr(me._dispatch, name, False)
     for flag, module, name, _ in KERNEL_SWITCHES:
         if getattr(args, flag[2:].replace("-", "_")):
             setattr(importlib.import_module(f"mamba_export.kernels.{module}"), name, False)
@@ -280,13 +271,10 @@ def main() -> int:
         results["linear_rows"] = args.linear_rows
     for _, name, _ in DISPATCH_SWITCHES:
         results[name.lower()] = getattr(me._dispatch, name)
-    for flag, _, _ in DECODE_LINEAR_SWITCHES:
-        key = flag[2:].replace("-", "_")
-        results[key] = getattr(args, key)
-    results["prefetch_max_bytes"] = me._dispatch.PREFETCH_MAX_BYTES
     for flag, _, _, _ in KERNEL_SWITCHES:
         key = flag[2:].replace("-", "_")
         results[key] = getattr(args, key)
+    results["prefetch_max_bytes"] = me._dispatch.PREFETCH_MAX_BYTES
     results["torch_argmax"] = args.torch_argmax
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
     if args.ssd_update_config:
