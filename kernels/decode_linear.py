@@ -182,6 +182,43 @@ def _dot_k_groups(x_ptr, w, acc, offs_m, mask_m, k0, k_stop, sx_m, sx_k, BLOCK_K
     return tl.dot(x, tl.permute(w, (0, 2, 1)), acc)
 
 
+@device_fn
+def _k_tile(x_ptr, w, acc, normed, rstd, offs_m, mask_m, ks, mask_k, sx_m, sx_k, group_size,
+            DOT: tl.constexpr, BLOCK_M: tl.constexpr, ADD_NORM: tl.constexpr, ROW_NORM: tl.constexpr,
+            BLOCK_G: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr):
+    """``acc`` plus the product of the operand's columns ``ks`` with the weight tile ``w``
+    [BLOCK_N, BLOCK_K] (one step of the K loop, no K groups): ``acc`` is [BLOCK_M, BLOCK_N] with
+    DOT, else the elementwise products' [BLOCK_N, BLOCK_K] (one row) or [BLOCK_M, BLOCK_N,
+    BLOCK_K] (several), summed over K by the caller."""
+    if DOT:
+        if ADD_NORM:
+            x = normed
+        else:
+            x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
+        if WIDEN:
+            x, w = x.to(tl.float32), w.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
+    elif BLOCK_M == 1:
+        if ADD_NORM:
+            x = tl.sum(normed.to(tl.float32), axis=0)  # [1, K] -> [K]
+        elif ROW_NORM:
+            x = tl.sum(_x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM,
+                               BLOCK_G).to(tl.float32), axis=0)
+        else:
+            x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    else:
+        if ADD_NORM:
+            x = normed
+        else:
+            x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
+        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    return acc  # (one return: Triton types every return statement, even in pruned branches)
+
+
 @kernel
 def _decode_linear_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, rout_ptr, M, N, K, k_per_split,
@@ -195,7 +232,7 @@ def _decode_linear_kernel(
     CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_S: tl.constexpr,
     ROW_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
     NEXT_NORM: tl.constexpr = False, K_GROUPS: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-    EARLY_C: tl.constexpr = False, PDL: tl.constexpr = False,
+    EARLY_C: tl.constexpr = False, EARLY_K0: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -241,7 +278,10 @@ def _decode_linear_kernel(
     kernel) to be brought into L2 (l2_prefetch), after their early reads, before the PDL wait.
 
     EARLY_C: the folds' parameters (bias, norm weights, the conv's weights and bias;
-    _fold_constants) are read before the PDL wait too."""
+    _fold_constants) are read before the PDL wait too.
+
+    EARLY_K0 (a K loop without K groups): the first weight tile of the program's K slice is read
+    before the PDL wait and multiplied first, the loop starting at the second."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -249,7 +289,7 @@ def _decode_linear_kernel(
     mask_n, mask_m = offs_n < N, offs_m < M
     k_start = tl.program_id(1) * k_per_split
     k_stop = tl.minimum(k_start + k_per_split, K)
-    if EARLY_W:
+    if EARLY_W or EARLY_K0:
         if K_GROUPS > 1:
             w_early = _w_groups(w_ptr, offs_n, mask_n, k_start, k_stop, sw_n, sw_k, BLOCK_K, K_GROUPS)
         else:
@@ -283,6 +323,7 @@ def _decode_linear_kernel(
         if not EARLY_W:
             taps = tl.load(tap_ptrs, mask=tap_mask, other=0.0)
     rstd = 0.0  # (unused without ROW_NORM)
+    normed = 0.0  # (unused without ADD_NORM)
     if ROW_NORM:
         rstd = _row_rstd(sq_ptr, offs_m, mask_m, n_groups, per_group, group_size, eps, ssq_m, ssq_g,
                          BLOCK_G, BLOCK_Q)
@@ -297,15 +338,21 @@ def _decode_linear_kernel(
     elif DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     elif BLOCK_M == 1:
-        acc2 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     else:
-        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
     if K_GROUPS > 1 and EARLY_W:  # one tile, outside the K loop: there Triton stages one operand
         # in shared memory, not both (64 vs 128 KB at BLOCK_K 2048, sm_90, Triton 3.6)
         acc_g = _dot_k_groups(x_ptr, w_early, acc_g, offs_m, mask_m, k_start, k_stop, sx_m, sx_k, BLOCK_K,
                               K_GROUPS, IEEE, WIDEN)
     else:
-        for k0 in range(k_start, k_stop, BLOCK_K):
+        k_loop = k_start
+        if EARLY_K0:  # the tile read before the wait, then the loop from the next one
+            acc = _k_tile(x_ptr, w_early, acc, normed, rstd, offs_m, mask_m, k_start + offs_k,
+                          k_start + offs_k < k_stop, sx_m, sx_k, group_size, DOT, BLOCK_M, ADD_NORM, ROW_NORM,
+                          BLOCK_G, IEEE, WIDEN)
+            k_loop += BLOCK_K
+        for k0 in range(k_loop, k_stop, BLOCK_K):
             if K_GROUPS > 1:
                 w = _w_groups(w_ptr, offs_n, mask_n, k0, k_stop, sw_n, sw_k, BLOCK_K, K_GROUPS)
                 acc_g = _dot_k_groups(x_ptr, w, acc_g, offs_m, mask_m, k0, k_stop, sx_m, sx_k, BLOCK_K, K_GROUPS,
@@ -318,40 +365,16 @@ def _decode_linear_kernel(
                 else:
                     w = tl.load(w_ptr + offs_n[:, None] * sw_n + ks[None, :] * sw_k,
                                 mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-                if DOT:
-                    if ADD_NORM:
-                        x = normed
-                    else:
-                        x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
-                    if WIDEN:
-                        x, w = x.to(tl.float32), w.to(tl.float32)
-                    if IEEE:
-                        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
-                    else:
-                        acc = tl.dot(x, tl.trans(w), acc)
-                elif BLOCK_M == 1:
-                    if ADD_NORM:
-                        x = tl.sum(normed.to(tl.float32), axis=0)  # [1, K] -> [K]
-                    elif ROW_NORM:
-                        x = tl.sum(_x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM,
-                                           BLOCK_G).to(tl.float32), axis=0)
-                    else:
-                        x = tl.load(x_ptr + ks * sx_k, mask=mask_k, other=0.0)
-                    acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
-                else:
-                    if ADD_NORM:
-                        x = normed
-                    else:
-                        x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
-                    acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+                acc = _k_tile(x_ptr, w, acc, normed, rstd, offs_m, mask_m, ks, mask_k, sx_m, sx_k, group_size,
+                              DOT, BLOCK_M, ADD_NORM, ROW_NORM, BLOCK_G, IEEE, WIDEN)
     if K_GROUPS > 1:
         out = tl.sum(acc_g, axis=0)
     elif DOT:
         out = acc
     elif BLOCK_M == 1:
-        out = tl.sum(acc2, axis=1)[None, :]
+        out = tl.sum(acc, axis=1)[None, :]
     else:
-        out = tl.sum(acc3, axis=2)
+        out = tl.sum(acc, axis=2)
     tile = mask_m[:, None] & mask_n[None, :]
     done = True
     if SPLIT > 1:  # ws [SPLIT, M, N]
@@ -463,6 +486,16 @@ K_GROUPS = True
 # slower (mamba-370m 0.922-0.924 vs 0.917-0.921, mamba-130m 0.407-0.409 vs 0.406-0.407), so one
 # row only. A switch for benchmarks (scripts/bench_e2e.py --late-constants).
 EARLY_CONSTANTS = True
+# With early_weight at several rows, a K loop reads the first weight tile of each program's K
+# slice before the PDL wait, as a one-tile program reads its whole tile. H100, 2026-11-24,
+# decode ms/token, same call, two runs each, early vs after the wait: b16 mamba-2.8b 3.202-3.204
+# vs 3.234, the other Mamba-1 presets level; at one row it made the step much slower (b1
+# mamba-2.8b 2.947-2.948 vs 2.643-2.644, 1.4b 1.634 vs 1.449, 790m 1.218-1.220 vs 1.063-1.066:
+# thousands of one-row programs, launched early by PDL, each holding a tile and its SM slot
+# while the kernel before runs), so not there. Also tried, slower: out_proj's next-norm epilogue
+# reading its residual before the wait (b16 mamba-130m 0.416-0.419 vs 0.399-0.402, 370m
+# 0.930-0.931 vs 0.906). A switch for benchmarks (scripts/bench_e2e.py --late-first-tile).
+EARLY_FIRST_TILE = True
 # The wide models' x_proj at several rows: K cut into slices of SPLIT_BLOCK_K, each one tile
 # read before the PDL wait (with early_weight), instead of ~320 of K per program in a loop after
 # it. Switches for benchmarks (scripts/bench_e2e.py --split-k-loop, --split-block-k).
@@ -648,8 +681,9 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     not given; k_groups: the kernel's K_GROUPS, tensor-core tiles only, 1 when not given).
 
     ``early_weight``: with PDL and a config whose BLOCK_K covers each program's K slice, read
-    the weight before waiting for the kernel launched just before this one; only for callers
-    that know that kernel does not write the weight (the model's decode step).
+    the weight before waiting for the kernel launched just before this one (with a K loop, its
+    first tile at several rows: EARLY_FIRST_TILE); only for callers that know that kernel does
+    not write the weight (the model's decode step).
 
     ``add_norm = (residual or None, norm_weight [K], eps, residual_out [M, K])``: the operand is
     ``rmsnorm(x + residual) * norm_weight`` (the norm of the sum rounded to norm_weight's dtype,
@@ -735,6 +769,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
         BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
         EARLY_C=bool(early_weight) and EARLY_CONSTANTS and rows == 1,
+        EARLY_K0=bool(early_weight) and EARLY_FIRST_TILE and rows > 1 and not one_tile and k_groups == 1,
         ADD_NORM=add_norm is not None, HAS_RES=add_norm is not None and add_norm[0] is not None,
         **conv_meta, **norm_meta, NEXT_NORM=next_norm is not None, K_GROUPS=k_groups,
         PREFETCH=l2_prefetch is not None and not use_interpreter(x.device), num_warps=warps,

@@ -52,6 +52,16 @@ def _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS: tl.constex
     return bias, Dv
 
 
+@device_fn
+def _x_and_z(x_tile, z_tile, mask, HAS_Z: tl.constexpr):
+    """x and z (float32; z = x where the call has none) of the channels' rows."""
+    x = tl.load(x_tile, mask=mask, other=0.0).to(tl.float32)
+    z = x
+    if HAS_Z:
+        z = tl.load(z_tile, mask=mask, other=0.0).to(tl.float32)
+    return x, z
+
+
 @kernel
 def _state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, W_ptr,
@@ -68,11 +78,12 @@ def _state_update_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     EARLY_STATE: tl.constexpr = False, EARLY_W: tl.constexpr = False, EARLY_BD: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    EARLY_XZ: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """BLOCK_D channels of one batch row. EARLY_STATE: the state (and A) is read before the PDL
     wait, overlapping the previous kernel (the caller knows that kernel does not write it);
-    EARLY_W: dt_proj's weight tile too (DT_PROJ); EARLY_BD: dt_bias and D too.
+    EARLY_W: dt_proj's weight tile too (DT_PROJ); EARLY_BD: dt_bias and D too; EARLY_XZ: x and
+    z too (the caller knows they were written before the kernel launched just before this one).
     (tl.exp, not the several-row kernel's exp2, and B and C loaded per channel even with one
     group: both measured slower otherwise, docs/kernel_notes.md v19.)"""
     pid_d = tl.program_id(0)
@@ -93,11 +104,16 @@ def _state_update_kernel(
         W = tl.load(W_tile, mask=mask_d[:, None] & mask_r[None, :], other=0.0)
     if EARLY_BD:  # nor dt_bias and D
         bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS, HAS_D)
+    x_tile = x_ptr + b64 * sx_b + d64 * sx_d
+    z_tile = z_ptr + b64 * sz_b + d64 * sz_d
+    if EARLY_XZ:
+        x, z = _x_and_z(x_tile, z_tile, mask_d, HAS_Z)
     h, A = _state_and_A(state_tile, A_tile, mask, mask, EARLY_STATE, PDL)
     if not EARLY_BD:
         bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS, HAS_D)
+    if not EARLY_XZ:
+        x, z = _x_and_z(x_tile, z_tile, mask_d, HAS_Z)
 
-    x = tl.load(x_ptr + b64 * sx_b + d64 * sx_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:
         # dt = dt_proj.weight @ dt_low, fused: dt_ptr holds dt_low [B, R] (sdt_d is its R stride).
         low = tl.load(dt_ptr + b64 * sdt_b + offs_r * sdt_d, mask=mask_r, other=0.0).to(tl.float32)
@@ -119,7 +135,6 @@ def _state_update_kernel(
     if HAS_D:
         y += x * Dv
     if HAS_Z:
-        z = tl.load(z_ptr + b64 * sz_b + d64 * sz_d, mask=mask_d, other=0.0).to(tl.float32)
         y = y * (z * tl.sigmoid(z))
     tl.store(nstate_ptr + b64 * sn_b + d64[:, None] * sn_d + offs_n[None, :] * sn_n,
              h.to(nstate_ptr.dtype.element_ty), mask=mask)
@@ -142,13 +157,14 @@ def _state_update_rows_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DT_PROJ: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, EARLY_STATE: tl.constexpr = False,
-    EARLY_W: tl.constexpr = False, EARLY_BD: tl.constexpr = False, PDL: tl.constexpr = False,
+    EARLY_W: tl.constexpr = False, EARLY_BD: tl.constexpr = False, EARLY_XZ: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """BLOCK_M batch rows of BLOCK_D channels in one program (several-row decode). The fused
     dt_proj is one [BLOCK_M, R] x [R, BLOCK_D] product on tensor cores (small tiles padded), so
     its weight tile is read once per row block instead of once per row (the one-row kernel at 16
     rows re-reads it 16 times from L2: 26 MB per mamba-2.8b layer against 5.2 MB of state).
-    EARLY_STATE, EARLY_W and EARLY_BD as in the one-row kernel."""
+    EARLY_STATE, EARLY_W, EARLY_BD and EARLY_XZ as in the one-row kernel."""
     pid_d = tl.program_id(0)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < batch
@@ -172,9 +188,15 @@ def _state_update_rows_kernel(
         W = tl.load(W_tile, mask=mask_r[:, None] & mask_d[None, :], other=0.0)
     if EARLY_BD:  # nor dt_bias and D
         bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS, HAS_D)
+    x_tile = x_ptr + m64[:, None] * sx_b + d64[None, :] * sx_d
+    z_tile = z_ptr + m64[:, None] * sz_b + d64[None, :] * sz_d
+    if EARLY_XZ:
+        x, z = _x_and_z(x_tile, z_tile, mask_md, HAS_Z)
     h, A = _state_and_A(state_tile, A_tile, mask, mask_dn, EARLY_STATE, PDL)
     if not EARLY_BD:
         bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, mask_d, sbias, sD, HAS_BIAS, HAS_D)
+    if not EARLY_XZ:
+        x, z = _x_and_z(x_tile, z_tile, mask_md, HAS_Z)
     A = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e): MUFU.EX2 alone, no range fix-up
 
     if DT_PROJ:
@@ -195,8 +217,6 @@ def _state_update_rows_kernel(
         dt += bias[None, :]
     if SOFTPLUS:
         dt = softplus_f32(dt)
-    x = tl.load(x_ptr + m64[:, None] * sx_b + d64[None, :] * sx_d, mask=mask_md,
-                other=0.0).to(tl.float32)
     # B/C as the state (four elements per thread): Triton otherwise lays the whole tile out for
     # eight-element fp16 vectors and converts the state through shared memory for its store
     offs_bc = tl.max_contiguous(offs_n, 4)
@@ -209,8 +229,6 @@ def _state_update_rows_kernel(
     if HAS_D:
         y += x * Dv[None, :]
     if HAS_Z:
-        z = tl.load(z_ptr + m64[:, None] * sz_b + d64[None, :] * sz_d, mask=mask_md,
-                    other=0.0).to(tl.float32)
         y = y * (z * tl.sigmoid(z))
     tl.store(nstate_ptr + rows_g * sn_b + d64[None, :, None] * sn_d + offs_n[None, None, :] * sn_n,
              h.to(nstate_ptr.dtype.element_ty), mask=mask)
@@ -234,6 +252,14 @@ EARLY_DT_PROJ = True
 # vs 3.482-3.485, 1.4b 1.976-1.980 vs 1.982-1.983, the others level. A switch for benchmarks
 # (scripts/bench_e2e.py --late-bias-d).
 EARLY_BIAS_D = True
+# With early_state, x and z before the wait as well: x_proj, the kernel before, reads x and writes
+# neither, and the kernels that wrote them had finished before x_proj passed its own wait (every
+# kernel here waits before it lets the next one start, pdl_start). H100, 2026-11-24, decode b16
+# ms/token, same call, two runs each, before vs after the wait: mamba-130m 0.416-0.419 vs
+# 0.424-0.426, 370m 0.930-0.931 vs 0.940, 790m 1.574-1.577 vs 1.582-1.583, 1.4b 1.917 vs 1.974,
+# 2.8b 3.202-3.204 vs 3.227-3.228; b1 level. A switch for benchmarks (scripts/bench_e2e.py
+# --late-x-z).
+EARLY_X_Z = True
 
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 # The several-row kernel (row blocks per program, dt_proj's weight tile read once per block) when
@@ -301,9 +327,10 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     The new state goes into ``out_state`` when given (it may be ``state`` itself: in-place
     update), else into a new tensor of ``state``'s dtype (float32 for the model's fp32 state).
 
-    ``early_state``: with PDL, read the state (and, with EARLY_DT_PROJ, dt_proj's weight) before
-    waiting for the kernel launched just before this one; only for callers that know that
-    kernel does not write them (the model's step: x_proj runs before).
+    ``early_state``: with PDL, read the state (and, with EARLY_DT_PROJ, dt_proj's weight; with
+    EARLY_BIAS_D, dt_bias and D; with EARLY_X_Z, x and z) before waiting for the kernel
+    launched just before this one; only for callers that know that kernel does not write them
+    and that x and z were written before it (the model's step: x_proj runs before).
     """
     check_float("x", x)
     if x.dim() != 2:
@@ -350,14 +377,14 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         grid = (triton.cdiv(dim, block_d), triton.cdiv(batch, block_m))
         kern, head = _state_update_rows_kernel, (batch, dim)
         tiles = dict(BLOCK_M=block_m, BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ,
-                     EARLY_BD=bool(early_state) and EARLY_BIAS_D,
+                     EARLY_BD=bool(early_state) and EARLY_BIAS_D, EARLY_XZ=bool(early_state) and EARLY_X_Z,
                      IEEE=(use_interpreter(device) or dt.dtype != W_dtype
                            or torch.float32 in (dt.dtype, W_dtype)))
     else:
         grid = (triton.cdiv(dim, block_d), batch)
         kern, head = _state_update_kernel, (dim,)
         tiles = dict(BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ,
-                     EARLY_BD=bool(early_state) and EARLY_BIAS_D)
+                     EARLY_BD=bool(early_state) and EARLY_BIAS_D, EARLY_XZ=bool(early_state) and EARLY_X_Z)
     launch(
         kern, grid, device,
         state, x, dt, A, B, C,

@@ -112,6 +112,10 @@ KERNEL_SWITCHES = [
      "after its PDL wait (default: before it)"),
     ("--late-bias-d", "state_update", "EARLY_BIAS_D", "the Mamba-1 state update reads dt_bias and D after "
      "its PDL wait (default: before it)"),
+    ("--late-x-z", "state_update", "EARLY_X_Z", "the Mamba-1 state update reads x and z after its PDL wait "
+     "(default: before it)"),
+    ("--late-first-tile", "decode_linear", "EARLY_FIRST_TILE", "the K-loop projections at several rows read their "
+     "first weight tile after their PDL wait (default: before it)"),
     ("--late-ssd-known", "ssd_update", "EARLY_KNOWN", "the Mamba-2 state update reads its parameters and "
      "the conv state's taps after its PDL wait (default: before it)"),
 ]

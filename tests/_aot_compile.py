@@ -20,17 +20,19 @@ FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
 
 def compile_for_sm90(kernel, constexprs, pointer_type, num_warps=4, num_stages=2):
     """Build the signature from the parameter names: ``*_ptr`` are pointers (element type from
-    ``pointer_type(name)``), the float scalars float32, every other runtime argument int32."""
+    ``pointer_type(name)``), the float scalars float32, every other runtime argument int32;
+    constexprs the case leaves out take their defaults (PDL: off)."""
     sig = {}
-    for name in inspect.signature(kernel.fn).parameters:
-        if name in constexprs or name == "PDL":
+    constexprs = dict(constexprs)
+    for name, param in inspect.signature(kernel.fn).parameters.items():
+        if "constexpr" in str(param.annotation) and param.default is not inspect.Parameter.empty:
+            constexprs.setdefault(name, param.default)
+        if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = "*" + pointer_type(name)
         else:
             sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
-    if "PDL" in sig:  # launched without PDL unless the case asks
-        constexprs = {"PDL": False, **constexprs}
     names = list(sig)
     src = ASTSource(fn=kernel.jit, signature=sig,
                     constexprs={(names.index(k),): v for k, v in constexprs.items()})
@@ -59,12 +61,12 @@ def main():
             compile_for_sm90(state_update._state_update_kernel, dict(
                 HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=fused, BLOCK_D=4,
                 BLOCK_N=16, BLOCK_R=256 if fused else 1, EARLY_STATE=fused, EARLY_W=fused, EARLY_BD=fused,
-                PDL=fused),
+                EARLY_XZ=fused, PDL=fused),
                 ptr, num_warps=1)
         compile_for_sm90(state_update._state_update_rows_kernel, dict(  # (the model's at 16 rows)
             HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, DT_PROJ=True, IEEE=False,
             BLOCK_M=16, BLOCK_D=16, BLOCK_N=16, BLOCK_R=256, EARLY_STATE=True, EARLY_W=True, EARLY_BD=True,
-            PDL=True),
+            EARLY_XZ=True, PDL=True),
             ptr, num_warps=2)
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
@@ -73,7 +75,8 @@ def main():
         # conv (in_proj) or the gated norm's scaling (out_proj, one or two groups) folded in, and
         # the next block's add + norm sums in out_proj's epilogue; K groups at 16 rows: in_proj
         # in one tile with the conv and the norm, one-tile K slices, a K loop; the x_proj-like
-        # split cases also prefetch a weight into L2)
+        # split cases also prefetch a weight into L2; the K loops without PDL read their first
+        # tile early)
         for dot, split, rows, pdl, norm, conv, groups, k_groups in (
                 (False, 1, 1, True, True, True, 0, 1), (False, 6, 1, False, False, False, 0, 1),
                 (True, 1, 16, True, True, False, 0, 1), (True, 4, 16, False, False, True, 1, 1),
@@ -86,7 +89,8 @@ def main():
                 BLOCK_N=32 if dot else 4, BLOCK_K=1024 if norm or k_groups > 1 else 128, EARLY_W=pdl,
                 ADD_NORM=norm, HAS_RES=norm, CONV=conv, CONV_BIAS=conv, WIDTH=4, BLOCK_S=4,
                 ROW_NORM=groups > 0, BLOCK_G=max(groups, 1), BLOCK_Q=8, NEXT_NORM=groups == 1,
-                K_GROUPS=k_groups, PREFETCH=split in (3, 6), EARLY_C=pdl, PDL=pdl),
+                K_GROUPS=k_groups, PREFETCH=split in (3, 6), EARLY_C=pdl,
+                EARLY_K0=not pdl and k_groups == 1, PDL=pdl),
                 lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr", "nsum_ptr", "nrout_ptr") else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)

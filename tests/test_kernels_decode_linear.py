@@ -462,11 +462,14 @@ def norm_sums(gated, groups, parts):
     return sq.sum(-1).contiguous()
 
 
-@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 32, 4, 1)), (5, (4, 64, 4, 1)),
-                                         (MAX_ROWS, None), (MAX_ROWS, (16, 64, 4, 1)), (MAX_ROWS, (16, 256, 4, 1, 1, 4))])
+# early: the K loops with their first weight tile read before the PDL wait too
+@pytest.mark.parametrize("rows,config,early", [(1, None, True), (1, (4, 32, 4, 1), False), (1, (4, 32, 4, 1), True),
+                                               (5, (4, 64, 4, 1), False), (MAX_ROWS, None, True),
+                                               (MAX_ROWS, (16, 64, 4, 1), False), (MAX_ROWS, (16, 64, 4, 1), True),
+                                               (MAX_ROWS, (16, 256, 4, 1, 1, 4), True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("groups,parts", [(1, 6), (3, 2)])
-def test_row_norm_prologue(rows, config, dtype, groups, parts):
+def test_row_norm_prologue(rows, config, early, dtype, groups, parts):
     """``row_norm``: out_proj of the RMSNorm of v, given v times the norm weight and partial
     sums of the squares of v (Mamba-2's out_proj with the gated norm folded in). K groups take
     one norm group only."""
@@ -483,8 +486,7 @@ def test_row_norm_prologue(rows, config, dtype, groups, parts):
         with pytest.raises(ValueError, match="at most one row_norm group"):
             decode_linear_fwd(on(weighted), on(w), on(b), config=config, row_norm=row_norm)
         return
-    got = decode_linear_fwd(on(weighted), on(w), on(b), config=config, early_weight=config is None or grouped_k,
-                            row_norm=row_norm)
+    got = decode_linear_fwd(on(weighted), on(w), on(b), config=config, early_weight=early, row_norm=row_norm)
     assert rel_err(got.cpu(), reference(normed, w, b)) <= TOL[dtype]
 
 
@@ -504,11 +506,15 @@ def test_conv_and_row_norm_reject_bad_shapes():
                           row_norm=(torch.zeros(2, 1, 3), 1e-5))
 
 
-@pytest.mark.parametrize("rows,config", [(1, None), (1, (4, 128, 8, 1)), (5, (4, 64, 4, 1)),
-                                         (MAX_ROWS, None), (MAX_ROWS, (16, 128, 4, 2)), (MAX_ROWS, (16, 256, 4, 1, 1, 4))])
+# early: the residual (and a K loop's first weight tile) read before the PDL wait
+@pytest.mark.parametrize("rows,config,early", [(1, None, True), (1, (4, 128, 8, 1), False), (1, (4, 128, 8, 1), True),
+                                               (5, (4, 64, 4, 1), True), (MAX_ROWS, None, True),
+                                               (MAX_ROWS, (16, 128, 4, 2), False), (MAX_ROWS, (16, 128, 4, 2), True),
+                                               (MAX_ROWS, (16, 64, 4, 1, 2), True),
+                                               (MAX_ROWS, (16, 256, 4, 1, 1, 4), True)])
 @pytest.mark.parametrize("dtype,residual_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32),
                                                   (torch.float16, torch.float16)])
-def test_next_norm_epilogue_then_row_norm(rows, config, dtype, residual_dtype):
+def test_next_norm_epilogue_then_row_norm(rows, config, early, dtype, residual_dtype):
     """``next_norm`` on out_proj and ``row_norm`` on the next in_proj: the model's residual add +
     RMSNorm between two blocks, split over the two kernels, against out_proj, add, norm and
     in_proj in float64 (the norm sees the sum rounded to the model dtype)."""
@@ -519,8 +525,7 @@ def test_next_norm_epilogue_then_row_norm(rows, config, dtype, residual_dtype):
     w2 = (torch.randn(37, 45, generator=g) * 45 ** -0.5).to(dtype)
     on = lambda t: t.to(DEVICE)  # noqa: E731
     rout = torch.full((rows, 45), float("nan"), dtype=residual_dtype, device=DEVICE)
-    weighted, sums = decode_linear_fwd(on(x), on(w), on(b), config=config,
-                                       early_weight=config is None or len(config) == 6,
+    weighted, sums = decode_linear_fwd(on(x), on(w), on(b), config=config, early_weight=early,
                                        next_norm=(on(res), on(nw), rout))
     got = decode_linear_fwd(weighted, on(w2), None, early_weight=True, row_norm=(sums, 1e-5))
     summed = reference(x, w, b).to(dtype).double() + res.double()
