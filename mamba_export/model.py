@@ -233,7 +233,7 @@ class Block(nn.Module):
             from .kernels.rmsnorm import add_rmsnorm_fwd
 
             return add_rmsnorm_fwd(hidden, residual, self.norm.weight, self.norm.eps,
-                                   self.residual_in_fp32)
+                                   self.residual_in_fp32, early_residual=_dispatch.EARLY_READS)
         residual = hidden if residual is None else hidden + residual
         normed = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
@@ -252,7 +252,8 @@ class Backbone(nn.Module):
         if _eager_cuda(hidden):
             from .kernels.rmsnorm import add_rmsnorm_fwd
 
-            return add_rmsnorm_fwd(hidden, residual, self.norm_f.weight, self.norm_f.eps, False)[0]
+            return add_rmsnorm_fwd(hidden, residual, self.norm_f.weight, self.norm_f.eps, False,
+                                   early_residual=_dispatch.EARLY_READS)[0]
         residual = hidden if residual is None else hidden + residual
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 

@@ -116,6 +116,8 @@ KERNEL_SWITCHES = [
      "(default: before it)"),
     ("--late-first-tile", "decode_linear", "EARLY_FIRST_TILE", "the K-loop projections at several rows read their "
      "first weight tile after their PDL wait (default: before it)"),
+    ("--late-norm-residual", "rmsnorm", "EARLY_RESIDUAL", "the add + RMSNorm kernel reads the residual and "
+     "the norm weight after its PDL wait (default: before it)"),
     ("--late-ssd-known", "ssd_update", "EARLY_KNOWN", "the Mamba-2 state update reads its parameters and "
      "the conv state's taps after its PDL wait (default: before it)"),
 ]

@@ -12,7 +12,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mamba_export.kernels import (causal_conv1d, decode_linear, embedding, gated_rmsnorm, greedy,
+from mamba_export.kernels import (causal_conv1d, decode_linear, embedding, gated_rmsnorm, greedy, rmsnorm,
                                   selective_scan, ssd_scan, ssd_update, state_update)
 
 FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
@@ -34,7 +34,7 @@ def compile_for_sm90(kernel, constexprs, pointer_type, num_warps=4, num_stages=2
         else:
             sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
     names = list(sig)
-    src = ASTSource(fn=kernel.jit, signature=sig,
+    src = ASTSource(fn=getattr(kernel, "jit", kernel), signature=sig,  # (a project kernel, or a plain JIT one)
                     constexprs={(names.index(k),): v for k, v in constexprs.items()})
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
@@ -68,6 +68,8 @@ def main():
             BLOCK_M=16, BLOCK_D=16, BLOCK_N=16, BLOCK_R=256, EARLY_STATE=True, EARLY_W=True, EARLY_BD=True,
             EARLY_XZ=True, PDL=True),
             ptr, num_warps=2)
+        compile_for_sm90(rmsnorm._add_rmsnorm_kernel, dict(  # (the model's: residual read early)
+            HAS_RESIDUAL=True, BLOCK=2048, EARLY=True, PDL=True), ptr)
         compile_for_sm90(gated_rmsnorm._gated_rmsnorm_kernel, dict(
             HAS_Z=True, NORM_BEFORE_GATE=False, FP64=False, BLOCK=2048, COMMIT=True, BLOCK_C=64,
             BLOCK_S=4), ptr, num_warps=8)

@@ -71,7 +71,9 @@ def test_state_update_launch_rules():
 
 
 @pytest.mark.parametrize("residual_in_fp32", [True, False])
-def test_fused_add_rmsnorm_matches_block_add_norm(residual_in_fp32):
+@pytest.mark.parametrize("early", [False, True])
+def test_fused_add_rmsnorm_matches_block_add_norm(residual_in_fp32, early):
+    """(early: the residual and the weight read before the PDL wait.)"""
     from mamba_export.kernels.rmsnorm import add_rmsnorm_fwd
     from mamba_export.model import RMSNorm
 
@@ -80,8 +82,9 @@ def test_fused_add_rmsnorm_matches_block_add_norm(residual_in_fp32):
         norm.weight.normal_()
     x, res = torch.randn(3, 5, 40), torch.randn(3, 5, 40)
     out, res_out = add_rmsnorm_fwd(x.to(DEVICE), res.to(DEVICE), norm.weight.to(DEVICE), 1e-5,
-                                   residual_in_fp32)
+                                   residual_in_fp32, early_residual=early)
     assert torch.allclose(res_out.cpu(), x + res, atol=1e-6)
     assert rel_err(out.cpu(), norm(x + res)) < 1e-6
-    out0, res0 = add_rmsnorm_fwd(x.to(DEVICE), None, norm.weight.to(DEVICE), 1e-5, residual_in_fp32)
+    out0, res0 = add_rmsnorm_fwd(x.to(DEVICE), None, norm.weight.to(DEVICE), 1e-5, residual_in_fp32,
+                                 early_residual=early)
     assert torch.equal(res0.cpu(), x) and rel_err(out0.cpu(), norm(x)) < 1e-6
