@@ -264,7 +264,11 @@ EARLY_X_Z = True
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 # The several-row kernel (row blocks per program, dt_proj's weight tile read once per block) when
 # the one-row kernel would re-read at least this many dt_proj weight elements per step (batch x
-# dim x rank): 16 channels x 16 rows on 2 warps from _ROWS_MIN_REREAD, 8 x 8 on 2 warps from
+# dim x rank): 16 channels x 16 rows on 2 warps from _ROWS_MIN_REREAD (in blocks of 8 rows over 8
+# rows up to 16 from _ROWS_BLOCKS8_MIN_REREAD: H100, 2026-11-24, eighteenth session, decode b16
+# ms/token, two runs each, 16 x 8 vs 16 x 16: mamba-2.8b 3.143-3.145 vs 3.147-3.150 in one call,
+# 3.157-3.159 vs 3.182-3.184 in another; mamba-1.4b 1.864-1.866 vs 1.882-1.885, then 1.905-1.906
+# vs 1.897, so not there), 8 x 8 on 2 warps from
 # batch 8 and _ROWS8_MIN_REREAD, 4 x 4 on one warp below batch 8 from _ROWS4_MIN_REREAD.
 # H100, decode ms/token (2026-11-24, docs/kernel_notes.md v22; same calls, two runs where two
 # figures): b16 mamba-130m 0.451-0.453 with 8 x 8 vs 0.458 (one row, 4 warps), mamba-370m 0.973
@@ -275,6 +279,7 @@ _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs
 # 3.296); 16 channels x 4 rows on 4 warps, the fastest alone at b16 (2.8b 6.14 vs 6.67 us per
 # layer), was slower in the step (3.543, 2.185).
 _ROWS_MIN_REREAD = 6_500_000
+_ROWS_BLOCKS8_MIN_REREAD = 10_000_000  # (mamba-2.8b at 16 rows: 13.1M; mamba-1.4b: 8.4M)
 _ROWS8_MIN_REREAD = 1_100_000  # (the smallest measured: mamba-130m b16, 1.18M)
 _ROWS4_MIN_REREAD = 2_000_000
 
@@ -301,7 +306,7 @@ def launch_config(batch: int, dim: int, block_n: int, interpret: bool = False,
         return 4, 1, 1
     reread = batch * dim * rank
     if batch > 1 and reread >= _ROWS_MIN_REREAD:
-        return 16, 2, 16
+        return 16, 2, 8 if 8 < batch <= 16 and reread >= _ROWS_BLOCKS8_MIN_REREAD else 16
     if batch >= 8 and reread >= _ROWS8_MIN_REREAD:
         return 8, 2, 8
     if batch > 1 and reread >= _ROWS4_MIN_REREAD:

@@ -11,7 +11,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("early_state", [False, True])
-@pytest.mark.parametrize("config", [None, (32, 4, 1), (16, 4, 16), (8, 1, 4)])
+@pytest.mark.parametrize("config", [None, (32, 4, 1), (16, 4, 16), (16, 2, 8), (8, 1, 4)])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])
 @pytest.mark.parametrize("batch,dim,rank,dstate,groups", [(1, 7, 3, 5, 0), (3, 24, 5, 16, 2),
                                                          (6, 9, 4, 16, 3), (16, 37, 20, 16, 0)])
@@ -19,7 +19,7 @@ def test_state_update_with_fused_dt_proj(dtype, bound, batch, dim, rank, dstate,
                                          early_state, monkeypatch):
     """config: the launcher's choice (None), or forced: one row per program on 4 warps, or
     every batch row of a channel block in one program, dt_proj as a tensor-core product (the
-    several-row kernel). early_state:
+    several-row kernel; in blocks of 8 rows with (16, 2, 8), the model's at 16 rows). early_state:
     the state and A read before the PDL wait (where PDL is off, as in the interpreter, only
     the order of the loads changes)."""
     from mamba_export.kernels import state_update as su
@@ -52,7 +52,7 @@ def test_state_update_launch_rules():
     for more than 8 rows of at most 2048 channels); the interpreter's small one-row config."""
     from mamba_export.kernels.state_update import launch_config
 
-    assert launch_config(16, 5120, 16, rank=160) == (16, 2, 16)  # mamba-2.8b
+    assert launch_config(16, 5120, 16, rank=160) == (16, 2, 8)  # mamba-2.8b
     assert launch_config(8, 5120, 16, rank=160) == (16, 2, 16)
     assert launch_config(16, 4096, 16, rank=128) == (16, 2, 16)  # mamba-1.4b
     assert launch_config(8, 4096, 16, rank=128) == (8, 2, 8)
