@@ -405,7 +405,7 @@ def _decode_linear_kernel(
 
 
 def default_config(rows: int, features: int, k: int, early_weight: bool = True,
-                   itemsize: int = 2, k_groups: bool = True) -> tuple[int, ...]:
+                   itemsize: int = 2, k_groups: bool = True, conv: bool = False) -> tuple[int, ...]:
     """(BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages[, k_groups]]), from the H100 sweeps of
     2026-11-23 and 2026-11-24 (scripts/bench_decode_linear.py --sweep / --stages-sweep /
     --k-groups-sweep, configs run with early_weight as the model does).
@@ -429,7 +429,11 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     weight; a several-row tile whose tensor-core operands would exceed _ONE_TILE_SMEM (float32
     with K over 512: 256 KB at K = 2048, more than an H100 SM holds) loops over K instead.
     ``k_groups``: whether the call allows K groups (K_GROUPS; not with add_norm or a row_norm of
-    several groups)."""
+    several groups). ``conv``: the conv epilogue is folded in (a mixer's in_proj): at several rows
+    its one tile of K <= 1024 takes 16 features instead of 32 (H100, 2026-11-24, decode b16
+    ms/token, two runs each, 16 vs 32: mamba-130m 0.373-0.375 vs 0.397-0.400, mamba2-130m 0.491
+    vs 0.512-0.514; 8 features 0.388-0.390 / 0.515-0.516; without the fold, mamba-370m's in_proj
+    kept 32: 0.872 vs 0.919 with 16)."""
     kp = next_pow2(k)
     one_tile = early_weight and _small_weight(features, k)
     if rows == 1:
@@ -439,7 +443,7 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     block_n = min(128, max(16, 32768 // kp))  # (at most 128 features: tiny K gave huge tiles)
     if one_tile and kp <= 2048 and (MAX_ROWS + block_n) * kp * itemsize <= _ONE_TILE_SMEM:
         if K_GROUPS and k_groups and kp == 1024:
-            return block_n, kp, 4, 1, 1, 4
+            return 16 if conv else block_n, kp, 4, 1, 1, 4
         if K_GROUPS and k_groups and kp == 2048:  # (8 groups on 8 warps; x_proj: 8 features each)
             return (8, kp, 8, 1, 1, 8) if features <= 512 else (16, kp, 8, 1, 1, 8)
         return block_n, kp, 4, 1
@@ -737,7 +741,8 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError("add_norm and row_norm cannot be combined")
     norm_eps, norm_args, norm_meta = _check_row_norm(row_norm, x)
     config = config or default_config(rows, features, k, early_weight, x.element_size(),  # (weight: x's dtype)
-                                      k_groups=add_norm is None and norm_meta["BLOCK_G"] == 1)
+                                      k_groups=add_norm is None and norm_meta["BLOCK_G"] == 1,
+                                      conv=conv is not None)
     if len(config) not in (4, 5, 6) or min(config) < 1:
         raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages"
                          f"[, k_groups]]), got {config}")

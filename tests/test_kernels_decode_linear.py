@@ -246,6 +246,8 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 50280, 768) == (128, 128, 8, 1)
     # one tile of all K, multiplied in K groups (not where the call allows none)
     assert default_config(16, 3072, 768) == (32, 1024, 4, 1, 1, 4)
+    assert default_config(16, 3072, 768, conv=True) == (16, 1024, 4, 1, 1, 4)  # mamba-130m's in_proj
+    assert default_config(1, 3072, 768, conv=True) == default_config(1, 3072, 768)
     assert default_config(16, 3072, 768, k_groups=False) == (32, 1024, 4, 1)
     assert default_config(16, 128, 3072) == (8, 1024, 4, 4, 1, 8)  # mamba-790m's x_proj: K slices
     assert default_config(16, 80, 1536) == (8, 2048, 8, 1, 1, 8)  # mamba-130m's x_proj: 8 features
@@ -452,6 +454,23 @@ def test_conv_epilogue(rows, config, dtype, conv_bias, inplace):
     assert rel_err(got.cpu(), want) <= TOL[dtype]
     assert rel_err(new_state.cpu(), want_state) <= (1e-7 if dtype == torch.float32 else 1e-3)
     assert torch.equal(new_state.cpu()[..., :2], state[..., 1:])  # the shift itself is exact
+
+
+def test_conv_epilogue_default_at_model_shape():
+    """mamba-130m's in_proj at 16 rows with the conv folded (the conv columns: the first half),
+    in the launcher's default config for it (16 features in K groups)."""
+    rows, k, features, channels = MAX_ROWS, 768, 3072, 1536
+    x, w, b = operands(rows, features, k, torch.float16, bias=False, seed=5)
+    g = torch.Generator().manual_seed(8)
+    state = torch.randn(rows, channels, 3, generator=g).half()
+    cw = (torch.randn(channels, 4, generator=g) * 0.5).half()
+    cb = (torch.randn(channels, generator=g) * 0.1).half()
+    want, want_state = conv_reference(reference(x, w, None), 0, state, cw, cb)
+    state_dev = state.to(DEVICE).clone()
+    got = decode_linear_fwd(x.to(DEVICE), w.to(DEVICE), None, early_weight=True,
+                            conv=(state_dev, cw.to(DEVICE), cb.to(DEVICE), 0, state_dev))
+    assert rel_err(got.cpu(), want) <= TOL[torch.float16]
+    assert rel_err(state_dev.cpu(), want_state) <= 1e-3
 
 
 def norm_sums(gated, groups, parts):
