@@ -492,8 +492,9 @@ K_GROUPS = True
 EARLY_CONSTANTS = True
 # With early_weight at several rows, a K loop reads the first weight tile of each program's K
 # slice before the PDL wait, as a one-tile program reads its whole tile. H100, 2026-11-24,
-# decode ms/token, same call, two runs each, early vs after the wait: b16 mamba-2.8b 3.202-3.204
-# vs 3.234, the other Mamba-1 presets level; at one row it made the step much slower (b1
+# decode ms/token, same call, two runs each, early vs after the wait: b16 mamba-2.8b 3.205-3.206
+# vs 3.235-3.237, mamba2-2.7b 4.893-4.895 vs 4.916-4.922, the other presets level; at one row
+# (an earlier call) it made the step much slower (b1
 # mamba-2.8b 2.947-2.948 vs 2.643-2.644, 1.4b 1.634 vs 1.449, 790m 1.218-1.220 vs 1.063-1.066:
 # thousands of one-row programs, launched early by PDL, each holding a tile and its SM slot
 # while the kernel before runs), so not there. Also tried, slower: out_proj's next-norm epilogue

@@ -255,10 +255,10 @@ EARLY_BIAS_D = True
 # With early_state, x and z before the wait as well: x_proj, the kernel before, reads x and writes
 # neither, and the kernels that wrote them had finished before x_proj passed its own wait (every
 # kernel here waits before it lets the next one start, pdl_start). H100, 2026-11-24, decode b16
-# ms/token, same call, two runs each, before vs after the wait: mamba-130m 0.416-0.419 vs
-# 0.424-0.426, 370m 0.930-0.931 vs 0.940, 790m 1.574-1.577 vs 1.582-1.583, 1.4b 1.917 vs 1.974,
-# 2.8b 3.202-3.204 vs 3.227-3.228; b1 level. A switch for benchmarks (scripts/bench_e2e.py
-# --late-x-z).
+# ms/token, same call, two runs each, before vs after the wait: mamba-130m 0.403-0.405 vs
+# 0.410-0.413, 370m 0.910-0.912 vs 0.917-0.920, 790m 1.576-1.577 vs 1.585-1.586, 1.4b
+# 1.919-1.921 vs 1.972-1.976, 2.8b 3.205-3.206 vs 3.230-3.231; b1 level. A switch for benchmarks
+# (scripts/bench_e2e.py --late-x-z).
 EARLY_X_Z = True
 
 _MIN_PROGRAMS = 1024  # decode is latency-bound: many small one-warp programs

@@ -481,7 +481,7 @@ def norm_sums(gated, groups, parts):
     return sq.sum(-1).contiguous()
 
 
-# early: the K loops with their first weight tile read before the PDL wait too
+# early: the weight read before the PDL wait (with a K loop at several rows, its first tile)
 @pytest.mark.parametrize("rows,config,early", [(1, None, True), (1, (4, 32, 4, 1), False), (1, (4, 32, 4, 1), True),
                                                (5, (4, 64, 4, 1), False), (MAX_ROWS, None, True),
                                                (MAX_ROWS, (16, 64, 4, 1), False), (MAX_ROWS, (16, 64, 4, 1), True),
@@ -525,7 +525,7 @@ def test_conv_and_row_norm_reject_bad_shapes():
                           row_norm=(torch.zeros(2, 1, 3), 1e-5))
 
 
-# early: the residual (and a K loop's first weight tile) read before the PDL wait
+# early: the weight read before the PDL wait (with a K loop at several rows, its first tile)
 @pytest.mark.parametrize("rows,config,early", [(1, None, True), (1, (4, 128, 8, 1), False), (1, (4, 128, 8, 1), True),
                                                (5, (4, 64, 4, 1), True), (MAX_ROWS, None, True),
                                                (MAX_ROWS, (16, 128, 4, 2), False), (MAX_ROWS, (16, 128, 4, 2), True),
