@@ -495,9 +495,10 @@ EARLY_CONSTANTS = True
 # decode ms/token, same call, two runs each, early vs after the wait: b16 mamba-2.8b 3.205-3.206
 # vs 3.235-3.237, mamba2-2.7b 4.893-4.895 vs 4.916-4.922, the other presets level; at one row
 # (an earlier call) it made the step much slower (b1
-# mamba-2.8b 2.947-2.948 vs 2.643-2.644, 1.4b 1.634 vs 1.449, 790m 1.218-1.220 vs 1.063-1.066:
-# thousands of one-row programs, launched early by PDL, each holding a tile and its SM slot
-# while the kernel before runs), so not there. Also tried, slower: out_proj's next-norm epilogue
+# mamba-2.8b 2.947-2.948 vs 2.643-2.644, 1.4b 1.634 vs 1.449, 790m 1.218-1.220 vs 1.063-1.066;
+# not analysed: the one-row kernel's sm_90 code differs by three loads, so perhaps the thousands
+# of one-row programs that PDL starts early, their tile loads competing with the kernel before),
+# so not there. Also tried, slower: out_proj's next-norm epilogue
 # reading its residual before the wait (b16 mamba-130m 0.416-0.419 vs 0.399-0.402, 370m
 # 0.930-0.931 vs 0.906). A switch for benchmarks (scripts/bench_e2e.py --late-first-tile).
 EARLY_FIRST_TILE = True
