@@ -1,0 +1,108 @@
+"""Tile configs of the decode projections at several rows, timed in the decode step (needs CUDA).
+
+A projection's best tile alone (bench_decode_linear.py) and in the step differ, and the best one in
+the step moves when the kernels around it change (docs/kernel_notes.md v25 g). For each preset and
+each projection the kernel takes at that batch, this runs bench_e2e.py once per candidate config
+(``--linear-config N,K=CONFIG``, a fresh process each), alternating the configs over ``--runs``
+rounds, and prints ms/token per config with the default first.
+
+    python3 scripts/sweep_step_configs.py [--presets mamba-130m,mamba2-130m] [--batch 16]
+        [--projections in_proj,out_proj] [--runs 2] [--dry-run] [--out results.json]
+
+Candidates keep the default's K tiling (BLOCK_K, split, stages, K groups) and vary the feature
+block (8 to 64) and, for one-tile K-group configs, the warps with the groups (4 or 8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from mamba_export import _dispatch
+from mamba_export.config import MambaConfig
+from mamba_export.kernels import decode_linear as dl
+
+
+def projections(preset: str) -> dict[str, tuple[int, int]]:
+    """(features, K) of a block's projections at the preset's shape."""
+    c = MambaConfig.preset(preset)
+    shapes = {"in_proj": (c.d_in_proj, c.d_model), "out_proj": (c.d_model, c.d_inner)}
+    if c.layer != "Mamba2":
+        shapes["x_proj"] = (c.resolved_dt_rank + 2 * c.d_state, c.d_inner)
+    return shapes
+
+
+def candidates(rows: int, features: int, k: int, conv: bool) -> list[tuple[int, ...]]:
+    """The default config (first) and its variants: feature blocks of 8-64 (tensor-core tiles);
+    for one-tile K-group configs also 4 or 8 warps with as many groups."""
+    default = dl.default_config(rows, features, k, conv=conv)
+    configs = [default]
+    for block_n in (8, 16, 32, 64):
+        configs.append((block_n, *default[1:]))
+    if len(default) == 6:
+        for groups in (4, 8):
+            if default[1] // groups >= 16:
+                configs.append((default[0], default[1], groups, default[3], default[4], groups))
+    return list(dict.fromkeys(c for c in configs if c[0] <= features))
+
+
+def time_config(preset: str, batch: int, shape: tuple[int, int], config: tuple[int, ...] | None) -> float:
+    """bench_e2e.py's decode ms/token at ``batch`` with ``config`` forced for ``shape`` (None:
+    the default)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "r.json")
+        cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "bench_e2e.py"), "--skip-prefill",
+               "--skip-long", "--skip-compile", "--batches", str(batch), "--presets", preset, "--out", out]
+        if config is not None:
+            cmd += ["--linear-config", f"{shape[0]},{shape[1]}=" + ",".join(map(str, config))]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return json.load(open(out))["decode"][0][f"b{batch}_ms"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default="mamba-130m,mamba-370m,mamba2-130m")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--projections", default="in_proj,x_proj,out_proj")
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--dry-run", action="store_true", help="list the candidates, time nothing")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if args.batch < 2 or args.batch > dl.MODEL_ROWS:
+        p.error(f"--batch must be 2..{dl.MODEL_ROWS} (one row has no tile choice here)")
+    wanted = set(args.projections.split(","))
+    results = []
+    for preset in args.presets.split(","):
+        for name, (features, k) in projections(preset).items():
+            if name not in wanted or not dl.model_takes(args.batch, features, k):
+                continue
+            # (the model folds the conv into a one-tile in_proj; Mamba-1's at several rows only up
+            # to _dispatch.CONV_ROWS_MAX_WEIGHT)
+            conv = name == "in_proj" and dl.one_tile(args.batch, features, k) and (
+                MambaConfig.preset(preset).layer == "Mamba2"
+                or (_dispatch.FOLD_CONV_ROWS and features * k <= _dispatch.CONV_ROWS_MAX_WEIGHT))
+            configs = candidates(args.batch, features, k, conv)
+            print(f"{preset} {name} {features}x{k}: {len(configs)} configs {configs}", flush=True)
+            if args.dry_run:
+                continue
+            times = {c: [] for c in configs}
+            for _ in range(args.runs):
+                for c in configs:
+                    times[c].append(time_config(preset, args.batch, (features, k), c))
+            for c in configs:
+                print(f"  {','.join(map(str, c)):<22} " + " ".join(f"{t:.3f}" for t in times[c]), flush=True)
+                results.append(dict(preset=preset, projection=name, shape=[features, k], config=list(c),
+                                    default=c == configs[0], ms=times[c]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(date=time.strftime("%Y-%m-%d"), batch=args.batch, results=results), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
