@@ -376,20 +376,21 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     block_n = next_pow2(dstate)
     block_d, num_warps, rows = launch_config(batch, dim, block_n, use_interpreter(device),
                                              dt_rank)
+    early = bool(early_state)
+    early_reads = dict(EARLY_STATE=early, EARLY_W=early and EARLY_DT_PROJ, EARLY_BD=early and EARLY_BIAS_D,
+                       EARLY_XZ=early and EARLY_X_Z)
     if rows > 1:  # blocks of ``rows`` rows per program (tensor-core dt_proj)
         W_dtype = dt_proj_weight.dtype if dt_proj_weight is not None else dt.dtype
         block_m = next_pow2(rows)
         grid = (triton.cdiv(dim, block_d), triton.cdiv(batch, block_m))
         kern, head = _state_update_rows_kernel, (batch, dim)
-        tiles = dict(BLOCK_M=block_m, BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ,
-                     EARLY_BD=bool(early_state) and EARLY_BIAS_D, EARLY_XZ=bool(early_state) and EARLY_X_Z,
+        tiles = dict(BLOCK_M=block_m, BLOCK_D=block_d,
                      IEEE=(use_interpreter(device) or dt.dtype != W_dtype
                            or torch.float32 in (dt.dtype, W_dtype)))
     else:
         grid = (triton.cdiv(dim, block_d), batch)
         kern, head = _state_update_kernel, (dim,)
-        tiles = dict(BLOCK_D=block_d, EARLY_W=bool(early_state) and EARLY_DT_PROJ,
-                     EARLY_BD=bool(early_state) and EARLY_BIAS_D, EARLY_XZ=bool(early_state) and EARLY_X_Z)
+        tiles = dict(BLOCK_D=block_d)
     launch(
         kern, grid, device,
         state, x, dt, A, B, C,
@@ -409,8 +410,7 @@ def selective_state_update_fwd(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         nstate.stride(0), nstate.stride(1), nstate.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), DT_PROJ=dt_proj_weight is not None, BLOCK_N=block_n,
-        EARLY_STATE=bool(early_state),
-        BLOCK_R=max(16, next_pow2(max(dt_rank, 1))), num_warps=num_warps, pdl=True, **tiles,
+        BLOCK_R=max(16, next_pow2(max(dt_rank, 1))), num_warps=num_warps, pdl=True, **tiles, **early_reads,
     )
     return out, nstate
 

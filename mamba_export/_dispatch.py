@@ -50,6 +50,13 @@ FOLD_CONV = True
 # --no-fold-conv-rows).
 FOLD_CONV_ROWS = True
 CONV_ROWS_MAX_WEIGHT = 3 << 20
+
+
+def mamba1_folds_conv(rows: int, in_proj_numel: int) -> bool:
+    """Mamba-1's own condition for folding its conv into in_proj (besides in_proj_conv's): at
+    one row always, at several only for in_proj weights of at most CONV_ROWS_MAX_WEIGHT
+    elements (FOLD_CONV_ROWS)."""
+    return rows == 1 or (FOLD_CONV_ROWS and in_proj_numel <= CONV_ROWS_MAX_WEIGHT)
 # Between two blocks whose out_proj and in_proj both read their weight in one tile, where the add
 # + RMSNorm does not fold into in_proj (several rows), out_proj's epilogue does the add and the
 # norm's sums and in_proj applies the norm (hands_off_norm): no add_rmsnorm kernel. A switch for

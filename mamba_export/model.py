@@ -126,8 +126,7 @@ class MambaMixer(nn.Module):
         (``_dispatch.FOLD_CONV_ROWS``; before in_proj's K groups the folded 16-row kernel
         spilled, and mamba-130m's b16 step measured 0.553 vs 0.538 ms/token with the conv
         kernel, H100, 2026-11-23)."""
-        if x_like.shape[0] != 1 and not (_dispatch.FOLD_CONV_ROWS and
-                                         self.in_proj.weight.numel() <= _dispatch.CONV_ROWS_MAX_WEIGHT):
+        if not _dispatch.mamba1_folds_conv(x_like.shape[0], self.in_proj.weight.numel()):
             return None
         return in_proj_conv(x_like, self.in_proj, self.conv1d, conv_state, 0, inplace)
 

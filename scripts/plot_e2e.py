@@ -23,8 +23,7 @@ def state_bytes_per_row(preset: str) -> int:
     float32 SSM state [d_inner, d_state] and a float16 conv state [d_inner, d_conv - 1] per
     layer)."""
     c = MambaConfig.preset(preset)
-    d_inner = c.expand * c.d_model
-    return 2 * c.n_layer * d_inner * (c.d_state * 4 + (c.d_conv - 1) * 2)
+    return 2 * c.n_layer * c.d_inner * (c.d_state * 4 + (c.d_conv - 1) * 2)
 
 
 def batch_floor_ms(row: dict, batch: int, copy_bps: float) -> float:

@@ -81,11 +81,9 @@ def main() -> int:
         for name, (features, k) in projections(preset).items():
             if name not in wanted or not dl.model_takes(args.batch, features, k):
                 continue
-            # (the model folds the conv into a one-tile in_proj; Mamba-1's at several rows only up
-            # to _dispatch.CONV_ROWS_MAX_WEIGHT)
-            conv = name == "in_proj" and dl.one_tile(args.batch, features, k) and (
-                MambaConfig.preset(preset).layer == "Mamba2"
-                or (_dispatch.FOLD_CONV_ROWS and features * k <= _dispatch.CONV_ROWS_MAX_WEIGHT))
+            # (the model folds the conv into a one-tile in_proj, as _dispatch.in_proj_conv)
+            conv = name == "in_proj" and _dispatch.FOLD_CONV and dl.one_tile(args.batch, features, k) and (
+                MambaConfig.preset(preset).layer == "Mamba2" or _dispatch.mamba1_folds_conv(args.batch, features * k))
             configs = candidates(args.batch, features, k, conv)
             print(f"{preset} {name} {features}x{k}: {len(configs)} configs {configs}", flush=True)
             if args.dry_run:
