@@ -27,6 +27,8 @@ from mamba_export import _dispatch
 from mamba_export.config import MambaConfig
 from mamba_export.kernels import decode_linear as dl
 
+TRITON_STAGES = 3  # Triton's num_stages when a config gives none (its CUDA default)
+
 
 def projections(preset: str) -> dict[str, tuple[int, int]]:
     """(features, K) of a block's projections at the preset's shape."""
@@ -39,15 +41,23 @@ def projections(preset: str) -> dict[str, tuple[int, int]]:
 
 def candidates(rows: int, features: int, k: int, conv: bool) -> list[tuple[int, ...]]:
     """The default config (first) and its variants: feature blocks of 8-64 (tensor-core tiles);
-    for one-tile K-group configs also 4 or 8 warps with as many groups."""
+    for one-tile K-group configs also 4 or 8 warps with as many groups; for unsplit K loops also
+    the pipelining depth (2-5 stages), K steps of 64 / 256 and 8 warps."""
     default = dl.default_config(rows, features, k, conv=conv)
     configs = [default]
-    for block_n in (8, 16, 32, 64):
-        configs.append((block_n, *default[1:]))
+    k_loop = default[1] < k
+    for block_n in (16, 32, 64) if k_loop else (8, 16, 32, 64):  # (a K loop's 8-feature tile: x's
+        configs.append((block_n, *default[1:]))                   # 16 rows are twice its weight)
     if len(default) == 6:
         for groups in (4, 8):
             if default[1] // groups >= 16:
                 configs.append((default[0], default[1], groups, default[3], default[4], groups))
+    elif k_loop and default[3] == 1:  # over all of K
+        block_n, block_k, warps = default[:3]
+        stages = default[4] if len(default) == 5 else TRITON_STAGES
+        configs += [(block_n, block_k, warps, 1, s) for s in (2, 3, 4, 5) if s != stages]
+        configs += [(block_n, bk, warps, 1, stages) for bk in (64, 256) if bk != block_k]
+        configs.append((block_n, block_k, 8 if warps != 8 else 4, 1, stages))
     return list(dict.fromkeys(c for c in configs if c[0] <= features))
 
 
@@ -61,7 +71,8 @@ def time_config(preset: str, batch: int, shape: tuple[int, int], config: tuple[i
         if config is not None:
             cmd += ["--linear-config", f"{shape[0]},{shape[1]}=" + ",".join(map(str, config))]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return json.load(open(out))["decode"][0][f"b{batch}_ms"]
+        with open(out) as f:
+            return json.load(f)["decode"][0][f"b{batch}_ms"]
 
 
 def main() -> int:
@@ -91,7 +102,9 @@ def main() -> int:
             times = {c: [] for c in configs}
             for _ in range(args.runs):
                 for c in configs:
+                    t0 = time.time()
                     times[c].append(time_config(preset, args.batch, (features, k), c))
+                    print(f"    {','.join(map(str, c))}: {times[c][-1]:.3f} ({time.time() - t0:.0f} s)", flush=True)
             for c in configs:
                 print(f"  {','.join(map(str, c)):<22} " + " ".join(f"{t:.3f}" for t in times[c]), flush=True)
                 results.append(dict(preset=preset, projection=name, shape=[features, k], config=list(c),
