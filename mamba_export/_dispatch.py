@@ -57,6 +57,8 @@ def mamba1_folds_conv(rows: int, in_proj_numel: int) -> bool:
     one row always, at several only for in_proj weights of at most CONV_ROWS_MAX_WEIGHT
     elements (FOLD_CONV_ROWS)."""
     return rows == 1 or (FOLD_CONV_ROWS and in_proj_numel <= CONV_ROWS_MAX_WEIGHT)
+
+
 # Between two blocks whose out_proj and in_proj both read their weight in one tile, where the add
 # + RMSNorm does not fold into in_proj (several rows), out_proj's epilogue does the add and the
 # norm's sums and in_proj applies the norm (hands_off_norm): no add_rmsnorm kernel. A switch for

@@ -45,7 +45,7 @@ def candidates(rows: int, features: int, k: int, conv: bool) -> list[tuple[int, 
     """The default config (first) and its variants (see the module docstring)."""
     default = dl.default_config(rows, features, k, conv=conv)
     configs = [default]
-    k_loop = default[1] < k
+    k_loop = default[1] < -(-k // default[3])  # (a program's K slice wider than its tile, as the launcher)
     for block_n in (16, 32, 64) if k_loop else (8, 16, 32, 64):  # (a K loop's 8-feature tile: x's
         configs.append((block_n, *default[1:]))                   # 16 rows are twice its weight)
     if len(default) == 6:
