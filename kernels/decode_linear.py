@@ -185,11 +185,12 @@ def _dot_k_groups(x_ptr, w, acc, offs_m, mask_m, k0, k_stop, sx_m, sx_k, BLOCK_K
 @device_fn
 def _k_tile(x_ptr, w, acc, normed, rstd, offs_m, mask_m, ks, mask_k, sx_m, sx_k, group_size,
             DOT: tl.constexpr, BLOCK_M: tl.constexpr, ADD_NORM: tl.constexpr, ROW_NORM: tl.constexpr,
-            BLOCK_G: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr):
+            BLOCK_G: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr, SWAP_AB: tl.constexpr = False):
     """``acc`` plus the product of the operand's columns ``ks`` with the weight tile ``w``
     [BLOCK_N, BLOCK_K] (one step of the K loop, no K groups): ``acc`` is [BLOCK_M, BLOCK_N] with
-    DOT, else the elementwise products' [BLOCK_N, BLOCK_K] (one row) or [BLOCK_M, BLOCK_N,
-    BLOCK_K] (several), summed over K by the caller."""
+    DOT ([BLOCK_N, BLOCK_M] with SWAP_AB: ``w @ x.T``), else the elementwise products'
+    [BLOCK_N, BLOCK_K] (one row) or [BLOCK_M, BLOCK_N, BLOCK_K] (several), summed over K by the
+    caller."""
     if DOT:
         if ADD_NORM:
             x = normed
@@ -197,7 +198,12 @@ def _k_tile(x_ptr, w, acc, normed, rstd, offs_m, mask_m, ks, mask_k, sx_m, sx_k,
             x = _x_rows(x_ptr, rstd, offs_m, ks, mask_m, mask_k, sx_m, sx_k, group_size, ROW_NORM, BLOCK_G)
         if WIDEN:
             x, w = x.to(tl.float32), w.to(tl.float32)
-        if IEEE:
+        if SWAP_AB:
+            if IEEE:
+                acc = tl.dot(w, tl.trans(x), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(w, tl.trans(x), acc)
+        elif IEEE:
             acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
         else:
             acc = tl.dot(x, tl.trans(w), acc)
@@ -232,7 +238,8 @@ def _decode_linear_kernel(
     CONV: tl.constexpr, CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_S: tl.constexpr,
     ROW_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
     NEXT_NORM: tl.constexpr = False, K_GROUPS: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-    EARLY_C: tl.constexpr = False, EARLY_K0: tl.constexpr = False, PDL: tl.constexpr = False,
+    EARLY_C: tl.constexpr = False, EARLY_K0: tl.constexpr = False, SWAP_AB: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """Program (n, s): BLOCK_N output features for all M rows over the s-th ``k_per_split``
     slice of K. DOT=False: elementwise products summed once at the end (one row: a [BLOCK_N,
@@ -281,7 +288,13 @@ def _decode_linear_kernel(
     _fold_constants) are read before the PDL wait too.
 
     EARLY_K0 (a K loop without K groups): the first weight tile of the program's K slice is read
-    before the PDL wait and multiplied first, the loop starting at the second."""
+    before the PDL wait and multiplied first, the loop starting at the second.
+
+    SWAP_AB (DOT without K groups): each step multiplies ``w @ x.T`` into a [BLOCK_N, BLOCK_M]
+    accumulator, transposed once at the end: the features are the product's M side, which on
+    Hopper lets Triton use the warpgroup MMA (64 features per 4 warps, the rows as its N of 8
+    or 16) reading both operands from shared memory, instead of 16-row mma.sync tiles whose
+    weight operand goes through registers."""
     pid_n = tl.program_id(0)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
@@ -335,6 +348,8 @@ def _decode_linear_kernel(
                      summed.to(rout_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_k < K)[None, :])
     if K_GROUPS > 1:  # (DOT)
         acc_g = tl.zeros((K_GROUPS, BLOCK_M, BLOCK_N), tl.float32)
+    elif DOT and SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     elif DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     elif BLOCK_M == 1:
@@ -350,7 +365,7 @@ def _decode_linear_kernel(
         if EARLY_K0:  # the tile read before the wait, then the loop from the next one
             acc = _k_tile(x_ptr, w_early, acc, normed, rstd, offs_m, mask_m, k_start + offs_k,
                           k_start + offs_k < k_stop, sx_m, sx_k, group_size, DOT, BLOCK_M, ADD_NORM, ROW_NORM,
-                          BLOCK_G, IEEE, WIDEN)
+                          BLOCK_G, IEEE, WIDEN, SWAP_AB)
             k_loop += BLOCK_K
         for k0 in range(k_loop, k_stop, BLOCK_K):
             if K_GROUPS > 1:
@@ -366,9 +381,11 @@ def _decode_linear_kernel(
                     w = tl.load(w_ptr + offs_n[:, None] * sw_n + ks[None, :] * sw_k,
                                 mask=mask_n[:, None] & mask_k[None, :], other=0.0)
                 acc = _k_tile(x_ptr, w, acc, normed, rstd, offs_m, mask_m, ks, mask_k, sx_m, sx_k, group_size,
-                              DOT, BLOCK_M, ADD_NORM, ROW_NORM, BLOCK_G, IEEE, WIDEN)
+                              DOT, BLOCK_M, ADD_NORM, ROW_NORM, BLOCK_G, IEEE, WIDEN, SWAP_AB)
     if K_GROUPS > 1:
         out = tl.sum(acc_g, axis=0)
+    elif DOT and SWAP_AB:
+        out = tl.trans(acc)
     elif DOT:
         out = acc
     elif BLOCK_M == 1:
@@ -405,10 +422,11 @@ def _decode_linear_kernel(
 
 
 def default_config(rows: int, features: int, k: int, early_weight: bool = True,
-                   itemsize: int = 2, k_groups: bool = True, conv: bool = False) -> tuple[int, ...]:
-    """(BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages[, k_groups]]), from the H100 sweeps of
-    2026-11-23 and 2026-11-24 (scripts/bench_decode_linear.py --sweep / --stages-sweep /
-    --k-groups-sweep, configs run with early_weight as the model does).
+                   itemsize: int = 2, k_groups: bool = True, conv: bool = False,
+                   swap_ab: bool = False) -> tuple[int, ...]:
+    """(BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages[, k_groups[, swap_ab]]]), from the H100
+    sweeps of 2026-11-23 to 2026-11-25 (scripts/bench_decode_linear.py --sweep / --stages-sweep /
+    --k-groups-sweep / --swap-sweep, configs run with early_weight as the model does).
 
     With ``early_weight``, weights up to _ONE_TILE_MAX elements take one tile per program
     covering all of K, read before the PDL wait: one row at 1.3-3.0 us where the K loop took
@@ -417,7 +435,8 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     multiplied in K groups since, K_GROUPS).
     Larger weights loop over K: one row in thin feature slices (4, 128, 8); several rows on
     tensor cores, K split in 4 for the narrower ones (out_proj 13.3 vs cuBLAS 15.0; in_proj level
-    with cuBLAS; the widest out_proj unsplit and pipelined 5 deep instead, DEEP_OUT_PROJ), in
+    with cuBLAS; the widest out_proj unsplit and pipelined 5 deep instead, DEEP_OUT_PROJ; mamba-1.4b's
+    pair as weight @ x.T in 64-feature tiles, SWAP_AB), in
     16 for the narrowest (mamba-2.8b's x_proj, 2026-11-24: 4.8 vs 6.7 us split in 4 and 7.7 on
     cuBLAS) or, with early_weight, in slices of SPLIT_BLOCK_K read in one tile
     before the PDL wait (decode b16 ms/token, 2026-11-24, one run each: mamba-2.8b 3.427 with
@@ -433,7 +452,8 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     its one tile of K <= 1024 takes 16 features instead of 32 (H100, 2026-11-24, decode b16
     ms/token, two runs each, 16 vs 32: mamba-130m 0.373-0.375 vs 0.397-0.400, mamba2-130m 0.491
     vs 0.512-0.514; 8 features 0.388-0.390 / 0.515-0.516; without the fold, mamba-370m's in_proj
-    kept 32: 0.872 vs 0.919 with 16)."""
+    kept 32: 0.872 vs 0.919 with 16). ``swap_ab``: the caller takes weight @ x.T tiles where they
+    measured faster in its decode step (SWAP_AB: Mamba-1's mixer)."""
     kp = next_pow2(k)
     one_tile = early_weight and _small_weight(features, k)
     if rows == 1:
@@ -458,7 +478,12 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     if (DEEP_OUT_PROJ and 2560 <= features <= 4096 and k >= 4096  # out_proj of the widest models
             and 5 * (MAX_ROWS + 32) * 256 * itemsize <= _ONE_TILE_SMEM):  # (5 stages of x and weight)
         return 32, 256, 4, 1, 5
-    return 32 if features >= 2048 else 16, 128, 4, 4 if features <= 4096 and k >= 2048 else 1
+    split = 4 if features <= 4096 and k >= 2048 else 1
+    if (swap_ab and SWAP_AB and itemsize == 2 and features <= 8192 and k <= 4096
+            and features * k >= (8 << 20)):
+        # (mamba-1.4b's in_proj and out_proj: see SWAP_AB)
+        return 64, 128, 4, split, 4 if split > 1 else 5, 1, 1
+    return 32 if features >= 2048 else 16, 128, 4, split
 
 
 # Tensor-core tiles at several rows read in one tile (or in one-tile K slices) multiply their K in
@@ -514,6 +539,18 @@ SPLIT_BLOCK_K = 512
 # 2048 features, 64 programs, 2.078 vs 1.980, so from 2560 features). A switch for benchmarks
 # (bench_e2e.py --split-out-proj).
 DEEP_OUT_PROJ = True
+# The K loop at several rows as weight @ x.T (the kernel's SWAP_AB: on Hopper the warpgroup MMA with
+# both operands in shared memory) in 64-feature tiles, for 16-bit weights of 8M-32M elements up to
+# 8192 features and K 4096 (mamba-1.4b's in_proj and out_proj). H100, 2026-11-25, decode b16 ms/token, same call, two runs
+# each (bench_e2e.py --linear-config): mamba-1.4b 1.832-1.838 with both vs 1.881-1.882 (in_proj
+# alone 1.865, out_proj alone 1.849-1.850; with this rule 1.832 vs 1.879-1.882, b1 level); mamba-
+# 2.8b's in_proj (10240 features, 160 programs) was slower in every swapped form (3.159-3.459 vs
+# 3.144-3.146) though 2-5% faster alone (bench_decode_linear.py --swap-sweep: 21.2-21.3 vs
+# 21.7-22.4 us), and its out_proj too (3.236 vs 3.144); mamba2-1.3b's out_proj (2048 x 4096 with
+# the gated norm's row scaling, or after the gated-norm kernel: 2.919 vs 2.885-2.887, 2.877-2.882 vs
+# 2.855-2.860), so only callers that ask (decode_linear_fwd's swap_ab: Mamba-1's mixer) get it. A
+# switch for benchmarks (scripts/bench_e2e.py --no-swap-ab).
+SWAP_AB = True
 _ONE_TILE_MAX = 4 << 20  # weight elements (8 MiB in fp16): mamba-130m's projections, not the lm_head
 _ONE_TILE_SMEM = 160 << 10  # bytes of x and weight tile a several-row one-tile program stages
 
@@ -678,13 +715,15 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                       out: torch.Tensor | None = None, config: tuple[int, ...] | None = None,
                       early_weight: bool = False, add_norm: tuple | None = None,
                       conv: tuple | None = None, row_norm: tuple | None = None,
-                      next_norm: tuple | None = None, l2_prefetch: torch.Tensor | None = None):
+                      next_norm: tuple | None = None, l2_prefetch: torch.Tensor | None = None,
+                      swap_ab: bool = False):
     """``x [M, K] @ weight[N, K].T + bias[N]`` for M <= 16; returns ``out [M, N]`` (x's dtype),
     written into ``out`` when given (any strides).
 
-    ``config``: (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages[, k_groups]]), default
-    ``default_config`` (num_stages: the K loop's software pipelining depth, Triton's default when
-    not given; k_groups: the kernel's K_GROUPS, tensor-core tiles only, 1 when not given).
+    ``config``: (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages[, k_groups[, swap_ab]]]),
+    default ``default_config`` (num_stages: the K loop's software pipelining depth, Triton's
+    default when not given; k_groups: the kernel's K_GROUPS, tensor-core tiles only, 1 when not
+    given; swap_ab 1: the kernel's SWAP_AB, tensor-core tiles ``weight @ x.T`` at any row count).
 
     ``early_weight``: with PDL and a config whose BLOCK_K covers each program's K slice, read
     the weight before waiting for the kernel launched just before this one (with a K loop, its
@@ -718,7 +757,10 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     of its squares over each program's columns): the next in_proj's ``row_norm``.
 
     ``l2_prefetch``: a contiguous tensor (a later kernel's weight) whose bytes the programs ask
-    to be brought into L2 before their PDL wait (CUDA only: ignored by the interpreter)."""
+    to be brought into L2 before their PDL wait (CUDA only: ignored by the interpreter).
+
+    ``swap_ab``: without ``config``, let ``default_config`` choose weight @ x.T tiles (SWAP_AB)
+    where they measured faster in Mamba-1's decode step."""
     check_float("x", x)
     check_float("weight", weight)
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
@@ -744,14 +786,19 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     norm_eps, norm_args, norm_meta = _check_row_norm(row_norm, x)
     config = config or default_config(rows, features, k, early_weight, x.element_size(),  # (weight: x's dtype)
                                       k_groups=add_norm is None and norm_meta["BLOCK_G"] == 1,
-                                      conv=conv is not None)
-    if len(config) not in (4, 5, 6) or min(config) < 1:
+                                      conv=conv is not None, swap_ab=swap_ab)
+    if len(config) not in (4, 5, 6, 7) or min(config[:6]) < 1 or config[6:] not in ((), (0,), (1,)):
         raise ValueError(f"config must be positive (BLOCK_N, BLOCK_K, num_warps, SPLIT[, num_stages"
-                         f"[, k_groups]]), got {config}")
+                         f"[, k_groups[, swap_ab 0 or 1]]]), got {config}")
     block_n, block_k, warps, split = config[:4]
     stages = config[4] if len(config) >= 5 else None
-    k_groups = config[5] if len(config) == 6 else 1
-    dot = rows > 1 and block_n >= 8  # tensor-core tiles (8 features: an n8 tile); narrower: elementwise
+    k_groups = config[5] if len(config) >= 6 else 1
+    swap_ab = config[6:] == (1,)
+    if swap_ab and (k_groups > 1 or block_n < 16):
+        raise ValueError(f"swap_ab needs k_groups 1 and BLOCK_N >= 16, got config {config}")
+    # tensor-core tiles (8 features: an n8 tile; with swap_ab any row count); narrower: elementwise
+    dot = (rows > 1 or swap_ab) and block_n >= 8
+    block_m = (8 if rows <= 8 else MAX_ROWS) if swap_ab else MAX_ROWS if dot else next_pow2(rows)
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)  # no empty slices
     blocks = triton.cdiv(features, block_n)
@@ -773,7 +820,7 @@ def decode_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         *x.stride(), *weight.stride(), *out.stride(), res.stride(0), rout.stride(0), eps,
         *conv_args, *norm_args, *next_args, *prefetch_args(l2_prefetch, x),
         HAS_BIAS=bias is not None, DOT=dot, IEEE=x.dtype == torch.float32,
-        WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=MAX_ROWS if dot else next_pow2(rows),
+        WIDEN=use_interpreter(x.device), SPLIT=split, BLOCK_M=block_m, SWAP_AB=swap_ab,
         BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=bool(early_weight) and one_tile,
         EARLY_C=bool(early_weight) and EARLY_CONSTANTS and rows == 1,
         EARLY_K0=bool(early_weight) and EARLY_FIRST_TILE and rows > 1 and not one_tile and k_groups == 1,

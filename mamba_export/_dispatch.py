@@ -124,19 +124,20 @@ def _kernel_takes(x: Tensor, layer: nn.Linear, lm_head: bool = False) -> bool:
 
 
 def decode_linear(x: Tensor, layer: nn.Linear, lm_head: bool = False, l2_prefetch: Tensor | None = None,
-                  **fold) -> Tensor:
+                  swap_ab: bool = False, **fold) -> Tensor:
     """``layer(x)`` in a decode step that already took the kernel path: kernels/decode_linear.py
     where it measured faster than cuBLAS (``decode_linear.model_takes``: one row, or up to 16
     for small weights and, with ``lm_head``, the model's lm_head), else F.linear (also for
     float64). ``fold``: decode_linear_fwd's ``conv`` / ``row_norm`` / ``next_norm``, only where
     the kernel takes x (the callers check); with ``next_norm`` the result is ``(weighted, sums)``.
     ``l2_prefetch``: a later kernel's weight for the kernel to bring into L2 (a hint: dropped
-    where F.linear runs)."""
+    where F.linear runs). ``swap_ab``: decode_linear_fwd's (Mamba-1's mixer, where it measured
+    faster)."""
     from .kernels import decode_linear as dl
 
     if _kernel_takes(x, layer, lm_head):
         return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS, l2_prefetch=l2_prefetch,
-                                    **fold)
+                                    swap_ab=swap_ab, **fold)
     if any(v is not None for v in fold.values()):
         raise ValueError(f"a fold ({', '.join(fold)}) needs the decode_linear kernel, which does not "
                          f"take {tuple(x.shape)} {x.dtype} @ {tuple(layer.weight.shape)} {layer.weight.dtype}")

@@ -147,9 +147,10 @@ class MambaMixer(nn.Module):
             from .kernels.causal_conv1d import causal_conv1d_update_fwd
             from .kernels.state_update import selective_state_update_fwd
 
+            # (swap_ab: in_proj and out_proj may take weight @ x.T tiles, kernels/decode_linear.SWAP_AB)
             if projected is None:
                 conv = self.in_proj_conv(hidden, conv_state, inplace)
-                projected = decode_linear(hidden, self.in_proj, conv=conv)
+                projected = decode_linear(hidden, self.in_proj, conv=conv, swap_ab=True)
             x, z = projected.chunk(2, dim=-1)
             if conv is not None:
                 new_conv = conv[4]
@@ -164,7 +165,7 @@ class MambaMixer(nn.Module):
                 ssm_state, x, dt_low, A, B, C, D, z, dt_bias, True,
                 out_state=ssm_state if inplace else None, dt_proj_weight=self.dt_proj.weight,
                 early_state=_dispatch.EARLY_READS and _dispatch.EARLY_STATE_MAMBA1)
-            return decode_linear(y, self.out_proj, **(out_fold or {})), new_conv, new_ssm
+            return decode_linear(y, self.out_proj, swap_ab=True, **(out_fold or {})), new_conv, new_ssm
         refuse_out_fold(out_fold)
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x, new_conv = torch.ops.mamba_export.causal_conv1d_update(

@@ -1,7 +1,7 @@
 """Decode-step projections: cuBLAS (F.linear) vs kernels/decode_linear.py (needs CUDA).
 
     python3 scripts/bench_decode_linear.py [--out results.json]
-                                           [--sweep | --stages-sweep | --k-groups-sweep]
+                                           [--sweep | --stages-sweep | --k-groups-sweep | --swap-sweep]
                                            [--shapes TEXT] [--rows 1,16]
 
 Each shape is a projection of a preset (in_proj, x_proj, dt_proj, out_proj, lm_head) at 1 or 16
@@ -29,7 +29,7 @@ from mamba_export.kernels import decode_linear as dl
 from bench_kernels import copy_bandwidth  # scripts/ is on sys.path when this file runs
 
 # (name, N, K): the decode projections of mamba-130m, mamba2-130m, mamba-2.8b, mamba2-2.7b (and
-# mamba-370m's, the x_proj of mamba-790m and mamba-1.4b)
+# mamba-370m's, mamba-790m's and mamba-1.4b's)
 SHAPES = [
     ("m1-130m in_proj", 3072, 768), ("m1-130m x_proj", 80, 1536), ("m1-130m dt_proj", 1536, 48),
     ("130m out_proj", 768, 1536), ("m2-130m in_proj", 3352, 768), ("130m lm_head", 50280, 768),
@@ -37,7 +37,7 @@ SHAPES = [
     ("m2-2.7b in_proj", 10576, 2560), ("2.8b lm_head", 50280, 2560),
     ("m1-370m in_proj", 4096, 1024), ("m1-370m x_proj", 96, 2048), ("370m out_proj", 1024, 2048),
     ("m1-790m x_proj", 128, 3072), ("m1-1.4b in_proj", 8192, 2048), ("m1-1.4b x_proj", 160, 4096),
-    ("1.4b out_proj", 2048, 4096),
+    ("1.4b out_proj", 2048, 4096), ("m1-790m in_proj", 6144, 1536), ("790m out_proj", 1536, 3072),
 ]
 # (BLOCK_N, BLOCK_K, num_warps, SPLIT)
 SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))),
@@ -50,6 +50,14 @@ SWEEP = {1: list(itertools.product((4, 8), (128, 256), (4, 8), (1, 2, 4, 8, 16))
 STAGES_SWEEP = list(dict.fromkeys(  # (in order, without repeats)
     list(itertools.product((16, 32, 64), (128, 256), (4,), (1, 2, 4), (2, 3, 4, 5)))
     + list(itertools.product((32, 64, 128), (256, 512), (4, 8), (1, 2), (4, 5, 6, 7)))))
+
+
+# (--swap-sweep) the K loop with swap_ab (weight @ x.T: the features on the product's M side, the
+# warpgroup MMA on Hopper) at any row count: (BLOCK_N, BLOCK_K, num_warps, SPLIT, num_stages,
+# k_groups, swap_ab); configs whose stages exceed shared memory fail to build and are skipped
+SWAP_SWEEP = ([(bn, bk, 4, 1, st, 1, 1) for bn in (64, 128) for bk in (128, 256) for st in (3, 5)]
+              + [(128, bk, 8, 1, st, 1, 1) for bk in (128, 256) for st in (3, 4)]
+              + [(64, bk, 4, split, st, 1, 1) for bk in (128, 256) for split in (2, 4) for st in (3, 4)])
 
 
 def k_groups_configs(n: int, k: int) -> list:
@@ -109,6 +117,8 @@ def main() -> int:
     p.add_argument("--k-groups-sweep", action="store_true",
                    help="at several rows, the default and every config of k_groups_configs (K cut into "
                         "batched tensor-core products)")
+    p.add_argument("--swap-sweep", action="store_true",
+                   help="the default and every config of SWAP_SWEEP (the K loop as weight @ x.T), at every row count")
     p.add_argument("--shapes", default=None, help="only shapes whose name contains one of these texts (comma-separated)")
     p.add_argument("--rows", default="1,16", help="row counts (comma-separated)")
     args = p.parse_args()
@@ -136,8 +146,10 @@ def main() -> int:
                 sweep = STAGES_SWEEP if m > 1 else []
             if args.k_groups_sweep:
                 sweep = k_groups_configs(n, k) if m > 1 else []
+            if args.swap_sweep:
+                sweep = SWAP_SWEEP
             configs = [default] + [c for c in sweep if c != default] \
-                if args.sweep or args.stages_sweep or args.k_groups_sweep else [default]
+                if args.sweep or args.stages_sweep or args.k_groups_sweep or args.swap_sweep else [default]
             best, default_ms, timed = None, None, []
             for cfg in configs:
                 outs.fill_(float("nan"))
@@ -171,7 +183,8 @@ def main() -> int:
                       flush=True)
     if args.out:
         meta = dict(date=datetime.date.today().isoformat(), gpu=torch.cuda.get_device_name(),
-                    torch=torch.__version__, copy_bw=bw, sweep=args.sweep, stages_sweep=args.stages_sweep)
+                    torch=torch.__version__, copy_bw=bw, sweep=args.sweep, stages_sweep=args.stages_sweep,
+                    swap_sweep=args.swap_sweep)
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows_out), f, indent=1)
     return 0

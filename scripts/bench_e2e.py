@@ -114,6 +114,8 @@ KERNEL_SWITCHES = [
      "its PDL wait (default: before it)"),
     ("--late-x-z", "state_update", "EARLY_X_Z", "the Mamba-1 state update reads x and z after its PDL wait "
      "(default: before it)"),
+    ("--no-swap-ab", "decode_linear", "SWAP_AB", "the K-loop projections at several rows as x @ weight.T in "
+     "16-row tensor-core tiles everywhere (default: weight @ x.T where default_config says so)"),
     ("--late-first-tile", "decode_linear", "EARLY_FIRST_TILE", "the K-loop projections at several rows read their "
      "first weight tile after their PDL wait (default: before it)"),
     ("--late-norm-residual", "rmsnorm", "EARLY_RESIDUAL", "the add + RMSNorm kernel reads the residual and "

@@ -95,6 +95,14 @@ def main():
                 EARLY_K0=not pdl and k_groups == 1, PDL=pdl),
                 lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr", "nsum_ptr", "nrout_ptr") else
                 ("i32" if n == "cnt_ptr" else dt), num_warps=8)
+        for rows, early_k0 in ((16, True), (8, False)):  # weight @ x.T K loops (SWAP_AB: mamba-1.4b's)
+            compile_for_sm90(decode_linear._decode_linear_kernel, dict(
+                HAS_BIAS=False, DOT=True, IEEE=False, WIDEN=False, SPLIT=4, BLOCK_M=rows, BLOCK_N=64,
+                BLOCK_K=128, EARLY_W=False, ADD_NORM=False, HAS_RES=False, CONV=False, CONV_BIAS=False,
+                WIDTH=2, BLOCK_S=1, ROW_NORM=False, BLOCK_G=1, BLOCK_Q=1, NEXT_NORM=False, K_GROUPS=1,
+                PREFETCH=False, EARLY_C=False, EARLY_K0=early_k0, SWAP_AB=True, PDL=True),
+                lambda n, dt=dt: "fp32" if n in ("ws_ptr", "sq_ptr", "nsum_ptr", "nrout_ptr") else
+                ("i32" if n == "cnt_ptr" else dt), num_warps=4, num_stages=4)
         compile_for_sm90(causal_conv1d._conv_commit_kernel, dict(BLOCK_D=256, BLOCK_S=4), ptr)
         compile_for_sm90(causal_conv1d._conv_update_kernel, dict(  # (Mamba-1's decode conv kernel)
             HAS_BIAS=True, SILU=True, WIDTH=4, BLOCK_S=4, BLOCK_D=128, EARLY_STATE=True, PDL=True), ptr)

@@ -75,6 +75,21 @@ def test_k_groups_configs(config, rows, dtype, early_weight):
     assert rel_err(out.cpu(), reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[dtype]
 
 
+# swap_ab (weight @ x.T, the features on the product's M side): a K loop pipelined 3 deep with
+# its first tile read before the PDL wait (several rows), one tile covering K, K split in 2, and
+# 64 / 128 features (the warpgroup MMA's tile on Hopper); one row and a few take 8-row tiles
+@pytest.mark.parametrize("config", [(64, 64, 4, 1, 3, 1, 1), (16, 512, 4, 1, 1, 1, 1), (32, 128, 4, 2, 2, 1, 1),
+                                    (128, 128, 8, 1, 2, 1, 1)])
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("early_weight", [False, True])
+def test_swap_ab_configs(config, rows, dtype, early_weight):
+    x, w, b = (t.to(DEVICE) for t in operands(rows, 150, 301, dtype, seed=rows))
+    out = decode_linear_fwd(x, w, b, config=config, early_weight=early_weight)
+    assert out.shape == (rows, 150)
+    assert rel_err(out.cpu(), reference(x.cpu(), w.cpu(), b.cpu())) <= TOL[dtype]
+
+
 def test_split_k_is_repeatable():
     """Split K: the per-block counters return to 0, so calls in a row (and other weights of the
     shape, sharing the workspace) give the same numbers."""
@@ -128,6 +143,12 @@ def test_bad_inputs_raise_value_errors():
         decode_linear_fwd(x, w, config=(16, 64, 4, 1, 1, 3))
     with pytest.raises(ValueError, match="k_groups 8 needs"):  # (groups narrower than 16)
         decode_linear_fwd(x, w, config=(16, 64, 4, 1, 1, 8))
+    with pytest.raises(ValueError, match="swap_ab needs k_groups 1"):
+        decode_linear_fwd(x, w, config=(16, 64, 4, 1, 1, 2, 1))
+    with pytest.raises(ValueError, match="swap_ab needs k_groups 1 and BLOCK_N >= 16"):
+        decode_linear_fwd(x, w, config=(8, 64, 4, 1, 1, 1, 1))
+    with pytest.raises(ValueError, match="config must be positive"):
+        decode_linear_fwd(x, w, config=(16, 64, 4, 1, 1, 1, 2))
 
 
 def test_pdl_request_applies_only_to_compiled_gpu_launches(monkeypatch):
@@ -261,6 +282,12 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 2560, 5120) == (32, 256, 4, 1, 5)
     assert default_config(16, 2560, 5120, itemsize=4) == (32, 128, 4, 4)
     assert default_config(16, 2048, 4096) == (32, 128, 4, 4)  # mamba-1.4b's: split (faster there)
+    # weight @ x.T tiles where the caller asks (Mamba-1's mixer): mamba-1.4b's out_proj and in_proj
+    assert default_config(16, 2048, 4096, swap_ab=True) == (64, 128, 4, 4, 4, 1, 1)
+    assert default_config(16, 8192, 2048, swap_ab=True) == (64, 128, 4, 1, 5, 1, 1)
+    assert default_config(1, 8192, 2048, swap_ab=True) == default_config(1, 8192, 2048)
+    assert default_config(16, 8192, 2048, itemsize=4, swap_ab=True) == (32, 128, 4, 1)
+    assert default_config(16, 10240, 2560, swap_ab=True) == (32, 128, 4, 1)  # mamba-2.8b's in_proj
     # float32 operands of a one-tile several-row program would not fit in shared memory past
     # K = 512 (256 KB at K = 2048): a K loop instead; half precision keeps the tile
     assert default_config(16, 768, 1536) == (16, 2048, 8, 1, 1, 8)
@@ -268,10 +295,10 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert default_config(16, 64, 512, itemsize=4)[1] == 512
 
 
-def steps_equal_op_steps(lm, ids, state, monkeypatch):
+def steps_equal_op_steps(lm, ids, state, monkeypatch, tol=1e-5):
     """Decode ``ids [B, T]`` from ``state`` twice, step by step: on the path eager CUDA takes
     (launchers called directly, in place) and on the op path (on CUDA too); outputs and states
-    equal within 1e-5 after every step."""
+    equal within ``tol`` after every step."""
     from mamba_export import mamba2, model as model_mod
 
     kern = me.MambaState(state.conv.clone(), state.ssm.clone())
@@ -284,8 +311,8 @@ def steps_equal_op_steps(lm, ids, state, monkeypatch):
                     got, kern = lm.step(ids[:, t], kern, inplace=True)
                 else:
                     want, state = lm.step(ids[:, t], state)
-        assert rel_err(got, want) <= 1e-5
-        assert rel_err(kern.ssm, state.ssm) <= 1e-5 and rel_err(kern.conv, state.conv) <= 1e-5
+        assert rel_err(got, want) <= tol
+        assert rel_err(kern.ssm, state.ssm) <= tol and rel_err(kern.conv, state.conv) <= tol
 
 
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
@@ -416,6 +443,24 @@ def test_wide_model_decode_step_at_16_rows_equals_op_step(layer, monkeypatch):
     mixer = lm.backbone.layers[0].mixer
     in_proj, out_proj = mixer.in_proj.weight, mixer.out_proj.weight
     assert (16, *in_proj.shape) in shapes and (16, *out_proj.shape) in shapes
+
+
+@pytest.mark.gpu
+def test_mamba1_step_takes_weight_times_x_tiles_at_16_rows(monkeypatch):
+    """A float16 Mamba-1 model as wide as mamba-1.4b at batch 16: its mixer asks for swap_ab, so
+    in_proj and out_proj run as weight @ x.T (default_config's 7-element configs); the kernel
+    path's steps equal the op path's (cuBLAS) within float16's bound."""
+    from mamba_export.kernels import decode_linear as dl
+
+    configs = record_returns(monkeypatch, dl, "default_config")
+    cfg = me.MambaConfig(d_model=2048, n_layer=2, vocab_size=64)
+    torch.manual_seed(6)
+    lm = me.MambaLM(cfg).to(DEVICE, torch.float16).eval()
+    ids = torch.randint(0, 64, (16, 6), device=DEVICE)
+    with torch.no_grad():
+        _, state = lm.prefill(ids[:, :4], lm.new_state(16))
+        steps_equal_op_steps(lm, ids[:, 4:], state, monkeypatch, tol=5e-3)
+    assert (64, 128, 4, 4, 4, 1, 1) in configs and (64, 128, 4, 1, 5, 1, 1) in configs
 
 
 def conv_reference(projected, first, conv_state, cw, cb):
