@@ -481,7 +481,7 @@ def default_config(rows: int, features: int, k: int, early_weight: bool = True,
     split = 4 if features <= 4096 and k >= 2048 else 1
     if (swap_ab and SWAP_AB and itemsize == 2 and features <= 8192 and k <= 4096
             and features * k >= (8 << 20)):
-        # (mamba-1.4b's in_proj and out_proj: see SWAP_AB)
+        # (mamba-1.4b's in_proj and out_proj, mamba-790m's in_proj: see SWAP_AB)
         return 64, 128, 4, split, 4 if split > 1 else 5, 1, 1
     return 32 if features >= 2048 else 16, 128, 4, split
 
@@ -541,7 +541,8 @@ SPLIT_BLOCK_K = 512
 DEEP_OUT_PROJ = True
 # The K loop at several rows as weight @ x.T (the kernel's SWAP_AB: on Hopper the warpgroup MMA with
 # both operands in shared memory) in 64-feature tiles, for 16-bit weights of 8M-32M elements up to
-# 8192 features and K 4096 (mamba-1.4b's in_proj and out_proj). H100, 2026-11-25, decode b16 ms/token, same call, two runs
+# 8192 features and K 4096 (mamba-1.4b's in_proj and out_proj; mamba-790m's in_proj, which then
+# leaves cuBLAS: LARGE_MIN_K_SWAP). H100, 2026-11-25, decode b16 ms/token, same call, two runs
 # each (bench_e2e.py --linear-config): mamba-1.4b 1.832-1.838 with both vs 1.881-1.882 (in_proj
 # alone 1.865, out_proj alone 1.849-1.850; with this rule 1.832 vs 1.879-1.882, b1 level); mamba-
 # 2.8b's in_proj (10240 features, 160 programs) was slower in every swapped form (3.159-3.459 vs
@@ -566,14 +567,24 @@ LM_HEAD = True
 # The large projections of the wide models at several rows take this kernel too
 # (_large_rows_weight); a switch for benchmarks (scripts/bench_e2e.py --cublas-large-weights).
 LARGE_WEIGHTS = True
+# Which weights count as large: K and element count from (scripts/bench_e2e.py --large-weights-from);
+# for callers that take weight @ x.T tiles (swap_ab, SWAP_AB) K from LARGE_MIN_K_SWAP: mamba-790m's
+# in_proj (6144 x 1536). H100, 2026-11-25, decode b16 ms/token, same call, two runs each: 1.358-1.359
+# with it (out_proj, 1536 x 3072, on cuBLAS) vs 1.425-1.428 all on cuBLAS; with its out_proj swapped
+# too 1.374-1.377; both on the x @ weight.T K loop 1.599.
+LARGE_MIN_K = 2048
+LARGE_MIN_K_SWAP = 1536
+LARGE_MIN_ELEMENTS = 8 << 20
 
 
-def _large_rows_weight(features: int, k: int) -> bool:
-    """in_proj / out_proj of models from d_model 2048 (K >= 2048, >= 8M elements), not the lm_head.
+def _large_rows_weight(features: int, k: int, swap_ab: bool = False) -> bool:
+    """in_proj / out_proj of models from d_model 2048 (K >= 2048, >= 8M elements), not the lm_head;
+    with ``swap_ab`` (the caller takes weight @ x.T tiles) from K 1536 (LARGE_MIN_K_SWAP).
     H100 decode at batch 16, 2026-11-24 (ms/token, here vs cuBLAS, same calls): mamba-2.8b 3.485
     vs 3.767, mamba-1.4b 2.061 vs 2.174, mamba2-2.7b 5.173 vs 5.397; mamba-790m (K 1536 / 4.7M
     elements) 1.902-1.910 vs 1.746-2.051, left on cuBLAS."""
-    return LARGE_WEIGHTS and k >= 2048 and features * k >= (8 << 20) and not _vocab_wide(features)
+    min_k = LARGE_MIN_K_SWAP if swap_ab and SWAP_AB else LARGE_MIN_K
+    return LARGE_WEIGHTS and k >= min_k and features * k >= LARGE_MIN_ELEMENTS and not _vocab_wide(features)
 
 
 def _vocab_wide(features: int) -> bool:
@@ -581,16 +592,17 @@ def _vocab_wide(features: int) -> bool:
     return features >= 16384
 
 
-def model_takes(rows: int, features: int, k: int, lm_head: bool = False) -> bool:
+def model_takes(rows: int, features: int, k: int, lm_head: bool = False, swap_ab: bool = False) -> bool:
     """Whether the model's decode step sends this projection here rather than to cuBLAS: one
     row always; up to MODEL_ROWS rows for small weights, the large ones of the wide models
     (_large_rows_weight) and the lm_head. H100 decode, 2026-11-23, batch 16 (ms/token, here vs
     cuBLAS for the projections): mamba-130m 0.508 vs 0.574, mamba2-130m 0.700 vs 0.771 (and
     mamba-2.8b then 4.21 vs 4.11 with its large weights here too: since reversed by the later
     configs and folds, see _large_rows_weight); the lm_head alone here vs cuBLAS: mamba2-130m
-    0.593 vs 0.597, mamba-130m 0.511 vs 0.514, mamba-2.8b 3.977 vs 3.984."""
+    0.593 vs 0.597, mamba-130m 0.511 vs 0.514, mamba-2.8b 3.977 vs 3.984. ``swap_ab``: the
+    caller takes weight @ x.T tiles (decode_linear_fwd's), which makes more weights large."""
     return rows == 1 or (rows <= MODEL_ROWS and (_small_weight(features, k)
-                                                 or _large_rows_weight(features, k)
+                                                 or _large_rows_weight(features, k, swap_ab)
                                                  or (lm_head and LM_HEAD)))
 
 

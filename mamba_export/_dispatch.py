@@ -115,12 +115,12 @@ def cached_params(owner: nn.Module, params: tuple[Tensor, ...],
     return values
 
 
-def _kernel_takes(x: Tensor, layer: nn.Linear, lm_head: bool = False) -> bool:
+def _kernel_takes(x: Tensor, layer: nn.Linear, lm_head: bool = False, swap_ab: bool = False) -> bool:
     """Whether ``decode_linear`` sends ``layer(x)`` to the Triton kernel."""
     from .kernels import decode_linear as dl
 
     return x.dim() == 2 and x.dtype != torch.float64 and x.dtype == layer.weight.dtype and \
-        dl.model_takes(x.shape[0], *layer.weight.shape, lm_head=lm_head)
+        dl.model_takes(x.shape[0], *layer.weight.shape, lm_head=lm_head, swap_ab=swap_ab)
 
 
 def decode_linear(x: Tensor, layer: nn.Linear, lm_head: bool = False, l2_prefetch: Tensor | None = None,
@@ -132,10 +132,10 @@ def decode_linear(x: Tensor, layer: nn.Linear, lm_head: bool = False, l2_prefetc
     the kernel takes x (the callers check); with ``next_norm`` the result is ``(weighted, sums)``.
     ``l2_prefetch``: a later kernel's weight for the kernel to bring into L2 (a hint: dropped
     where F.linear runs). ``swap_ab``: decode_linear_fwd's (Mamba-1's mixer, where it measured
-    faster)."""
+    faster); it also sends mamba-790m's in_proj to the kernel at several rows (model_takes)."""
     from .kernels import decode_linear as dl
 
-    if _kernel_takes(x, layer, lm_head):
+    if _kernel_takes(x, layer, lm_head, swap_ab):
         return dl.decode_linear_fwd(x, layer.weight, layer.bias, early_weight=EARLY_READS, l2_prefetch=l2_prefetch,
                                     swap_ab=swap_ab, **fold)
     if any(v is not None for v in fold.values()):

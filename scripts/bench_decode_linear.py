@@ -146,8 +146,10 @@ def main() -> int:
                 sweep = STAGES_SWEEP if m > 1 else []
             if args.k_groups_sweep:
                 sweep = k_groups_configs(n, k) if m > 1 else []
-            if args.swap_sweep:
-                sweep = SWAP_SWEEP
+            if args.swap_sweep:  # (and one tile covering K where weight and x fit in shared memory)
+                kp = dl.next_pow2(k)
+                sweep = SWAP_SWEEP + [(bn, kp, w, 1, 1, 1, 1) for bn, w in ((64, 4), (128, 8))
+                                      if (bn + dl.MAX_ROWS) * kp * 2 <= (160 << 10)]
             configs = [default] + [c for c in sweep if c != default] \
                 if args.sweep or args.stages_sweep or args.k_groups_sweep or args.swap_sweep else [default]
             best, default_ms, timed = None, None, []

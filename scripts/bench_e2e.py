@@ -223,24 +223,30 @@ def main() -> int:
     p.add_argument("--split-block-k", type=int, default=None,
                    help="decode: K per slice of the wide models' x_proj at several rows (default: "
                         "kernels/decode_linear.SPLIT_BLOCK_K)")
-    p.add_argument("--linear-config", action="append", default=[], metavar="N,K=CONFIG",
-                   help="decode: the Triton projection of weight N x K at several rows takes CONFIG "
-                        "(BLOCK_N,BLOCK_K,WARPS,SPLIT[,STAGES[,K_GROUPS]], as decode_linear.default_config); "
-                        "repeatable")
+    p.add_argument("--linear-config", action="append", default=[], metavar="[ROWS:]N,K=CONFIG",
+                   help="decode: the Triton projection of weight N x K at several rows (at ROWS rows, e.g. 1, "
+                        "when given) takes CONFIG (BLOCK_N,BLOCK_K,WARPS,SPLIT[,STAGES[,K_GROUPS[,SWAP_AB]]], "
+                        "as decode_linear.default_config); repeatable")
+    p.add_argument("--large-weights-from", default=None, metavar="K,ELEMENTS",
+                   help="decode: the smallest K and element count of the weights that take the Triton "
+                        "projection at several rows as large ones (default: kernels/decode_linear.LARGE_MIN_K, "
+                        "LARGE_MIN_ELEMENTS)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
     args = p.parse_args()
     if args.linear_config:
-        forced = {}
+        forced = {}  # (rows or None for any several, N, K) -> config
         for item in args.linear_config:
             shape, config = item.split("=")
-            forced[tuple(int(v) for v in shape.split(","))] = tuple(int(v) for v in config.split(","))
+            rows, _, shape = shape.rpartition(":")
+            forced[(int(rows) if rows else None, *(int(v) for v in shape.split(",")))] = \
+                tuple(int(v) for v in config.split(","))
         default_linear = decode_linear.default_config
 
         def forced_config(rows, features, k, *a, **kw):
-            if rows == 1 or (features, k) not in forced:
+            config = forced.get((rows, features, k), forced.get((None, features, k)) if rows > 1 else None)
+            if config is None:
                 return default_linear(rows, features, k, *a, **kw)
-            config = forced[features, k]  # (K groups dropped where the call allows none)
-            return config if kw.get("k_groups", True) else config[:5]
+            return config if kw.get("k_groups", True) else config[:5]  # (K groups dropped where the call allows none)
         decode_linear.default_config = forced_config
     if args.linear_rows is not None:
         decode_linear.MODEL_ROWS = args.linear_rows
@@ -261,6 +267,9 @@ def main() -> int:
             state_config if batch > 1 else default_launch(batch, *a, **k))
     if args.split_block_k:
         decode_linear.SPLIT_BLOCK_K = args.split_block_k
+    if args.large_weights_from:
+        decode_linear.LARGE_MIN_K, decode_linear.LARGE_MIN_ELEMENTS = (
+            int(v) for v in args.large_weights_from.split(","))
     if args.torch_argmax:
         global SELECT
         SELECT = lambda logits, vocab: logits[:, :vocab].argmax(-1)  # noqa: E731
@@ -285,6 +294,7 @@ def main() -> int:
     results["prefetch_max_bytes"] = me._dispatch.PREFETCH_MAX_BYTES
     results["torch_argmax"] = args.torch_argmax
     results["split_block_k"] = decode_linear.SPLIT_BLOCK_K
+    results["large_weights_from"] = [decode_linear.LARGE_MIN_K, decode_linear.LARGE_MIN_ELEMENTS]
     if args.ssd_update_config:
         results["ssd_update_config"] = args.ssd_update_config
     if args.state_config:

@@ -261,6 +261,9 @@ def test_model_takes_small_weights_at_several_rows_and_every_weight_at_one():
     assert model_takes(16, 10240, 2560) and model_takes(16, 2560, 5120)  # mamba-2.8b
     assert model_takes(16, 8192, 2048) and model_takes(16, 2048, 4096)  # mamba-1.4b
     assert not model_takes(16, 6144, 1536) and not model_takes(16, 1536, 3072)  # mamba-790m
+    # (its in_proj where the caller takes weight @ x.T tiles, as Mamba-1's mixer)
+    assert model_takes(16, 6144, 1536, swap_ab=True) and not model_takes(16, 1536, 3072, swap_ab=True)
+    assert default_config(16, 6144, 1536, swap_ab=True) == (64, 128, 4, 1, 5, 1, 1)
     assert not model_takes(16, 50280, 768) and not model_takes(16, 50280, 2560)
     assert model_takes(16, 50280, 768, lm_head=True) and model_takes(16, 50280, 2560, lm_head=True)
     assert not model_takes(17, 3072, 768)
@@ -446,21 +449,24 @@ def test_wide_model_decode_step_at_16_rows_equals_op_step(layer, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_mamba1_step_takes_weight_times_x_tiles_at_16_rows(monkeypatch):
-    """A float16 Mamba-1 model as wide as mamba-1.4b at batch 16: its mixer asks for swap_ab, so
-    in_proj and out_proj run as weight @ x.T (default_config's 7-element configs); the kernel
-    path's steps equal the op path's (cuBLAS) within float16's bound."""
+@pytest.mark.parametrize("d_model,swapped", [(2048, [(64, 128, 4, 4, 4, 1, 1), (64, 128, 4, 1, 5, 1, 1)]),
+                                             (1536, [(64, 128, 4, 1, 5, 1, 1)])])
+def test_mamba1_step_takes_weight_times_x_tiles_at_16_rows(d_model, swapped, monkeypatch):
+    """Float16 Mamba-1 models as wide as mamba-1.4b and mamba-790m at batch 16: the mixer asks
+    for swap_ab, so in_proj and out_proj (mamba-790m: in_proj; its out_proj stays on cuBLAS)
+    run as weight @ x.T (default_config's 7-element configs); the kernel path's steps equal the
+    op path's (cuBLAS) within float16's bound."""
     from mamba_export.kernels import decode_linear as dl
 
     configs = record_returns(monkeypatch, dl, "default_config")
-    cfg = me.MambaConfig(d_model=2048, n_layer=2, vocab_size=64)
+    cfg = me.MambaConfig(d_model=d_model, n_layer=2, vocab_size=64)
     torch.manual_seed(6)
     lm = me.MambaLM(cfg).to(DEVICE, torch.float16).eval()
     ids = torch.randint(0, 64, (16, 6), device=DEVICE)
     with torch.no_grad():
         _, state = lm.prefill(ids[:, :4], lm.new_state(16))
         steps_equal_op_steps(lm, ids[:, 4:], state, monkeypatch, tol=5e-3)
-    assert (64, 128, 4, 4, 4, 1, 1) in configs and (64, 128, 4, 1, 5, 1, 1) in configs
+    assert {c for c in configs if len(c) == 7} == set(swapped)
 
 
 def conv_reference(projected, first, conv_state, cw, cb):
