@@ -54,7 +54,7 @@ if [ "$tests" = 1 ]; then
     2) sel=(tests); for f in "${part1[@]}" "${part3[@]}" "${part4[@]}"; do sel+=(--ignore="$f"); done ;;
     *) sel=(tests) ;;
   esac
-  timeout 560 python3 -m pytest "${sel[@]}" -m "gpu or interpret" -q -p no:cacheprovider -rf \
+  timeout 560 python3 -m pytest "${sel[@]}" -m "gpu or interpret" -q -p no:cacheprovider -rfs \
     --tb=short --durations=10 2>&1 | tee "$OUT/gpu_tests.log" | grep -v DEBUG | tail -25
 fi
 if [ "$kernels" = 1 ]; then
