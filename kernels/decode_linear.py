@@ -547,10 +547,10 @@ DEEP_OUT_PROJ = True
 # alone 1.865, out_proj alone 1.849-1.850; with this rule 1.832 vs 1.879-1.882, b1 level); mamba-
 # 2.8b's in_proj (10240 features, 160 programs) was slower in every swapped form (3.159-3.459 vs
 # 3.144-3.146) though 2-5% faster alone (bench_decode_linear.py --swap-sweep: 21.2-21.3 vs
-# 21.7-22.4 us), and its out_proj too (3.236 vs 3.144); mamba2-1.3b's out_proj (2048 x 4096 with
-# the gated norm's row scaling, or after the gated-norm kernel: 2.919 vs 2.885-2.887, 2.877-2.882 vs
-# 2.855-2.860), so only callers that ask (decode_linear_fwd's swap_ab: Mamba-1's mixer) get it. A
-# switch for benchmarks (scripts/bench_e2e.py --no-swap-ab).
+# 21.7-22.4 us), and its out_proj too (3.236 vs 3.144); mamba2-1.3b's out_proj (2048 x 4096) lost
+# as well, with the gated norm's row scaling (2.919 vs 2.885-2.887) or after the gated-norm kernel
+# (2.877-2.882 vs 2.855-2.860), so only callers that ask (decode_linear_fwd's swap_ab: Mamba-1's
+# mixer) get it. A switch for benchmarks (scripts/bench_e2e.py --no-swap-ab).
 SWAP_AB = True
 _ONE_TILE_MAX = 4 << 20  # weight elements (8 MiB in fp16): mamba-130m's projections, not the lm_head
 _ONE_TILE_SMEM = 160 << 10  # bytes of x and weight tile a several-row one-tile program stages
@@ -567,11 +567,12 @@ LM_HEAD = True
 # The large projections of the wide models at several rows take this kernel too
 # (_large_rows_weight); a switch for benchmarks (scripts/bench_e2e.py --cublas-large-weights).
 LARGE_WEIGHTS = True
-# Which weights count as large: K and element count from (scripts/bench_e2e.py --large-weights-from);
-# for callers that take weight @ x.T tiles (swap_ab, SWAP_AB) K from LARGE_MIN_K_SWAP: mamba-790m's
-# in_proj (6144 x 1536). H100, 2026-11-25, decode b16 ms/token, same call, two runs each: 1.358-1.359
-# with it (out_proj, 1536 x 3072, on cuBLAS) vs 1.425-1.428 all on cuBLAS; with its out_proj swapped
-# too 1.374-1.377; both on the x @ weight.T K loop 1.599.
+# Which weights count as large: the smallest K and element count (scripts/bench_e2e.py
+# --large-weights-from); for callers that take weight @ x.T tiles (swap_ab, SWAP_AB) K from
+# LARGE_MIN_K_SWAP, which takes mamba-790m's in_proj (6144 x 1536). H100, 2026-11-25, decode b16
+# ms/token, same call, two runs each: 1.358-1.359 with it (out_proj, 1536 x 3072, on cuBLAS) vs
+# 1.425-1.428 all on cuBLAS; with its out_proj swapped too 1.374-1.377; both on the x @ weight.T
+# K loop 1.599.
 LARGE_MIN_K = 2048
 LARGE_MIN_K_SWAP = 1536
 LARGE_MIN_ELEMENTS = 8 << 20
