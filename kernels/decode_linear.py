@@ -199,14 +199,13 @@ def _k_tile(x_ptr, w, acc, normed, rstd, offs_m, mask_m, ks, mask_k, sx_m, sx_k,
         if WIDEN:
             x, w = x.to(tl.float32), w.to(tl.float32)
         if SWAP_AB:
-            if IEEE:
-                acc = tl.dot(w, tl.trans(x), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(w, tl.trans(x), acc)
-        elif IEEE:
-            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+            a, b = w, tl.trans(x)
         else:
-            acc = tl.dot(x, tl.trans(w), acc)
+            a, b = x, tl.trans(w)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
     elif BLOCK_M == 1:
         if ADD_NORM:
             x = tl.sum(normed.to(tl.float32), axis=0)  # [1, K] -> [K]

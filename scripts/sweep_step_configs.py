@@ -41,9 +41,11 @@ def projections(preset: str) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def candidates(rows: int, features: int, k: int, conv: bool) -> list[tuple[int, ...]]:
-    """The default config (first) and its variants (see the module docstring)."""
-    default = dl.default_config(rows, features, k, conv=conv)
+def candidates(rows: int, features: int, k: int, conv: bool, swap_ab: bool) -> list[tuple[int, ...]]:
+    """The default config (first) and its variants (see the module docstring); ``swap_ab``: as the
+    model asks (Mamba-1's mixer), so a weight @ x.T default keeps that form in its variants."""
+    default = dl.default_config(rows, features, k, conv=conv, swap_ab=swap_ab)
+    swap_tail = (1, *default[6:]) if len(default) == 7 else ()  # (k_groups 1, swap_ab)
     configs = [default]
     k_loop = default[1] < -(-k // default[3])  # (a program's K slice wider than its tile, as the launcher)
     for block_n in (16, 32, 64) if k_loop else (8, 16, 32, 64):  # (a K loop's 8-feature tile: x's
@@ -54,10 +56,10 @@ def candidates(rows: int, features: int, k: int, conv: bool) -> list[tuple[int, 
                 configs.append((default[0], default[1], groups, default[3], default[4], groups))
     elif k_loop and default[3] == 1:  # over all of K
         block_n, block_k, warps = default[:3]
-        stages = default[4] if len(default) == 5 else TRITON_STAGES
-        configs += [(block_n, block_k, warps, 1, s) for s in (2, 3, 4, 5) if s != stages]
-        configs += [(block_n, bk, warps, 1, stages) for bk in (64, 256) if bk != block_k]
-        configs.append((block_n, block_k, 8 if warps != 8 else 4, 1, stages))
+        stages = default[4] if len(default) >= 5 else TRITON_STAGES
+        configs += [(block_n, block_k, warps, 1, s, *swap_tail) for s in (2, 3, 4, 5) if s != stages]
+        configs += [(block_n, bk, warps, 1, stages, *swap_tail) for bk in (64, 256) if bk != block_k]
+        configs.append((block_n, block_k, 8 if warps != 8 else 4, 1, stages, *swap_tail))
     return list(dict.fromkeys(c for c in configs if c[0] <= features))
 
 
@@ -89,13 +91,16 @@ def main() -> int:
     wanted = set(args.projections.split(","))
     results = []
     for preset in args.presets.split(","):
+        mamba1 = MambaConfig.preset(preset).layer != "Mamba2"
         for name, (features, k) in projections(preset).items():
-            if name not in wanted or not dl.model_takes(args.batch, features, k):
+            # (Mamba-1's mixer asks for weight @ x.T tiles for in_proj and out_proj, as model.py)
+            swap_ab = mamba1 and name != "x_proj"
+            if name not in wanted or not dl.model_takes(args.batch, features, k, swap_ab=swap_ab):
                 continue
             # (the model folds the conv into a one-tile in_proj, as _dispatch.in_proj_conv)
             conv = name == "in_proj" and _dispatch.FOLD_CONV and dl.one_tile(args.batch, features, k) and (
-                MambaConfig.preset(preset).layer == "Mamba2" or _dispatch.mamba1_folds_conv(args.batch, features * k))
-            configs = candidates(args.batch, features, k, conv)
+                not mamba1 or _dispatch.mamba1_folds_conv(args.batch, features * k))
+            configs = candidates(args.batch, features, k, conv, swap_ab)
             print(f"{preset} {name} {features}x{k}: {len(configs)} configs {configs}", flush=True)
             if args.dry_run:
                 continue
