@@ -8,6 +8,9 @@
   captured in a CUDA graph as ``generate(cuda_graph=True, prefill_chunk_size=...)`` does;
 - long prefill: time per token at 16K and 1M tokens for the mamba-130m shape.
 
+Each preset runs in a child process of its own (``--in-process``: all in this one), since a
+process's CUDA graphs replay slower once it has captured a few (see ``presets_in_children``).
+
 Usage: python3 scripts/bench_e2e.py [--quick] [--out results.json]
 """
 
@@ -17,8 +20,11 @@ import argparse
 import functools
 import importlib
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -189,6 +195,43 @@ def prefill_ms(model, batch: int, length: int, reps: int = 5, graph: bool = Fals
         return cuda_time_ms(lambda: run(ids, state), reps=reps)
 
 
+# Each preset runs in a process of its own (unless --in-process): on the H100 machine (driver
+# 580.159.04, CUDA 13, 2026-11-25) every CUDA graph of a process replays slower once a few graphs
+# have been captured in it (three 100-node graphs of torch's add_ kernel at 1.10 us per node, all
+# of them at 1.26-1.28 from the fourth capture on, destroyed graphs included; mamba-790m's b16
+# step 1.358 -> 1.456 ms/token from its second capture; scripts/probe_decode_layout.py). One
+# process per preset times each model as a process serving that one model runs it.
+def _child_argv(argv: list[str], name: str, out: str) -> list[str]:
+    """This script's arguments for one preset in a process of its own: ``--presets`` and
+    ``--out`` replaced, the long prefill left to the parent."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--presets", "--out"):
+            skip = True
+        elif not a.startswith(("--presets=", "--out=")):
+            kept.append(a)
+    return [*kept, "--presets", name, "--out", out, "--skip-long", "--in-process"]
+
+
+def presets_in_children(presets: list[str], results: dict) -> None:
+    """Run each preset's decode and prefill rows in a child process; collect its rows into
+    ``results`` (the children's logs go to stderr, their tables are dropped)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in presets:
+            out = os.path.join(tmp, f"{name}.json")
+            cmd = [sys.executable, os.path.abspath(__file__), *_child_argv(sys.argv[1:], name, out)]
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+            if done.returncode != 0:
+                raise SystemExit(f"bench_e2e.py: preset {name} failed in its child process "
+                                 f"(exit {done.returncode}); rerun it alone with --presets {name} --in-process")
+            with open(out) as f:
+                child = json.load(f)
+            results["decode"] += child["decode"]
+            results["prefill"] += child["prefill"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="fewer models and tokens")
@@ -232,6 +275,9 @@ def main() -> int:
                         "projection at several rows as large ones (default: kernels/decode_linear.LARGE_MIN_K, "
                         "LARGE_MIN_ELEMENTS)")
     p.add_argument("--batches", default="1,16", help="decode batch sizes (comma-separated)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every preset in this process (default: one child process per preset, "
+                        "since CUDA graphs replay slower once a process has captured a few)")
     args = p.parse_args()
     if args.linear_config:
         forced = {}  # (rows or None for any several, N, K) -> config
@@ -312,6 +358,10 @@ def main() -> int:
         presets = args.presets.split(",")
     tokens = 64 if args.quick else 128
     batches = [int(b) for b in args.batches.split(",")]
+    results["process_per_preset"] = len(presets) > 1 and not args.in_process
+    if results["process_per_preset"]:
+        presets_in_children(presets, results)
+        presets = []
     for name in presets:
         log(f"building {name} (fp16, random init)")
         model = me.MambaLM(me.MambaConfig.preset(name), device="cuda", dtype=torch.float16).eval()
