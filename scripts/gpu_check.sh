@@ -75,7 +75,7 @@ if [ "$kernels" = 1 ]; then
     | tee "$OUT/bench_state_update.log" | grep -v rejected | tail -6
 fi
 if [ "$e2e" = 1 ]; then
-  timeout 450 python3 scripts/bench_e2e.py "${e2e_args[@]}" --out "$OUT/bench_e2e.json" 2>&1 | tee "$OUT/bench_e2e.log" | tail -20
+  timeout 540 python3 scripts/bench_e2e.py "${e2e_args[@]}" --out "$OUT/bench_e2e.json" 2>&1 | tee "$OUT/bench_e2e.log" | tail -20
   timeout 150 python3 scripts/bench_hf_switch.py 2>&1 | tee "$OUT/bench_hf_switch.log" | tail -1
 fi
 if python3 -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())' 2>/dev/null; then
