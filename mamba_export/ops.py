@@ -554,7 +554,10 @@ def ssd_state_update(
 # --------------------------------------------------------------------------- mamba_ssm-compatible API
 def _eager_kernel_call(tensors) -> bool:
     """True when a drop-in may launch the kernel directly: real (not traced) tensors on a
-    device that runs Triton, none needing a gradient, half/float32 inputs."""
+    device that runs Triton, none needing a gradient, half/float32 inputs. Why: the op's
+    dispatch is host time that an eager call waits for; on the H100 machine (2026-11-25,
+    scripts/bench_scan_host.py, B1 D5120 L2048) a scan call took 187.5 us of host time through
+    torch.ops and 118.9 us straight to the launcher, against ~110 us on the GPU."""
     x = tensors[0]
     return (type(x) is Tensor and _runs_triton(x) and x.dtype != torch.float64
             and not torch.compiler.is_compiling()
@@ -573,14 +576,25 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                       return_last_state=False, initial_state=None):
     """Drop-in for ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (real A only),
     plus ``initial_state [B, D, N]``."""
-    out, last_state = torch.ops.mamba_export.selective_scan(
-        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
+    if _eager_kernel_call((u, delta, A, B, C, D, z, delta_bias, initial_state)):
+        from .kernels.selective_scan import selective_scan_fwd
+
+        out, last_state = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                             initial_state)
+    else:
+        out, last_state = torch.ops.mamba_export.selective_scan(
+            u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
     return (out, last_state) if return_last_state else out
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """Drop-in for mamba_ssm's ``selective_state_update``: updates ``state`` in place and
     returns the output ``[B, D]``."""
+    if _eager_kernel_call((x, state, dt, A, B, C, D, z, dt_bias)):  # the kernel writes state itself
+        from .kernels.state_update import selective_state_update_fwd
+
+        return selective_state_update_fwd(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus),
+                                          out_state=state)[0]
     out, new_state = torch.ops.mamba_export.selective_state_update(
         state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
     state.copy_(new_state)
@@ -592,8 +606,13 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
     """Drop-in for ``causal_conv1d.causal_conv1d_fn`` (no ``seq_idx``)."""
     if seq_idx is not None:
         raise NotImplementedError("seq_idx (packed variable-length sequences) is not supported")
-    out, final_state = torch.ops.mamba_export.causal_conv1d(
-        x, weight, bias, initial_states, _silu_flag(activation))
+    if _eager_kernel_call((x, weight, bias, initial_states)):
+        from .kernels.causal_conv1d import causal_conv1d_fwd
+
+        out, final_state = causal_conv1d_fwd(x, weight, bias, initial_states, _silu_flag(activation))
+    else:
+        out, final_state = torch.ops.mamba_export.causal_conv1d(
+            x, weight, bias, initial_states, _silu_flag(activation))
     if final_states_out is not None:
         final_states_out.copy_(final_state)
         final_state = final_states_out
@@ -608,9 +627,15 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
         if x.shape[-1] != 1:
             raise ValueError(f"causal_conv1d_update takes one step; x has L={x.shape[-1]}")
         x = x[..., 0]
-    out, new_state = torch.ops.mamba_export.causal_conv1d_update(
-        x, conv_state, weight, bias, _silu_flag(activation))
-    conv_state.copy_(new_state)
+    if _eager_kernel_call((x, conv_state, weight, bias)):  # the kernel shifts conv_state itself
+        from .kernels.causal_conv1d import causal_conv1d_update_fwd
+
+        out = causal_conv1d_update_fwd(x, conv_state, weight, bias, _silu_flag(activation),
+                                       out_state=conv_state)[0]
+    else:
+        out, new_state = torch.ops.mamba_export.causal_conv1d_update(
+            x, conv_state, weight, bias, _silu_flag(activation))
+        conv_state.copy_(new_state)
     return out.unsqueeze(-1) if squeeze else out
 
 

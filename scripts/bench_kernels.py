@@ -18,6 +18,7 @@ import sys
 import torch
 import triton
 
+from mamba_export import selective_scan_fn
 from mamba_export.kernels import selective_scan as ss
 from mamba_export.kernels.causal_conv1d import causal_conv1d_fwd, causal_conv1d_update_fwd
 from mamba_export.kernels.state_update import selective_state_update_fwd
@@ -97,10 +98,13 @@ def main():
         except Exception as e:
             ms_graph = None
             print("cudagraph timing failed:", repr(e)[:200])
+        # the public drop-in a user calls (mamba_export.selective_scan_fn, last state returned)
+        public = lambda: selective_scan_fn(**kw, return_last_state=True)  # noqa: E731
+        public()
         fe, fm = floors(b, d, l, 16, 2, exp_rate, bw)
         record("scan_fwd_bf16", f"B{b} D{d} L{l} N16", ms, target_ms=target, graph_ms=ms_graph,
-               exp_floor_ms=fe, mem_floor_ms=fm, cfg=ss.scan_config(b, d, l, torch.bfloat16,
-                                                                   torch.device("cuda")))
+               dropin_ms=bench(public), exp_floor_ms=fe, mem_floor_ms=fm,
+               cfg=ss.scan_config(b, d, l, torch.bfloat16, torch.device("cuda")))
         if args.split:
             segs = {1: [2, 4, 8], 8: [2]}.get(b, [2, 4, 8])
             sweep = [dict(KIND="split", BLOCK_D=bd, BLOCK_T=16, num_warps=1, SEGMENTS=sg, BC_F32=f)
@@ -259,6 +263,8 @@ def main():
                 f"  {r['ns_per_token']:.3f} ns/tok" if "ns_per_token" in r else "")
         if r.get("graph_ms"):
             extra = f"graph replay {r['graph_ms']:.4f} ms"
+        if r.get("dropin_ms"):
+            extra += f", selective_scan_fn {r['dropin_ms']:.4f} ms"
         ms = f"{r['ms']:.4f}" if r["ms"] is not None else "ERR"
         tgt = f"{r['target_ms']:.3f}" if "target_ms" in r else ""
         print(f"{r['kind']:32s} {r['shape']:24s} {ms:>9s} {tgt:>7s} "

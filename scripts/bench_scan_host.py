@@ -11,7 +11,7 @@ import time
 import torch
 
 from bench_kernels import scan_inputs
-import mamba_export.ops  # noqa: F401  (registers torch.ops.mamba_export)
+import mamba_export.ops  # (registers torch.ops.mamba_export; the drop-ins)
 from mamba_export.kernels import _common, scan_gluon
 from mamba_export.kernels import selective_scan as ss
 
@@ -46,6 +46,7 @@ def main():
     stages = {
         "selective_scan_fwd (default)": lambda: ss.selective_scan_fwd(*ins, True),
         "torch.ops selective_scan": lambda: torch.ops.mamba_export.selective_scan(*ins, True),
+        "selective_scan_fn (drop-in)": lambda: mamba_export.ops.selective_scan_fn(*ins, True),
         f"_run_fwd {cfg['KIND']}": lambda: ss._run_fwd(*ins, True, None, cfg),
         f"_run_fwd {seq_cfg['KIND']} (Triton)": lambda: ss._run_fwd(*ins, True, None, seq_cfg),
         "_validate": lambda: ss._validate(u, dt, A, B, C, D, z, bias, None),
