@@ -667,6 +667,12 @@ def mamba2_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_
     ``selective_state_update`` mutates its state); x ``[B, H, P]``, dt ``[B, H]``, A ``[H]``,
     B/C ``[B, G, N]``. Returns the output ``[B, H, P]``."""
     limit = None if tuple(dt_limit) == (0.0, float("inf")) else [float(v) for v in dt_limit]
+    if _eager_kernel_call((x, state, dt, A, B, C, D, z, dt_bias)):  # the kernel writes state itself
+        from .kernels.ssd_update import ssd_state_update_fwd
+
+        _check_dt_limit(limit)  # the launcher validates the rest
+        return ssd_state_update_fwd(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), limit,
+                                    out_state=state)[0]
     out, new_state = torch.ops.mamba_export.ssd_state_update(
         state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), limit)
     state.copy_(new_state)

@@ -19,7 +19,8 @@ def no_op_dispatch(monkeypatch):
     """Fail any call that reaches a public op's body (each validates its inputs first)."""
     def fail(*args, **kwargs):
         raise AssertionError("the drop-in went through the op's dispatch")
-    for name in ("check_scan_inputs", "check_state_update_inputs", "check_conv_inputs"):
+    for name in ("check_scan_inputs", "check_state_update_inputs", "check_conv_inputs",
+                 "check_ssd_state_update_inputs"):
         monkeypatch.setattr(ops, name, fail)
 
 
@@ -85,6 +86,27 @@ def test_causal_conv1d_drop_ins_launch_the_kernels(no_op_dispatch, dtype, width)
         assert y.shape == (2, 5, 1) and state.data_ptr() == address
         assert rel_err(y[..., 0], want[..., t]) < BOUNDS[dtype]
     assert torch.equal(state[..., -1], x[..., -1])  # the state holds the latest inputs
+
+
+@pytest.mark.parametrize("dt_limit", [(0.0, float("inf")), (0.01, 0.5)])
+@pytest.mark.parametrize("batch,heads,headdim,groups,dstate", [(1, 2, 3, 1, 5), (3, 4, 8, 2, 16)])
+def test_mamba2_state_update_writes_the_state_in_place(no_op_dispatch, batch, heads, headdim, groups, dstate,
+                                                       dt_limit):
+    state, state64 = _rounded(torch.randn(batch, heads, headdim, dstate), torch.float32)
+    x, x64 = _rounded(torch.randn(batch, heads, headdim), torch.bfloat16)
+    z, z64 = _rounded(torch.randn(batch, heads, headdim), torch.bfloat16)
+    dt, dt64 = _rounded(torch.randn(batch, heads) * 0.5 - 1, torch.bfloat16)
+    A, A64 = _rounded(-torch.rand(heads) - 0.1, torch.float32)
+    B, B64 = _rounded(torch.randn(batch, groups, dstate), torch.bfloat16)
+    C, C64 = _rounded(torch.randn(batch, groups, dstate), torch.bfloat16)
+    D, D64 = _rounded(torch.randn(heads), torch.float32)
+    bias, bias64 = _rounded(torch.randn(heads) * 0.1, torch.float32)
+    limit = None if dt_limit == (0.0, float("inf")) else dt_limit
+    want, want_state = ref.ssd_state_update(state64, x64, dt64, A64, B64, C64, D64, z64, bias64, True, limit)
+    address = state.data_ptr()
+    out = ops.mamba2_state_update(state, x, dt, A, B, C, D, z, bias, dt_softplus=True, dt_limit=dt_limit)
+    assert state.data_ptr() == address and out.dtype == torch.bfloat16
+    assert rel_err(out, want) < 5e-3 and rel_err(state, want_state) < 1e-5
 
 
 def test_drop_ins_needing_a_gradient_go_through_the_op(no_op_dispatch):
