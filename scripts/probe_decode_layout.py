@@ -14,6 +14,7 @@ slower, the tiny graphs of ``tiny:N`` too, which contain none of this package's 
                (no greedy selection); kept as capture I (numbered from 0 with tiny:N's)
   prof:B       replay:B under torch.profiler: device time per kernel name per replay
   tiny:N       a new capture of N dependent one-block kernels (torch's add_), timed and kept
+  captureonly:N  the same graph captured and kept but never instantiated (keep_graph=True)
   again:I      time capture I's replays again
   forget:I     destroy capture I
   upload:I     cudaGraphUpload of capture I (through the CUDA runtime torch loaded)
@@ -112,17 +113,18 @@ class Probe:
         torch.cuda.synchronize()
 
     # -- captures ---------------------------------------------------------------------------
-    def tiny(self, n: str) -> None:
+    def tiny(self, n: str, instantiate: bool = True) -> None:
         """A graph of n dependent one-block kernels: its replay time is launch latency."""
         x = torch.zeros(256, device="cuda")
         x.add_(1)
         torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
+        graph = torch.cuda.CUDAGraph(keep_graph=not instantiate)
         with torch.cuda.graph(graph):
             for _ in range(int(n)):
                 x.add_(1)
         self.captures.append(_Captured(graph, x))
-        self.again(str(len(self.captures) - 1))
+        if instantiate:
+            self.again(str(len(self.captures) - 1))
 
     def again(self, index: str, profile: bool = False) -> None:
         ms = time_replays(self.captures[int(index)]._graph, self.tokens, profile)
@@ -167,7 +169,8 @@ class Probe:
         actions = {
             "build": self.build, "time": self.time, "first": lambda b: self.time(b, first=True),
             "replay": self.replay, "prof": lambda b: self.replay(b, profile=True), "tiny": self.tiny,
-            "again": self.again, "forget": self.forget, "upload": self.upload,
+            "again": self.again,
+            "captureonly": lambda n: self.tiny(n, instantiate=False), "forget": self.forget, "upload": self.upload,
             "prefill": self.prefill_and_steps, "eager": lambda b: self.prefill_and_steps(b, 2),
             "side": lambda b: self.prefill_and_steps(b, 2, side=True), "large": self.large,
             "block": self.block, "sleep": lambda s: time.sleep(float(s)),
