@@ -71,7 +71,7 @@ def k_groups_configs(n: int, k: int) -> list:
     for split in (1, 2) if kp <= 2048 else (2, 4):
         bk = max(16, kp // split)
         for bn, warps, groups in itertools.product((16, 32), (4, 8), (4, 8, 16)):
-            if bk // groups >= 16 and groups >= warps // 2 and (16 + bn) * bk * 2 <= (160 << 10):
+            if bk // groups >= 16 and groups >= warps // 2 and (16 + bn) * bk * 2 <= dl._ONE_TILE_SMEM:
                 out.append((bn, bk, warps, split, 1, groups))
     return out
 
@@ -149,7 +149,7 @@ def main() -> int:
             if args.swap_sweep:  # (and one tile covering K where weight and x fit in shared memory)
                 kp = dl.next_pow2(k)
                 sweep = SWAP_SWEEP + [(bn, kp, w, 1, 1, 1, 1) for bn, w in ((64, 4), (128, 8))
-                                      if (bn + dl.MAX_ROWS) * kp * 2 <= (160 << 10)]
+                                      if (bn + dl.MAX_ROWS) * kp * 2 <= dl._ONE_TILE_SMEM]
             configs = [default] + [c for c in sweep if c != default] \
                 if args.sweep or args.stages_sweep or args.k_groups_sweep or args.swap_sweep else [default]
             best, default_ms, timed = None, None, []

@@ -86,24 +86,26 @@ class Probe:
         ms = bench_e2e.decode_ms(self.model(first), int(batch), 128, self.tokens)
         self.say(f"{'first' if first else 'time'}:{batch}: {ms:.3f} ms/token")
 
-    def replay(self, batch: str, profile: bool = False) -> None:
+    @torch.no_grad()
+    def prefilled(self, batch: str):
+        """The current model, the greedy tokens after a random 128-token prompt and its state."""
         model, rows = self.model(), int(batch)
         ids = torch.randint(0, model.config.vocab_size, (rows, 128), device="cuda")
+        logits, state = model.prefill(ids, model.new_state(rows))
+        return model, bench_e2e.SELECT(logits, model.config.vocab_size), state
+
+    def replay(self, batch: str, profile: bool = False) -> None:
+        model, tok, state = self.prefilled(batch)
         with torch.no_grad():
-            logits, state = model.prefill(ids, model.new_state(rows))
             step = bench_e2e.CudaGraphStep(functools.partial(model.step, inplace=True), state)
-            tok = bench_e2e.SELECT(logits, model.config.vocab_size)
             for _ in range(3):  # capture, then warm replays
                 step(tok, state)
         self.captures.append(step)
         self.again(str(len(self.captures) - 1), profile)
 
     def prefill_and_steps(self, batch: str, steps: int = 0, side: bool = False) -> None:
-        model, rows = self.model(), int(batch)
-        ids = torch.randint(0, model.config.vocab_size, (rows, 128), device="cuda")
+        model, tok, state = self.prefilled(batch)
         with torch.no_grad():
-            logits, state = model.prefill(ids, model.new_state(rows))
-            tok = bench_e2e.SELECT(logits, model.config.vocab_size)
             stream = torch.cuda.Stream() if side else torch.cuda.current_stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
